@@ -1,0 +1,123 @@
+"""The build presets shipped as data (``presets/*.json``), checked by JSON Schema."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import NotFoundError
+from .schemas import check
+
+PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+
+
+@dataclasses.dataclass(frozen=True)
+class McuInfo:
+    mcu: str
+    name: str
+    flash_size: int
+    dfu_layout: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    id: str
+    title: str
+    board: str
+    target: str                      # "klipper" or "katapult"
+    mcu: str                         # e.g. "stm32f446xx"
+    app_address: int                 # where this image is linked
+    description: str
+    kconfig: Dict[str, str]
+    flash_methods: Tuple[Dict[str, Any], ...]
+    bootloader_app_start: Optional[int] = None   # Katapult presets: where applications start
+    unconfirmed: Tuple[str, ...] = ()
+    dfu_instructions: str = ""
+
+    @property
+    def family(self) -> str:
+        """The board family, the id without its variant (``btt-octopus``)."""
+        return self.id.split("-f4")[0].split("-h7")[0]
+
+    def flash_method(self, name: str) -> Optional[Dict[str, Any]]:
+        for m in self.flash_methods:
+            if m["method"] == name:
+                return m
+        return None
+
+    def to_json(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {
+            "id": self.id, "title": self.title, "board": self.board,
+            "target": self.target, "mcu": self.mcu,
+            "app_address": f"0x{self.app_address:08x}",
+            "description": self.description,
+            "kconfig": dict(self.kconfig),
+            "flash_methods": [dict(m) for m in self.flash_methods],
+            "unconfirmed": list(self.unconfirmed),
+        }
+        if self.bootloader_app_start is not None:
+            data["bootloader_app_start"] = f"0x{self.bootloader_app_start:08x}"
+        mcu = mcu_info(self.mcu)
+        if mcu is not None:
+            data["flash_size"] = mcu.flash_size
+        return data
+
+
+def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    check("preset", doc, os.path.basename(path))
+    mcus = {k: McuInfo(mcu=k, name=v["name"], flash_size=v["flash_size"],
+                       dfu_layout=v.get("dfu_layout"))
+            for k, v in doc["mcus"].items()}
+    instructions = doc.get("dfu_instructions", {})
+    presets: Dict[str, Preset] = {}
+    for p in doc["presets"]:
+        family = next((k for k in instructions if p["id"].startswith(k)), None)
+        preset = Preset(
+            id=p["id"], title=p["title"], board=p["board"], target=p["target"],
+            mcu=p["mcu"], app_address=int(p["app_address"], 16),
+            description=p["description"], kconfig=dict(p["kconfig"]),
+            flash_methods=tuple(p["flash_methods"]),
+            bootloader_app_start=(int(p["bootloader_app_start"], 16)
+                                  if "bootloader_app_start" in p else None),
+            unconfirmed=tuple(p.get("unconfirmed", ())),
+            dfu_instructions=instructions.get(family, "") if family else "")
+        presets[preset.id] = preset
+    return presets, mcus
+
+
+@functools.lru_cache(maxsize=None)
+def _load_all() -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
+    presets: Dict[str, Preset] = {}
+    mcus: Dict[str, McuInfo] = {}
+    for path in sorted(glob.glob(os.path.join(PRESET_DIR, "*.json"))):
+        p, m = _load_file(path)
+        presets.update(p)
+        mcus.update(m)
+    return presets, mcus
+
+
+def load_presets() -> Dict[str, Preset]:
+    """All presets, by id, in file order."""
+    return dict(_load_all()[0])
+
+
+def get_preset(preset_id: str) -> Preset:
+    presets = _load_all()[0]
+    try:
+        return presets[preset_id]
+    except KeyError:
+        raise NotFoundError(
+            f"Unknown preset '{preset_id}'. Known presets: {', '.join(presets)}") from None
+
+
+def mcu_info(mcu: str) -> Optional[McuInfo]:
+    return _load_all()[1].get(mcu)
+
+
+def list_presets() -> List[Preset]:
+    return list(_load_all()[0].values())

@@ -1,0 +1,164 @@
+"""The one place external programs are run.
+
+Every program (``make``, ``dfu-util``, ``flashtool.py``, ``git``) runs from
+an argument list, never through a shell, with a timeout.  Output is read as
+it arrives and split on both ``\\n`` and ``\\r`` so that progress bars that
+redraw themselves (dfu-util) become separate lines.  On timeout or
+cancellation the whole process group is killed, so a ``make -j`` leaves no
+compiler behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import signal
+import time
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+from .errors import ToolError
+
+LineCallback = Callable[[str, str], None]   # (stream, line)
+
+
+@dataclasses.dataclass
+class ToolResult:
+    argv: List[str]
+    returncode: int
+    lines: List[str]               # stdout and stderr lines, in arrival order
+    stderr_lines: List[str]
+    duration: float
+
+    def tail(self, count: int = 15) -> List[str]:
+        return self.lines[-count:]
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+class ToolTimeout(ToolError):
+    pass
+
+
+def find_program(name: str) -> Optional[str]:
+    """Absolute path of a program given by name or path, or None."""
+    if os.sep in name:
+        path = os.path.expanduser(name)
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    return shutil.which(name)
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, lines: List[str],
+                err_lines: List[str], on_line: Optional[LineCallback]) -> None:
+    buf = b""
+    while True:
+        chunk = await stream.read(4096)
+        if not chunk:
+            break
+        buf += chunk
+        while True:
+            cut = min((i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0),
+                      default=-1)
+            if cut < 0:
+                break
+            raw, buf = buf[:cut], buf[cut + 1:]
+            _emit(raw, name, lines, err_lines, on_line)
+    if buf:
+        _emit(buf, name, lines, err_lines, on_line)
+
+
+def _emit(raw: bytes, name: str, lines: List[str], err_lines: List[str],
+          on_line: Optional[LineCallback]) -> None:
+    line = raw.decode("utf-8", errors="replace").rstrip()
+    if not line.strip():
+        return
+    lines.append(line)
+    if name == "stderr":
+        err_lines.append(line)
+    if on_line is not None:
+        on_line(name, line)
+
+
+async def run_tool(argv: Sequence[str], *, timeout: float,
+                   cwd: Optional[str] = None,
+                   env: Optional[Mapping[str, str]] = None,
+                   on_line: Optional[LineCallback] = None,
+                   nice: int = 0,
+                   what: Optional[str] = None) -> ToolResult:
+    """Run ``argv`` and return its result; it is an error only if it cannot run.
+
+    A non-zero exit code is returned, not raised: callers judge success by
+    the tool's own output where its exit code lies (dfu-util).  A timeout
+    raises ``ToolTimeout``; cancelling the awaiting task kills the program.
+    """
+    argv = [str(a) for a in argv]
+    label = what or os.path.basename(argv[0])
+    if find_program(argv[0]) is None:
+        raise ToolError(f"{label}: program '{argv[0]}' was not found")
+    if nice > 0 and shutil.which("nice"):
+        argv = ["nice", "-n", str(nice)] + argv
+    full_env: Optional[Dict[str, str]] = None
+    if env is not None:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    start = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=full_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
+    except OSError as exc:
+        raise ToolError(f"{label}: cannot start '{argv[0]}': {exc.strerror or exc}") from exc
+    lines: List[str] = []
+    err_lines: List[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = asyncio.gather(
+        _pump(proc.stdout, "stdout", lines, err_lines, on_line),
+        _pump(proc.stderr, "stderr", lines, err_lines, on_line))
+    try:
+        await asyncio.wait_for(asyncio.shield(readers), timeout)
+        await proc.wait()
+    except asyncio.TimeoutError:
+        _kill_group(proc)
+        await proc.wait()
+        readers.cancel()
+        raise ToolTimeout(f"{label} did not finish within {timeout:g} s and was stopped",
+                          log_tail=lines[-15:]) from None
+    except BaseException:
+        # Cancelled (or the callback raised): never leave the program running.
+        _kill_group(proc)
+        readers.cancel()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except BaseException:
+            pass
+        raise
+    finally:
+        # make -j may leave children in the group even after the parent exits.
+        if proc.returncode is not None:
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                pass
+            else:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    return ToolResult(argv=argv, returncode=proc.returncode or 0, lines=lines,
+                      stderr_lines=err_lines, duration=time.monotonic() - start)
