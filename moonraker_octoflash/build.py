@@ -1,0 +1,474 @@
+"""Firmware builds: one profile's .config, make, and the artifact it produces.
+
+Every profile builds in its own folder, ``<build root>/<profile>/``::
+
+    config          the resolved .config (KCONFIG_CONFIG for make)
+    out/            make's OUT= folder: kept between builds, so rebuilds are
+                    incremental instead of ``make clean`` every time
+    kconfig-out/    scratch OUT for ``make olddefconfig``
+    build.log       the log of the latest build, good or bad
+    artifacts/<id>/ the kept good builds (see artifacts.py)
+
+The checkout's own ``.config`` and ``out/`` are never touched.  A build is
+skipped when neither the checkout (``git describe`` plus a fingerprint of
+uncommitted changes) nor the rendered config changed since the profile's
+last good build.  make runs at a lower CPU priority (nice) so that a print
+in progress keeps its host CPU.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import time
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from .artifacts import Artifact, ArtifactStore, file_sha256, read_data_dictionary_file
+from .errors import BuildError, NotFoundError, UnavailableError, ValidationError
+from .events import Progress, ProgressCallback, null_progress
+from .kconfig import config_int, config_value, render_config, resolve_config
+from .tools import ToolTimeout, find_program, run_tool
+
+# A simulated tree (sim/trees) carries this file and needs no cross compiler.
+SIMULATED_TREE_MARKER = "SIMULATED.txt"
+
+CROSS_COMPILER = "arm-none-eabi-gcc"
+CROSS_PACKAGES = "gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi"
+TARGETS = {
+    # target: (display name, option naming its checkout, command line flag, clone URL)
+    "klipper": ("Klipper", "klipper_path", "--klipper-path",
+                "https://github.com/Klipper3d/klipper"),
+    "katapult": ("Katapult", "katapult_path", "--katapult-path",
+                 "https://github.com/Arksine/katapult"),
+}
+OLDDEFCONFIG_TIMEOUT = 120.0
+GIT_TIMEOUT = 30.0
+LOG_TAIL_LINES = 20
+
+
+@dataclasses.dataclass
+class SourceVersion:
+    describe: str        # git describe --always --tags --long --dirty, or "?" without git
+    dirty: bool          # uncommitted changes to tracked files
+    fingerprint: str     # "" for a clean tree; else a hash of the changed and new files
+
+
+@dataclasses.dataclass
+class BuildResult:
+    artifact: Artifact
+    skipped: bool        # True: nothing changed since this artifact was built
+    log_path: str        # the whole build log
+
+
+class _BuildLog:
+    """The build's output lines, turned into progress events as they arrive."""
+
+    def __init__(self, emit: ProgressCallback, expected_lines: Optional[int]) -> None:
+        self.emit = emit
+        self.expected = expected_lines
+        self.lines: List[str] = []
+        self.make_lines = 0
+        self.stage = "configure"
+
+    def header(self, text: str) -> None:
+        self.lines.append(text)
+
+    def configure_line(self, _stream: str, line: str) -> None:
+        self.lines.append(line)
+        self.emit(Progress("configure", line, None, kind="output"))
+
+    def make_line(self, _stream: str, line: str) -> None:
+        self.lines.append(line)
+        self.make_lines += 1
+        text = line.strip()
+        # Stages only move forward: Katapult compiles its deployer after linking
+        # katapult.bin, which is still the link phase of the whole build.
+        if self.stage != "link" and (text.startswith("Linking ") or text.startswith(
+                ("Creating bin file", "Creating hex file", "Creating legacy binary"))):
+            self.stage = "link"
+            self.emit(Progress("link", text, self.percent(), kind="step"))
+        self.emit(Progress(self.stage, line, self.percent(), kind="output"))
+
+    def percent(self) -> Optional[float]:
+        if not self.expected:
+            return None
+        return round(min(99.0, 100.0 * self.make_lines / self.expected), 1)
+
+    def tail(self, count: int = LOG_TAIL_LINES) -> List[str]:
+        return self.lines[-count:]
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _write_lines(path: str, lines: List[str]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _install_config(staging: str, final: str) -> bool:
+    """Move the freshly resolved config into place only if it changed.
+
+    An unchanged file keeps its timestamp, so make does not reset the
+    output folder or rebuild everything that depends on autoconf.h.
+    """
+    with open(staging, "rb") as f:
+        new = f.read()
+    changed = True
+    try:
+        with open(final, "rb") as f:
+            changed = f.read() != new
+    except FileNotFoundError:
+        pass
+    if changed:
+        os.replace(staging, final)
+    else:
+        os.remove(staging)
+    _remove_files(staging + ".old")      # kconfiglib's backup of the fragment
+    return changed
+
+
+def _remove_files(*paths: str) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def _hash_paths(root: str, paths: List[str]) -> str:
+    digest = hashlib.sha256()
+    for rel in sorted(set(paths)):
+        full = os.path.join(root, rel)
+        digest.update(rel.encode("utf-8", "surrogateescape") + b"\0")
+        if os.path.isfile(full):
+            digest.update(file_sha256(full).encode())
+        elif os.path.islink(full):
+            digest.update(b"link:" + os.readlink(full).encode("utf-8", "surrogateescape"))
+        else:
+            digest.update(b"missing")
+    return digest.hexdigest()
+
+
+def _tree_fingerprint(root: str) -> str:
+    """Without git: names, sizes and times of the files that make reads."""
+    digest = hashlib.sha256()
+    for base, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in ("out", ".git", "__pycache__"))
+        for name in sorted(files):
+            if name in (".config", ".config.old") or name.endswith(".pyc"):
+                continue
+            path = os.path.join(base, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                          .encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _disk_full_error(where: str) -> BuildError:
+    return BuildError(
+        f"The disk is full: no space left to write {where}",
+        hint="Free some disk space (old logs, timelapse videos, gcode files), "
+             "then build again.")
+
+
+class Builder:
+    """Builds profiles into ``build_root`` and keeps their artifacts."""
+
+    def __init__(self, build_root: str, klipper_path: Optional[str] = None,
+                 katapult_path: Optional[str] = None, keep: int = 3,
+                 jobs: Optional[int] = None, nice: int = 10,
+                 make_timeout: float = 900.0, make: str = "make") -> None:
+        self.build_root = os.path.abspath(os.path.expanduser(build_root))
+        self.paths = {
+            "klipper": os.path.abspath(os.path.expanduser(klipper_path)) if klipper_path else None,
+            "katapult": os.path.abspath(os.path.expanduser(katapult_path)) if katapult_path else None,
+        }
+        self.store = ArtifactStore(self.build_root, keep)
+        self.jobs = jobs or os.cpu_count() or 1
+        self.nice = nice
+        self.make_timeout = make_timeout
+        self.make = make
+        self._locks: Dict[str, asyncio.Lock] = {}
+
+    # --- the checkout ----------------------------------------------------------
+
+    def checkout(self, target: str) -> str:
+        """The source folder for ``target``; NotFoundError saying which option to set."""
+        if target not in TARGETS:
+            raise ValidationError(f"Unknown build target {target!r} (klipper or katapult)")
+        name, option, flag, url = TARGETS[target]
+        path = self.paths.get(target)
+        how = (f"set {option} in the [octoflash] section of moonraker.conf "
+               f"(command line: {flag} DIR)")
+        if not path:
+            raise NotFoundError(f"No {name} checkout is configured: {how}")
+        if not os.path.isdir(path):
+            raise NotFoundError(
+                f"No {name} checkout at {path}: the folder does not exist",
+                hint=f"Clone it there (git clone {url} {path}) or {how}.")
+        missing = [p for p in ("Makefile", os.path.join("src", "Kconfig"))
+                   if not os.path.isfile(os.path.join(path, p))]
+        if missing:
+            raise NotFoundError(
+                f"No {name} checkout at {path}: {' and '.join(missing)} not found there",
+                hint=f"Point {option} at the folder {name} was cloned into ({flag} DIR).")
+        return path
+
+    def is_simulated(self, target: str) -> bool:
+        return os.path.isfile(os.path.join(self.checkout(target), SIMULATED_TREE_MARKER))
+
+    async def source_version(self, target: str) -> SourceVersion:
+        """What the checkout holds now: git describe, dirty flag and a fingerprint.
+
+        The fingerprint covers the content of every modified and untracked
+        (not ignored) file, so a second edit of an already dirty tree still
+        counts as a change.
+        """
+        path = self.checkout(target)
+        env = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+        git = find_program("git")
+        if git is None or not os.path.exists(os.path.join(path, ".git")):
+            return SourceVersion("?", False, await asyncio.to_thread(_tree_fingerprint, path))
+        described = await run_tool([git, "describe", "--always", "--tags", "--long", "--dirty"],
+                                   timeout=GIT_TIMEOUT, cwd=path, env=env, what="git describe")
+        if described.returncode != 0 or not described.lines:
+            return SourceVersion("?", False, await asyncio.to_thread(_tree_fingerprint, path))
+        describe = described.lines[-1].strip()
+        status = await run_tool([git, "status", "--porcelain=v1", "-z", "--untracked-files=all"],
+                                timeout=GIT_TIMEOUT, cwd=path, env=env, what="git status")
+        changed: List[str] = []
+        errors = set(status.stderr_lines)
+        entries = "\n".join(x for x in status.lines if x not in errors).split("\0")
+        skip_next = False
+        for entry in entries:
+            if skip_next:          # the old name of a rename
+                skip_next = False
+                continue
+            if len(entry) < 4:
+                continue
+            changed.append(entry[3:])
+            skip_next = "R" in entry[:2] or "C" in entry[:2]
+        fingerprint = await asyncio.to_thread(_hash_paths, path, changed) if changed else ""
+        return SourceVersion(describe, describe.endswith("-dirty"), fingerprint)
+
+    # --- what a build would produce ----------------------------------------------
+
+    @staticmethod
+    def rendered(profile: object) -> Tuple[Dict[str, str], str, str]:
+        """(requested symbols, rendered .config text, its sha256) of a profile."""
+        requested = dict(profile.kconfig())  # type: ignore[attr-defined]
+        text = render_config(requested)
+        return requested, text, _sha256_text(text)
+
+    async def pending_version(self, profile: object) -> str:
+        """The version a build would produce now, for the update manager.
+
+        The checkout's describe string, plus ``+config.<sha>`` when the
+        profile's rendered config differs from its last good build.
+        """
+        version = await self.source_version(profile.target)  # type: ignore[attr-defined]
+        _req, _text, sha = self.rendered(profile)
+        last = await self.latest(profile.name)  # type: ignore[attr-defined]
+        if last is not None and last.rendered_sha256 and last.rendered_sha256 != sha:
+            return f"{version.describe}+config.{sha[:8]}"
+        return version.describe
+
+    async def latest(self, profile_name: str) -> Optional[Artifact]:
+        return await asyncio.to_thread(self.store.latest, profile_name)
+
+    async def artifacts(self, profile_name: str) -> List[Artifact]:
+        return await asyncio.to_thread(self.store.list, profile_name)
+
+    async def artifact(self, profile_name: str, artifact_id: str) -> Artifact:
+        return await asyncio.to_thread(self.store.get, profile_name, artifact_id)
+
+    # --- building -------------------------------------------------------------------
+
+    async def build(self, profile: object, force: bool = False,
+                    on_progress: Optional[ProgressCallback] = None) -> BuildResult:
+        """Build ``profile`` (or return its last artifact when nothing changed)."""
+        emit = on_progress or null_progress
+        name: str = profile.name  # type: ignore[attr-defined]
+        source_dir = self.checkout(profile.target)  # type: ignore[attr-defined]
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            try:
+                return await self._build_locked(profile, source_dir, force, emit)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise _disk_full_error(self.store.profile_dir(name)) from exc
+                raise BuildError(f"profile '{name}': {exc.strerror or exc}"
+                                 + (f": {exc.filename}" if exc.filename else "")) from exc
+
+    def _up_to_date(self, last: Optional[Artifact], version: SourceVersion,
+                    rendered_sha: str, target: str) -> bool:
+        if last is None or last.target != target:
+            return False
+        if (last.source_version, last.source_fingerprint, last.rendered_sha256) != \
+                (version.describe, version.fingerprint, rendered_sha):
+            return False
+        return all(os.path.isfile(last.path(f.name)) for f in last.files)
+
+    def _check_toolchain(self, source_dir: str, target: str) -> None:
+        if find_program(self.make) is None:
+            raise UnavailableError(f"'{self.make}' is not installed, so firmware cannot be built",
+                                   hint="Install it with: sudo apt install make")
+        if os.path.isfile(os.path.join(source_dir, SIMULATED_TREE_MARKER)):
+            return
+        if find_program(CROSS_COMPILER) is None:
+            raise UnavailableError(
+                f"The ARM cross compiler ({CROSS_COMPILER}) is not installed, so "
+                f"{TARGETS[target][0]} cannot be built for this board",
+                hint=f"Install it with: sudo apt install {CROSS_PACKAGES}")
+
+    async def _build_locked(self, profile: object, source_dir: str, force: bool,
+                            emit: ProgressCallback) -> BuildResult:
+        name: str = profile.name  # type: ignore[attr-defined]
+        target: str = profile.target  # type: ignore[attr-defined]
+        mcu: str = profile.mcu  # type: ignore[attr-defined]
+        requested, _text, rendered_sha = self.rendered(profile)
+        version = await self.source_version(target)
+        last = await self.latest(name)
+        if not force and self._up_to_date(last, version, rendered_sha, target):
+            assert last is not None
+            emit(Progress("done", f"{name}: up to date ({last.source_version}), not rebuilt",
+                          100.0, kind="step"))
+            return BuildResult(last, True, last.path(last.log_file))
+
+        self._check_toolchain(source_dir, target)
+        pdir = self.store.profile_dir(name)
+        config_path = os.path.join(pdir, "config")
+        out_dir = os.path.join(pdir, "out")
+        log_path = os.path.join(pdir, "build.log")
+        kept = await self.artifacts(name)
+        expected = max((a.log_lines for a in kept), default=0) or None
+        log = _BuildLog(emit, expected)
+
+        emit(Progress("configure", f"Configuring {name} ({version.describe})", None, kind="step"))
+        staging = config_path + ".next"
+        log.header(f"$ make olddefconfig OUT={os.path.join(pdir, 'kconfig-out')}/ "
+                   f"KCONFIG_CONFIG={staging}")
+        try:
+            resolved = await resolve_config(
+                source_dir, staging, requested, timeout=OLDDEFCONFIG_TIMEOUT, make=self.make,
+                out_dir=os.path.join(pdir, "kconfig-out"), nice=self.nice,
+                on_line=log.configure_line, label=f"profile '{name}'")
+        except (ValidationError, BuildError) as exc:
+            log.header(str(exc))
+            await asyncio.to_thread(_write_lines, log_path, log.lines)
+            await asyncio.to_thread(_remove_files, staging, staging + ".old", staging + ".tmp")
+            raise
+        resolved_mcu = config_value(resolved, "CONFIG_MCU")
+        if resolved_mcu != mcu:
+            await asyncio.to_thread(_remove_files, staging, staging + ".old")
+            raise ValidationError(
+                f"profile '{name}': its configuration is for MCU {resolved_mcu or 'none'}, "
+                f"but the profile's preset is for {mcu}; nothing was compiled",
+                hint="Remove the processor model symbols from the profile's kconfig overrides, "
+                     "or choose the preset for this MCU.")
+        await asyncio.to_thread(_install_config, staging, config_path)
+
+        if force:
+            # --force is for "something is off": start from an empty output folder.
+            await asyncio.to_thread(shutil.rmtree, out_dir, True)
+        elif last is None or (last.source_version, last.source_fingerprint) != \
+                (version.describe, version.fingerprint):
+            # The version string is embedded by compile_time_request.o, which make
+            # would not rebuild for a commit that touched no source file.
+            await asyncio.to_thread(_remove_files,
+                                    os.path.join(out_dir, "compile_time_request.o"))
+
+        argv = [self.make, f"-j{self.jobs}", f"OUT={out_dir}{os.sep}",
+                f"KCONFIG_CONFIG={config_path}"]
+        log.header("$ " + " ".join(argv))
+        emit(Progress("compile", f"make -j{self.jobs} in {source_dir}", log.percent(), kind="step"))
+        log.stage = "compile"
+        started = time.monotonic()
+        try:
+            result = await run_tool(argv, timeout=self.make_timeout, cwd=source_dir,
+                                    env={"KCONFIG_CONFIG": config_path},
+                                    on_line=log.make_line, nice=self.nice, what="make")
+        except ToolTimeout:
+            log.header(f"make did not finish within {self.make_timeout:g} s and was stopped")
+            await asyncio.to_thread(_write_lines, log_path, log.lines)
+            raise BuildError(f"profile '{name}': make did not finish within "
+                             f"{self.make_timeout:g} s and was stopped",
+                             log_tail=log.tail(), hint=f"The whole log is in {log_path}") from None
+        seconds = time.monotonic() - started
+        await asyncio.to_thread(_write_lines, log_path, log.lines)
+        if result.returncode != 0:
+            if any("No space left on device" in line for line in result.lines):
+                raise _disk_full_error(out_dir)
+            raise BuildError(f"profile '{name}': make failed (exit code {result.returncode})",
+                             log_tail=log.tail(), returncode=result.returncode,
+                             hint=f"The whole log is in {log_path}")
+
+        files = self._output_files(name, target, out_dir, resolved)
+        fields = await self._image_facts(name, target, mcu, version, files, resolved)
+        emit(Progress("link", "Saving the artifact", 99.0, kind="step"))
+        artifact = await asyncio.to_thread(
+            self.store.add, profile=name, preset=profile.preset.id,  # type: ignore[attr-defined]
+            target=target, mcu=resolved_mcu, app_address=fields.pop("app_address"),
+            source_version=version.describe, files=files, config_path=config_path,
+            log_path=log_path, source_dirty=version.dirty,
+            source_fingerprint=version.fingerprint, rendered_sha256=rendered_sha,
+            log_lines=log.make_lines, build_seconds=round(seconds, 3), **fields)
+        main = artifact.file()
+        emit(Progress("done", f"Built {main.name} for {name}: {main.size} bytes, "
+                              f"{artifact.source_version}", 100.0, kind="step"))
+        return BuildResult(artifact, False, artifact.path(artifact.log_file))
+
+    @staticmethod
+    def _output_files(name: str, target: str, out_dir: str,
+                      resolved: Mapping[str, str]) -> Dict[str, str]:
+        wanted = ["klipper.bin"] if target == "klipper" else ["katapult.bin"]
+        if target == "katapult" and resolved.get("CONFIG_BUILD_DEPLOYER") == "y":
+            wanted.append("deployer.bin")
+        files = {}
+        for fname in wanted:
+            path = os.path.join(out_dir, fname)
+            if not os.path.isfile(path):
+                raise BuildError(f"profile '{name}': make finished but {path} was not produced")
+            files[fname] = path
+        return files
+
+    async def _image_facts(self, name: str, target: str, mcu: str, version: SourceVersion,
+                           files: Mapping[str, str], resolved: Mapping[str, str]) -> Dict[str, object]:
+        """Addresses from the resolved config; MCU and version from klipper.bin."""
+        facts: Dict[str, object] = {"flash_size": config_int(resolved, "CONFIG_FLASH_SIZE")}
+        if target == "klipper":
+            facts["app_address"] = config_int(resolved, "CONFIG_FLASH_APPLICATION_ADDRESS") \
+                or config_int(resolved, "CONFIG_FLASH_BOOT_ADDRESS") or 0
+            info = await asyncio.to_thread(read_data_dictionary_file, files["klipper.bin"])
+            if info is None:
+                raise BuildError(f"profile '{name}': {files['klipper.bin']} carries no Klipper "
+                                 "data dictionary, so its MCU cannot be confirmed")
+            dict_mcu = str(info.get("config", {}).get("MCU", ""))
+            dict_version = str(info.get("version", ""))
+            if dict_mcu != mcu:
+                raise BuildError(f"profile '{name}': klipper.bin was built for "
+                                 f"{dict_mcu or 'an unknown MCU'}, not {mcu} as the profile "
+                                 "says; it was not kept")
+            if version.describe != "?" and dict_version != version.describe \
+                    and not dict_version.startswith(version.describe + "-"):
+                raise BuildError(
+                    f"profile '{name}': klipper.bin reports version {dict_version}, but the "
+                    f"checkout is at {version.describe}; it was not kept",
+                    hint="Build again with --force to rebuild it from scratch.")
+            facts.update(dict_mcu=dict_mcu, dict_version=dict_version)
+        else:
+            facts["app_address"] = config_int(resolved, "CONFIG_FLASH_START") \
+                or config_int(resolved, "CONFIG_FLASH_BOOT_ADDRESS") or 0x08000000
+            facts["bootloader_app_start"] = config_int(resolved, "CONFIG_LAUNCH_APP_ADDRESS")
+            if "deployer.bin" in files:
+                facts["deployer_address"] = config_int(resolved, "CONFIG_FLASH_APPLICATION_ADDRESS")
+        return facts

@@ -1,0 +1,173 @@
+"""USB devices that matter for flashing, found through pyusb.
+
+Four kinds are recognised by their ids: the STM32 ROM loader in DFU mode,
+Katapult, Klipper over USB serial and Klipper's USB-CAN bridge.  Reading
+string descriptors talks to the device, so this runs in a worker thread
+(``discovery.scan`` takes care of that).  The pyusb backend is injectable so
+the simulated boards (``sim/usb_backend.py``) are found by the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+from .identity import (USB_ID_CANBRIDGE, USB_ID_DFU, USB_ID_KATAPULT, USB_ID_KLIPPER,
+                       canbus_uuid_from_chip_id)
+
+KINDS: Dict[Tuple[int, int], str] = {
+    USB_ID_DFU: "dfu",
+    USB_ID_KATAPULT: "katapult",
+    USB_ID_KLIPPER: "klipper",
+    USB_ID_CANBRIDGE: "canbridge",
+}
+
+_LAYOUT_RE = re.compile(r"^@(?P<name>[^/]*)/(?P<start>0x[0-9A-Fa-f]+)/(?P<sectors>.*)$")
+_SECTOR_RE = re.compile(r"^(?P<count>\d+)\*(?P<size>\d+)(?P<unit>[ KM ]?)(?P<flags>[a-g]?)$")
+_MCU_RE = re.compile(r"^(stm32|rp2040|lpc|atsam|at90|atmega|gd32)", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class DfuLayout:
+    """A DfuSe memory map string such as ``@Internal Flash  /0x08000000/04*016Kg,...``."""
+    name: str
+    start: int
+    sectors: List[Tuple[int, int]]      # (address, size) of each erasable sector
+
+    @property
+    def size(self) -> int:
+        return sum(size for _addr, size in self.sectors)
+
+    def sectors_touching(self, address: int, length: int) -> List[Tuple[int, int]]:
+        end = address + length
+        return [(a, s) for a, s in self.sectors if a < end and a + s > address]
+
+
+def parse_dfu_layout(text: Optional[str]) -> Optional[DfuLayout]:
+    """Parse a DfuSe alt-setting name; None if it is not a memory map."""
+    if not text:
+        return None
+    m = _LAYOUT_RE.match(text.strip())
+    if not m:
+        return None
+    address = start = int(m.group("start"), 16)
+    sectors: List[Tuple[int, int]] = []
+    for part in m.group("sectors").split(","):
+        sm = _SECTOR_RE.match(part.strip())
+        if not sm:
+            return None
+        unit = {"K": 1024, "M": 1024 * 1024}.get(sm.group("unit").strip(), 1)
+        size = int(sm.group("size")) * unit
+        for _ in range(int(sm.group("count"))):
+            sectors.append((address, size))
+            address += size
+    return DfuLayout(name=m.group("name").strip(), start=start, sectors=sectors)
+
+
+@dataclasses.dataclass
+class UsbDevice:
+    kind: str                       # dfu, katapult, klipper, canbridge
+    vendor_id: int
+    product_id: int
+    bus: Optional[int]
+    address: Optional[int]
+    port_path: Optional[str]        # "1-1.3", as dfu-util -p and sysfs name it
+    serial: Optional[str]
+    manufacturer: Optional[str]
+    product: Optional[str]
+    mcu: Optional[str] = None       # Klipper/Katapult put the MCU in the product string
+    dfu_layout: Optional[str] = None
+    flash_size: Optional[int] = None
+    canbus_uuid: Optional[str] = None     # derived from the chip id (bridge, Katapult)
+    serial_paths: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def usb_id(self) -> str:
+        return f"{self.vendor_id:04x}:{self.product_id:04x}"
+
+    def to_json(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["usb_id"] = self.usb_id
+        return data
+
+
+def _string(dev: Any, attr: str) -> Optional[str]:
+    try:
+        value = getattr(dev, attr)
+    except Exception:   # no permission, no langid, device gone: leave it unknown
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _port_path(dev: Any) -> Optional[str]:
+    try:
+        ports = dev.port_numbers
+    except Exception:
+        ports = None
+    if not ports or dev.bus is None:
+        return None
+    return f"{dev.bus}-{'.'.join(str(p) for p in ports)}"
+
+
+def _dfu_flash_layout(dev: Any) -> Optional[str]:
+    """The alt-0 name of a DfuSe device (the internal flash memory map)."""
+    import usb.util  # local: importing pyusb is cheap, but keep module import light
+    try:
+        for cfg in dev:
+            for intf in cfg:
+                if intf.bInterfaceClass != 0xFE or intf.bInterfaceSubClass != 0x01:
+                    continue
+                if intf.bAlternateSetting != 0 or not intf.iInterface:
+                    continue
+                name = usb.util.get_string(dev, intf.iInterface)
+                if name:
+                    return name
+    except Exception:
+        return None
+    return None
+
+
+def describe_device(dev: Any) -> Optional[UsbDevice]:
+    kind = KINDS.get((dev.idVendor, dev.idProduct))
+    if kind is None:
+        return None
+    serial = _string(dev, "serial_number")
+    product = _string(dev, "product")
+    info = UsbDevice(kind=kind, vendor_id=dev.idVendor, product_id=dev.idProduct,
+                     bus=dev.bus, address=dev.address, port_path=_port_path(dev),
+                     serial=serial, manufacturer=_string(dev, "manufacturer"),
+                     product=product)
+    if kind == "dfu":
+        info.dfu_layout = _dfu_flash_layout(dev)
+        layout = parse_dfu_layout(info.dfu_layout)
+        if layout is not None:
+            info.flash_size = layout.size
+    else:
+        if product and _MCU_RE.match(product):
+            info.mcu = product
+        if serial:
+            info.canbus_uuid = canbus_uuid_from_chip_id(serial)
+    return info
+
+
+def list_usb_devices(backend: Any = None) -> Tuple[List[UsbDevice], List[str]]:
+    """Blocking: the recognised USB devices and any warnings (no libusb, ...)."""
+    import usb.core
+    warnings: List[str] = []
+    try:
+        found = list(usb.core.find(find_all=True, backend=backend))
+    except usb.core.NoBackendError:
+        return [], ["pyusb found no USB backend: install libusb-1.0 "
+                    "(Debian: sudo apt install libusb-1.0-0) to see USB devices"]
+    except Exception as exc:   # USBError on a broken bus: report, keep the rest of the scan
+        return [], [f"USB scan failed: {exc}"]
+    devices: List[UsbDevice] = []
+    for dev in found:
+        try:
+            info = describe_device(dev)
+        except Exception as exc:
+            warnings.append(f"USB device {dev.idVendor:04x}:{dev.idProduct:04x}: {exc}")
+            continue
+        if info is not None:
+            devices.append(info)
+    return devices, warnings

@@ -1,0 +1,626 @@
+"""Running a flash plan: checks, Klipper stopped, the write, the board back, Klipper started.
+
+Klipper is started again on every exit path once a stop was attempted —
+success, refusal, failure, timeout and cancellation (a hung tool is killed
+by ``run_tool`` when its task is cancelled).  The result says what happened
+and, when the board's flash was touched and the board did not come back,
+how to recover it: DFU mode, then the Katapult preset.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from typing import Any, Awaitable, Callable, List, Mapping, Optional, Sequence, Set
+
+from ..discovery.serial import list_serial_ports
+from ..discovery.snapshot import DeviceSnapshot
+from ..errors import OctoflashError
+from ..events import Progress, ProgressCallback, null_progress
+from ..service import KlipperService, NullService
+from ..tools import ToolTimeout
+from . import results as R
+from .checks import CheckRefused, check_dfu_layout, check_katapult_status, run_checks
+from .dfu import DfuFlasher
+from .katapult import KatapultFlasher, katapult_sha1
+from .plan import KATAPULT_DEVICE, FlashPlan, FlashStep, dfu_instructions, order_for_flash
+from .results import FlashResult, StepRecord, WriteFailed
+
+Discover = Callable[[], Awaitable[DeviceSnapshot]]
+_METHOD_TEXT = {"dfu": "dfu-util", "usb-serial": "Katapult over USB serial",
+                "can": "Katapult over CAN", "usb-can-bridge": "Katapult behind the USB-CAN bridge"}
+KlipperStatus = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+@dataclasses.dataclass
+class FlashContext:
+    """What a flash needs from whoever runs it (CLI, Moonraker component, tests).
+
+    ``discover``: a fresh ``DeviceSnapshot`` (with Klipper's MCUs when the
+    caller has them); used for the checks and to wait for devices.  Without
+    it the flash relies on the tools and the by-id folder alone.
+    ``klipper_status``: Klipper's ``mcu``/``mcu NAME`` objects, to compare
+    ``mcu_version`` with the artifact once Klipper is back.
+    """
+    service: KlipperService = dataclasses.field(default_factory=NullService)
+    on_progress: ProgressCallback = null_progress
+    discover: Optional[Discover] = None
+    klipper_status: Optional[KlipperStatus] = None
+    result: Optional[FlashResult] = None           # the current/last result, also on cancel
+    results: List[FlashResult] = dataclasses.field(default_factory=list)
+
+
+class _Restart:
+    """Stops Klipper once and starts it again whatever happens."""
+
+    def __init__(self, ctx: FlashContext, emit: Callable[..., None]) -> None:
+        self.ctx = ctx
+        self.emit = emit
+        self.attempted = False
+        self.restarted: Optional[bool] = None
+        self.error: Optional[str] = None
+
+    async def stop(self, timeout: float) -> None:
+        self.attempted = True
+        self.emit("stop_klipper", f"Stopping Klipper ({self.ctx.service.describe()})")
+        try:
+            await asyncio.wait_for(self.ctx.service.stop(), timeout)
+        except asyncio.TimeoutError:
+            raise WriteFailed(f"Klipper did not stop within {timeout:g} s") from None
+        except Exception:
+            # A stop that was refused (no permission) leaves Klipper running:
+            # then there is nothing to start again afterwards.
+            try:
+                if await asyncio.wait_for(self.ctx.service.is_active(), timeout):
+                    self.attempted = False
+            except Exception:
+                pass
+            raise
+
+    async def start(self, timeout: float) -> None:
+        """Start Klipper; a second cancellation waits for the start to finish first."""
+        if not self.attempted or self.restarted is not None:
+            return
+        self.emit("start_klipper", f"Starting Klipper ({self.ctx.service.describe()})")
+        task = asyncio.ensure_future(asyncio.wait_for(self.ctx.service.start(), timeout))
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.done():
+                    break
+                cancelled = True
+            except BaseException:
+                break
+        try:
+            task.result()
+            self.restarted = True
+        except BaseException as exc:   # report it; the flash result must still be returned
+            self.restarted = False
+            self.error = f"Klipper could not be started again: {exc or type(exc).__name__}"
+        if cancelled:
+            raise asyncio.CancelledError()
+
+
+class _PlanRun:
+    def __init__(self, plan: FlashPlan, ctx: FlashContext, result: FlashResult) -> None:
+        self.plan = plan
+        self.ctx = ctx
+        self.result = result
+        self.config = plan.config
+        self.katapult_device: Optional[str] = None
+        self.katapult_ports_before: Set[str] = set()
+        self.write_started = False
+        self.in_bootloader = False
+        self.status_block_size = 64
+
+    # --- events ----------------------------------------------------------------------
+    def emit(self, stage: str, message: str, percent: Optional[float] = None,
+             kind: str = "step") -> None:
+        self.ctx.on_progress(Progress(stage, message, percent, kind))
+
+    def on_tool_progress(self, event: Progress) -> None:
+        if event.kind == "output":
+            self.result.log.append(event.message)
+        self.ctx.on_progress(event)
+
+    async def snapshot(self) -> Optional[DeviceSnapshot]:
+        if self.ctx.discover is None:
+            return None
+        return await self.ctx.discover()
+
+    # --- the run -----------------------------------------------------------------------
+    async def checks(self) -> None:
+        self.emit("check", f"Checking '{self.plan.profile_name}': the image and the board "
+                           "before writing")
+        devices = await self.snapshot()
+        for check in await run_checks(self.plan, devices):
+            self.emit("check", check.message, kind="output")
+
+    async def steps(self, restart: Optional[_Restart]) -> None:
+        self.emit("flash", f"Flashing '{self.plan.profile_name}' "
+                           f"({_METHOD_TEXT.get(self.plan.transport, self.plan.transport)})")
+        for index, step in enumerate(self.plan.steps):
+            record = self.result.steps[index]
+            if step.kind in ("start_klipper", "check_version"):
+                continue
+            if step.kind == "stop_klipper":
+                if restart is None:
+                    record.status, record.message = "skipped", "Klipper is stopped for the whole run"
+                    continue
+                await self._timed(record, restart.stop(step.timeout or 60.0))
+                self.result.klipper_stopped = True
+                continue
+            await self._timed(record, self._run_step(step, record))
+
+    async def _timed(self, record: StepRecord, work: Awaitable[Any]) -> None:
+        record.status, record.started = "running", time.time()
+        self.emit(record.kind, record.title)
+        try:
+            await work
+        except asyncio.CancelledError:
+            record.status = "cancelled"
+            raise
+        except BaseException as exc:
+            record.status, record.message = "failed", str(exc).split("\n")[0]
+            raise
+        finally:
+            record.duration = time.time() - record.started
+        if record.status == "running":
+            record.status = "done"
+
+    def _argv(self, step: FlashStep) -> List[str]:
+        assert step.argv is not None
+        if KATAPULT_DEVICE in step.argv:
+            if not self.katapult_device:
+                raise WriteFailed("The Katapult serial port is not known yet")
+            return [self.katapult_device if a == KATAPULT_DEVICE else a for a in step.argv]
+        return list(step.argv)
+
+    async def _run_step(self, step: FlashStep, record: StepRecord) -> None:
+        kind = step.kind
+        timeout = float(step.timeout or 60.0)
+        env = self.config.tool_env or None
+        katapult = KatapultFlasher(on_progress=self.on_tool_progress, env=env)
+        if kind == "request_bootloader":
+            if await self._already_in_katapult(step):
+                record.status, record.message = "skipped", "the board is already in Katapult"
+                self.in_bootloader = True
+                return
+            self.katapult_ports_before = await self._katapult_ports()
+            await katapult.request_bootloader(self._argv(step), timeout=timeout)
+            self.in_bootloader = True
+        elif kind == "wait_katapult_usb":
+            self.katapult_device = await self._wait_katapult_usb(step, timeout)
+            record.message = self.katapult_device
+        elif kind == "wait_katapult_can":
+            await self._wait_katapult_can(step, timeout)
+        elif kind == "katapult_status":
+            status = await katapult.status(self._argv(step), timeout=timeout)
+            if status is None:
+                self.result.warnings.append(
+                    "This flashtool.py is older than October 2024 and cannot report Katapult's "
+                    "status, so the MCU type and application start were not checked against "
+                    "Katapult before writing. Update it: git -C ~/katapult pull")
+                record.status, record.message = "skipped", "flashtool.py has no -s"
+                return
+            self.result.katapult_status = status.to_json()
+            for check in check_katapult_status(self.plan, status):
+                self.emit("check", check.message, kind="output")
+            self.status_block_size = status.block_size or 64
+        elif kind == "write_katapult":
+            self.write_started = True
+            run = await katapult.write(self._argv(step), timeout=timeout)
+            self.in_bootloader = False
+            self.result.verified_sha = run.sha
+            data = await asyncio.to_thread(_read, self.plan.file_path)
+            self.result.expected_sha = katapult_sha1(data, self.status_block_size)
+            if run.sha and run.sha != self.result.expected_sha:
+                self.result.warnings.append(
+                    f"Katapult's read-back SHA-1 {run.sha} differs from the image's "
+                    f"{self.result.expected_sha}: flashtool.py may have written another file.")
+            if run.legacy:
+                self.result.warnings.append("flashtool.py predates 'Programming Complete'; the "
+                                            "write was judged by its 'Flash Success' after a "
+                                            "completed write and verification.")
+        elif kind == "wait_dfu":
+            await self._wait_dfu(step, timeout)
+        elif kind == "write_dfu":
+            self.write_started = True
+            dfu = DfuFlasher(on_progress=self.on_tool_progress, env=env)
+            try:
+                outcome = await dfu.write(self._argv(step), timeout=timeout,
+                                          fallback_argv=step.params.get("fallback_argv"),
+                                          instructions=dfu_instructions(self.plan.profile.preset),
+                                          board=f"'{self.plan.profile_name}'")
+            except WriteFailed as exc:
+                self.write_started = exc.write_started
+                raise
+            self.result.warnings.extend(outcome.notes)
+        elif kind == "wait_return":
+            await self._wait_return(step, timeout)
+        else:
+            raise WriteFailed(f"Unknown flash step '{kind}'")
+
+    # --- waiting for devices -----------------------------------------------------------
+    async def _poll(self, what: str, timeout: float, probe: Callable[[], Awaitable[Any]]) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = await probe()
+            if found:
+                return found
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def _katapult_ports(self) -> Set[str]:
+        ports, _ = await asyncio.to_thread(list_serial_ports, self.config.by_id_dir)
+        return {p.path for p in ports if p.kind == "katapult"}
+
+    async def _already_in_katapult(self, step: FlashStep) -> bool:
+        if not step.params.get("skip_if_in_bootloader"):
+            return False
+        devices = await self.snapshot()
+        if devices is not None:
+            return devices.status_of(self.plan.profile).state == "bootloader"
+        wait = self.plan.step("wait_katapult_usb")
+        path = wait.params.get("path") if wait else None
+        return bool(path and os.path.exists(path))
+
+    async def _wait_katapult_usb(self, step: FlashStep, timeout: float) -> str:
+        wanted = step.params.get("path")
+        mcu = step.params.get("mcu")
+
+        async def probe() -> Optional[str]:
+            ports, _ = await asyncio.to_thread(list_serial_ports, self.config.by_id_dir)
+            katapult = [p for p in ports if p.kind == "katapult"]
+            if wanted:
+                return wanted if any(p.path == wanted for p in katapult) else None
+            new = [p for p in katapult if p.path not in self.katapult_ports_before
+                   and (not mcu or p.mcu == mcu)]
+            if len(new) == 1:
+                return new[0].path
+            same = [p for p in katapult if not mcu or p.mcu == mcu]
+            return same[0].path if len(same) == 1 else None
+        found = await self._poll("katapult", timeout, probe)
+        if not found:
+            raise WriteFailed(
+                f"The board did not show up as a Katapult serial port within {timeout:g} s.",
+                hint="Double-click the board's reset button to enter Katapult and flash again. "
+                     "If Katapult never appears, it is not installed: put the board into DFU "
+                     "mode and flash the Katapult preset first.")
+        return str(found)
+
+    async def _wait_katapult_can(self, step: FlashStep, timeout: float) -> None:
+        uuid, interface = step.params.get("uuid"), step.params.get("interface")
+        if self.ctx.discover is None:
+            await asyncio.sleep(min(1.0, timeout))
+            return
+
+        async def probe() -> bool:
+            devices = await self.snapshot()
+            node = devices.can_node(uuid, interface) if devices else None
+            return node is not None and node.application == "Katapult"
+        if not await self._poll("katapult-can", timeout, probe):
+            raise WriteFailed(
+                f"Node {uuid} did not answer as Katapult on {interface} within {timeout:g} s.",
+                hint="Check that Katapult is installed on the node and that the bus is up; a "
+                     "double-click on the node's reset button also enters Katapult.")
+
+    async def _wait_dfu(self, step: FlashStep, timeout: float) -> None:
+        if self.ctx.discover is None:
+            return
+        serial = step.params.get("serial")
+        instructions = step.params.get("instructions") or ""
+
+        async def probe() -> Any:
+            devices = await self.snapshot()
+            if devices is None:
+                return None
+            if serial:
+                return devices.dfu_device(serial)
+            boards = devices.dfu_devices()
+            if len(boards) > 1:
+                raise CheckRefused(
+                    "dfu_device", f"{len(boards)} boards are in DFU mode and profile "
+                    f"'{self.plan.profile_name}' does not say which one to write.",
+                    hint="Set dfu_serial in the profile, or leave only this board in DFU mode.")
+            return boards[0] if boards else None
+        found = await probe()
+        if found is None:
+            self.emit("wait_device", "No board in DFU mode yet. " + instructions)
+            found = await self._poll("dfu", timeout, probe)
+        if found is None:
+            raise WriteFailed(f"No board in DFU mode within {timeout:g} s.",
+                              hint=instructions or "Fit the boot jumper and press reset.")
+        if found.dfu_layout:
+            check_dfu_layout(self.plan, found.dfu_layout)
+
+    async def _wait_return(self, step: FlashStep, timeout: float) -> None:
+        expect = step.params.get("expect")
+        if self.ctx.discover is None:
+            path = step.params.get("path")
+            if expect == "serial" and path:
+                found = await self._poll("serial", timeout,
+                                         lambda: asyncio.to_thread(os.path.exists, path))
+                self.result.board_back = bool(found)
+                self.result.board_detail = path if found else None
+            return
+
+        async def probe() -> Optional[str]:
+            devices = await self.snapshot()
+            return _returned(devices, step.params) if devices is not None else None
+        detail = await self._poll("return", timeout, probe)
+        self.result.board_back = bool(detail)
+        self.result.board_detail = detail
+        if detail:
+            self.emit("wait_return", f"Board is back: {detail}", kind="output")
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[str]:
+    """A description of the board as it came back, or None if not back yet."""
+    expect = params.get("expect")
+    uuid, interface = params.get("uuid"), params.get("interface")
+    if expect == "canbridge":
+        dev = devices.usb_by_uuid("canbridge", uuid)
+        if dev is not None and devices.can_interface_up(interface or "can0"):
+            return f"USB-CAN bridge {dev.usb_id} on USB {dev.port_path}, {interface} up"
+        return None
+    if expect == "can":
+        node = devices.can_node(uuid, interface)
+        if node is not None and node.application == "Klipper":
+            return f"node {uuid} answers on {interface} as Klipper"
+        return None
+    if expect == "serial":
+        port = devices.serial_port(params.get("path"))
+        return f"{port.path}" if port is not None and port.kind != "katapult" else None
+    if expect == "katapult":
+        mcu = params.get("mcu")
+        for dev in devices.usb_of_kind("katapult"):
+            if not mcu or dev.mcu == mcu:
+                return f"Katapult {dev.usb_id} on USB {dev.port_path}"
+        return None
+    if expect == "gone":
+        serial = params.get("serial")
+        still = devices.dfu_device(serial) if serial else (devices.dfu_devices() or None)
+        return "the board left DFU mode" if not still else None
+    return None
+
+
+# --- results and recovery ------------------------------------------------------------
+def _katapult_preset_for(profile: Any) -> Optional[str]:
+    try:
+        from ..presets import list_presets
+    except ImportError:
+        return None
+    family = getattr(profile.preset, "family", "")
+    for p in list_presets():
+        if p.target == "katapult" and p.mcu == profile.mcu and (not family or p.id.startswith(family)):
+            return p.id
+    return None
+
+
+def recovery_text(plan: FlashPlan, *, write_started: bool, in_bootloader: bool) -> Optional[str]:
+    """How to get the board running again after a flash that did not finish."""
+    if not write_started:
+        if in_bootloader:
+            return ("Nothing was written, but the board waits in Katapult: flash again, or "
+                    "press its reset button once to go back to its firmware.")
+        return None
+    katapult_preset = _katapult_preset_for(plan.profile) or "the Katapult preset for this board"
+    dfu = dfu_instructions(plan.profile.preset)
+    if plan.method == "katapult":
+        return ("The application area was partly written; Katapult itself was not touched. "
+                "Double-click the reset button to enter Katapult and flash again. If Katapult "
+                f"does not come up, recover over DFU: {dfu} Then flash {katapult_preset} with "
+                "the dfu method, then this profile.")
+    return ("The flash was partly written. The STM32's ROM DFU loader cannot be damaged, so "
+            f"the board can always be recovered: {dfu} Then flash again; to get a bootloader "
+            f"back, flash {katapult_preset} over DFU first, then this profile.")
+
+
+def _fail(result: FlashResult, run: _PlanRun, exc: BaseException) -> None:
+    if isinstance(exc, CheckRefused):
+        result.state = R.REFUSED
+        result.check = exc.check
+        result.message = str(exc).split("\n")[0]
+        result.hint = exc.hint
+        result.recovery = recovery_text(run.plan, write_started=False,
+                                        in_bootloader=run.in_bootloader)
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        result.state = R.CANCELLED
+        result.message = ("Cancelled during the write: the board's flash is incomplete."
+                          if run.write_started else "Cancelled before anything was written.")
+    elif isinstance(exc, ToolTimeout):
+        result.state = R.FAILED
+        result.message = str(exc).split("\n")[0]
+        result.log.extend(exc.log_tail)
+    elif isinstance(exc, WriteFailed):
+        result.state = R.FAILED
+        run.write_started = run.write_started and exc.write_started
+        result.message = str(exc.args[0]) if exc.args else str(exc)
+        result.hint = exc.hint
+        result.log.extend(exc.log_tail)
+    elif isinstance(exc, OctoflashError):
+        result.state = R.FAILED
+        result.message = exc.args[0] if exc.args else str(exc)
+        result.hint = exc.hint
+    else:
+        result.state = R.FAILED
+        result.message = f"Unexpected error: {type(exc).__name__}: {exc}"
+    result.written = run.write_started
+    result.recovery = recovery_text(run.plan, write_started=run.write_started,
+                                    in_bootloader=run.in_bootloader)
+
+
+async def _check_version(plan: FlashPlan, ctx: FlashContext, result: FlashResult) -> None:
+    step = plan.step("check_version")
+    if step is None:
+        return
+    record = result.steps[plan.steps.index(step)]
+    if ctx.klipper_status is None:
+        record.status, record.message = "skipped", "Klipper's status is not available here"
+        return
+    record.status = "running"
+    obj, expected = step.params["object"], step.params["expected"]
+    timeout = float(step.timeout or 60.0)
+    deadline = time.monotonic() + timeout
+    reported = None
+    ctx.on_progress(Progress("check_version", f"Waiting for Klipper to report {obj}"))
+    while True:
+        try:
+            status = await ctx.klipper_status()
+        except Exception:   # Klipper not connected yet
+            status = {}
+        reported = ((status or {}).get(obj) or {}).get("mcu_version") or None
+        if reported or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(plan.config.poll_interval)
+    result.version_reported = reported
+    if reported is None:
+        record.status, record.message = "failed", f"no report within {timeout:g} s"
+        result.warnings.append(f"Klipper did not report {obj} within {timeout:g} s, so the new "
+                               "version could not be confirmed.")
+        return
+    result.version_matches = reported == expected
+    record.status = "done" if result.version_matches else "failed"
+    record.message = f"{obj} reports {reported}"
+    if not result.version_matches:
+        result.state = R.FAILED
+        result.message = (f"Written, but Klipper reports {obj} running {reported}, not "
+                          f"{expected}: the board did not start the new firmware.")
+        result.recovery = recovery_text(plan, write_started=True, in_bootloader=False)
+
+
+def _new_result(plan: FlashPlan) -> FlashResult:
+    return FlashResult(profile=plan.profile_name, warnings=list(plan.warnings),
+                       version_expected=plan.artifact.version if plan.profile.target == "klipper"
+                       else None,
+                       steps=[StepRecord(s.kind, s.title) for s in plan.steps])
+
+
+async def _execute(plan: FlashPlan, ctx: FlashContext, result: FlashResult,
+                   restart: Optional[_Restart], *, checked: bool = False) -> None:
+    """Run one plan into ``result``; re-raises cancellation after recording it."""
+    run = _PlanRun(plan, ctx, result)
+    ctx.result = result
+    try:
+        if not checked:
+            await run.checks()
+        await run.steps(restart)
+    except BaseException as exc:
+        _fail(result, run, exc)
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+            raise
+        return
+    result.written = True
+    result.state = R.DONE
+    if result.board_back is False:
+        result.state = R.FAILED
+        timeout = plan.step("wait_return").timeout if plan.step("wait_return") else 0
+        result.message = (f"Written, but the board did not come back within {timeout:g} s.")
+        result.recovery = ("Power-cycle the board. If it still does not come back: "
+                           + (recovery_text(plan, write_started=True, in_bootloader=False) or ""))
+    else:
+        result.message = f"Wrote {plan.file_name} ({plan.artifact.version})" + (
+            f"; {result.board_detail}" if result.board_detail else "")
+
+
+def _finish_klipper(result: FlashResult, restart: _Restart, steps_of: FlashPlan) -> None:
+    result.klipper_restarted = restart.restarted
+    for index, step in enumerate(steps_of.steps):
+        if step.kind == "start_klipper":
+            record = result.steps[index]
+            record.status = "done" if restart.restarted else "failed"
+            record.message = restart.error or ""
+    if restart.error:
+        result.warnings.append(restart.error + " Start it yourself: sudo systemctl start klipper")
+
+
+async def execute_plan(plan: FlashPlan, ctx: FlashContext) -> FlashResult:
+    """Run one plan; returns its ``FlashResult`` (also stored in ``ctx.result``).
+
+    Cancellation is re-raised after Klipper was started again; the
+    cancelled result is in ``ctx.result``.
+    """
+    result = _new_result(plan)
+    restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
+    try:
+        await _execute(plan, ctx, result, restart if plan.needs_klipper_stop else None)
+    finally:
+        try:
+            await restart.start(plan.config.timeouts.start_klipper)
+        finally:
+            _finish_klipper(result, restart, plan)
+            result.finished = time.time()
+            ctx.results.append(result)
+    if result.state == R.DONE and restart.restarted:
+        await _check_version(plan, ctx, result)
+    ctx.on_progress(Progress("done", result.summary()))
+    return result
+
+
+async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[FlashResult]:
+    """Several boards in one run: CAN nodes first, the bridge last, Klipper stopped once.
+
+    Every board's checks run before Klipper is stopped, so a refused board
+    stops nothing; the others are flashed in order, each to its own result.
+    """
+    ordered = order_for_flash(plans)
+    results = [_new_result(p) for p in ordered]
+    restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
+    config = ordered[0].config if ordered else None
+    runnable: List[int] = []
+    try:
+        for index, (plan, result) in enumerate(zip(ordered, results)):
+            ctx.result = result
+            run = _PlanRun(plan, ctx, result)
+            try:
+                await run.checks()
+            except asyncio.CancelledError:
+                _fail(result, run, asyncio.CancelledError())
+                raise
+            except Exception as exc:
+                _fail(result, run, exc)
+                continue
+            runnable.append(index)
+        needs_stop = any(ordered[i].needs_klipper_stop for i in runnable)
+        if needs_stop and config is not None:
+            try:
+                await restart.stop(config.timeouts.stop_klipper)
+            except Exception as exc:
+                for i in runnable:
+                    results[i].state = R.FAILED
+                    results[i].message = f"Klipper could not be stopped, nothing was written: {exc}"
+                raise
+        for i in runnable:
+            results[i].klipper_stopped = needs_stop
+            await _execute(ordered[i], ctx, results[i], None, checked=True)
+    except asyncio.CancelledError:
+        for result in results:
+            if result.state == R.FAILED and not result.message:
+                result.state, result.message = R.CANCELLED, "Cancelled before this board was flashed."
+        raise
+    except OctoflashError:
+        pass
+    finally:
+        try:
+            if config is not None:
+                await restart.start(config.timeouts.start_klipper)
+        finally:
+            for plan, result in zip(ordered, results):
+                _finish_klipper(result, restart, plan)
+                result.finished = time.time()
+            ctx.results.extend(results)
+    for plan, result in zip(ordered, results):
+        if result.state == R.DONE and restart.restarted:
+            await _check_version(plan, ctx, result)
+    return results

@@ -1,0 +1,208 @@
+"""Writing through Katapult with the user's ``flashtool.py``.
+
+Works with flashtool versions before and after its March 2025 USB-CAN
+bridge support, because the bridge case is always done in two steps here
+(request the bootloader over CAN, then write over the ``usb-katapult_…``
+serial port).  Success: ``Programming Complete``; older versions print
+``Flash Success`` for every success, so it only counts after a write was
+seen (``Write complete`` / ``Verification Complete``), never after a bare
+bootloader request.  Errors are the ``ERROR:root:Flash Tool Error`` (older:
+``Flash Error``) traceback on stderr, exit code 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..events import Progress, ProgressCallback, null_progress
+from ..tools import ToolResult, run_tool
+from .checks import CheckRefused, KatapultStatus
+from .results import WriteFailed
+
+_ERROR_MARK = re.compile(r"^ERROR:root:Flash (Tool )?Error")
+_FLASH_ERROR_LINE = re.compile(r"(?:^|\.)FlashError: (?P<msg>.*)$")
+_STATUS_PATTERNS = {
+    "app_start": re.compile(r"^Application Start: 0x(?P<v>[0-9A-Fa-f]+)"),
+    "mcu": re.compile(r"^MCU type: (?P<v>\S+)"),
+    "block_size": re.compile(r"^Block Size: (?P<v>\d+)"),
+    "software_version": re.compile(r"^Software Version: (?P<v>.+)$"),
+    "protocol_version": re.compile(r"^Protocol Version: (?P<v>.+)$"),
+}
+_SHA_RE = re.compile(r"Verification Complete: SHA = (?P<sha>[0-9A-Fa-f]+)")
+_PAGES_RE = re.compile(r"Write complete: (?P<pages>\d+) pages")
+
+# flashtool error text -> what the user can do about it
+_HINTS: Tuple[Tuple[str, str], ...] = (
+    ("Unable to bind socket", "The CAN interface is down or missing: check `ip -details link "
+     "show can0`; a USB-CAN bridge board must be running Klipper for can0 to exist."),
+    ("Error sending command [CONNECT]", "Katapult did not answer: the board is not in the "
+     "bootloader. Double-click its reset button to enter Katapult, then try again."),
+    ("in use", "Another program holds the serial port; is Klipper still running?"),
+    ("Invalid firmware path", "The image file is missing: build the profile again."),
+    ("No Serial Device found", "The Katapult serial port disappeared: check the USB cable and "
+     "the board's power."),
+    ("pyserial", "flashtool.py needs pyserial for USB serial: install python3-serial, or set "
+     "flashtool_python to Klipper's Python (~/klippy-env/bin/python)."),
+    ("UUID mismatch", "Another node answered for this uuid: check canbus_uuid in the profile."),
+    ("Checksum mismatch", "The read-back differs from the image: the write is not trustworthy."),
+)
+
+
+def katapult_sha1(data: bytes, block_size: int = 64) -> str:
+    """The SHA-1 flashtool reports: the image padded with 0xFF to whole blocks."""
+    padded = data + b"\xff" * (-len(data) % block_size)
+    return hashlib.sha1(padded).hexdigest().upper()
+
+
+@dataclasses.dataclass
+class FlashtoolRun:
+    returncode: int
+    lines: List[str]
+    error: Optional[str]               # the FlashError message, when it failed
+    write_started: bool
+    write_seen: bool                   # Write complete / Verification Complete printed
+    final: Optional[str]               # the closing line (Programming Complete, ...)
+    sha: Optional[str]
+    pages: Optional[int]
+    status: KatapultStatus
+
+    @property
+    def legacy(self) -> bool:
+        return self.final == "Flash Success"
+
+
+def read_run(result: ToolResult) -> FlashtoolRun:
+    lines = result.lines
+    error: Optional[str] = None
+    err_lines = result.stderr_lines
+    if any(_ERROR_MARK.match(line) for line in err_lines):
+        for index in range(len(err_lines) - 1, -1, -1):
+            m = _FLASH_ERROR_LINE.search(err_lines[index])
+            if m:
+                error = "\n".join([m.group("msg")] + err_lines[index + 1:]).strip()
+                break
+        if error is None:
+            error = err_lines[-1] if err_lines else "flashtool.py failed"
+    elif result.returncode != 0:
+        error = (err_lines[-1] if err_lines else f"flashtool.py exited {result.returncode}")
+    status = KatapultStatus()
+    for line in lines:
+        for key, pattern in _STATUS_PATTERNS.items():
+            m = pattern.match(line)
+            if m:
+                value = m.group("v").strip()
+                if key == "app_start":
+                    status.app_start = int(value, 16)
+                elif key == "block_size":
+                    status.block_size = int(value)
+                else:
+                    setattr(status, key, value)
+    sha = pages = None
+    for line in lines:
+        m = _SHA_RE.search(line)
+        if m:
+            sha = m.group("sha").upper()
+        m = _PAGES_RE.search(line)
+        if m:
+            pages = int(m.group("pages"))
+    finals = ("Programming Complete", "Bootloader Request Complete", "Status Request Complete",
+              "CANBus UUID Query Complete", "Flash Success", "CAN Flash Success", "Query Complete")
+    final = next((line.strip() for line in reversed(lines) if line.strip() in finals), None)
+    return FlashtoolRun(
+        returncode=result.returncode, lines=lines, error=error,
+        write_started=any(line.startswith("Flashing '") for line in lines),
+        write_seen=sha is not None or pages is not None, final=final, sha=sha, pages=pages,
+        status=status)
+
+
+def hint_for(error: str) -> Optional[str]:
+    for needle, hint in _HINTS:
+        if needle in error:
+            return hint
+    return None
+
+
+class _HashProgress:
+    """Turns the ``[####…]`` bars (one ``#`` per 2 %) into write/verify percentages."""
+
+    def __init__(self, on_progress: ProgressCallback) -> None:
+        self.on_progress = on_progress
+        self.stage = "write"
+        self.marks = 0
+
+    def feed(self, text: str) -> None:
+        if text.startswith("Flashing '"):
+            self.stage, self.marks = "write", 0
+        elif text.startswith("Verifying"):
+            self.stage, self.marks = "verify", 0
+        count = text.count("#")
+        if count and set(text.strip()) <= set("[#]"):
+            self.marks = min(50, self.marks + count)
+            self.on_progress(Progress(self.stage, f"{self.stage} {self.marks * 2}%",
+                                      float(self.marks * 2), kind="progress"))
+
+
+class KatapultFlasher:
+    def __init__(self, *, on_progress: ProgressCallback = null_progress,
+                 env: Optional[Dict[str, str]] = None,
+                 on_output: Optional[Callable[[str], None]] = None) -> None:
+        self.on_progress = on_progress
+        self.env = env or None
+        self.on_output = on_output
+
+    async def _run(self, argv: Sequence[str], timeout: float, stage: str) -> FlashtoolRun:
+        bars = _HashProgress(self.on_progress)
+
+        def on_line(stream: str, line: str) -> None:
+            if self.on_output is not None:
+                self.on_output(line)
+            bars.feed(line)
+            if "#" in line:
+                return
+            self.on_progress(Progress(stage if stage != "write" else bars.stage, line, None,
+                                      kind="output"))
+        result = await run_tool(argv, timeout=timeout, env=self.env, on_line=on_line,
+                                what="flashtool.py")
+        return read_run(result)
+
+    def _failure(self, run: FlashtoolRun, what: str) -> WriteFailed:
+        error = run.error or f"flashtool.py ended without {what}"
+        if "does not match MCU" in error:
+            # flashtool's own MCU check refused before writing anything.
+            raise CheckRefused("mcu", f"flashtool.py refused the image: {error}",
+                               hint="Choose the preset for the board's chip and build again.")
+        return WriteFailed(f"flashtool.py: {error}", hint=hint_for(error),
+                           log_tail=run.lines[-12:], returncode=run.returncode,
+                           write_started=run.write_started)
+
+    async def request_bootloader(self, argv: Sequence[str], *, timeout: float) -> FlashtoolRun:
+        """``-r``: nothing is written; older tools end it with ``Flash Success`` too."""
+        run = await self._run(argv, timeout, "request_bootloader")
+        if run.returncode != 0 or run.error:
+            raise self._failure(run, "confirming the bootloader request")
+        return run
+
+    async def status(self, argv: Sequence[str], *, timeout: float) -> Optional[KatapultStatus]:
+        """``-s``; None when this flashtool.py predates status requests (October 2024)."""
+        run = await self._run(argv, timeout, "status")
+        if run.returncode == 2 and any("unrecognized arguments" in line for line in run.lines):
+            return None
+        if run.returncode != 0 or run.error:
+            raise self._failure(run, "reporting the status")
+        return run.status
+
+    async def write(self, argv: Sequence[str], *, timeout: float) -> FlashtoolRun:
+        """``-f``: success is ``Programming Complete``, or ``Flash Success`` after a write."""
+        run = await self._run(argv, timeout, "write")
+        if run.returncode != 0 or run.error:
+            raise self._failure(run, "finishing the write")
+        if run.final == "Programming Complete" and run.write_seen:
+            return run
+        if run.final in ("Flash Success", "CAN Flash Success") and run.write_seen:
+            return run
+        raise WriteFailed("flashtool.py did not confirm a write (no 'Programming Complete', and "
+                          "no write was reported before its last line).",
+                          log_tail=run.lines[-12:], returncode=run.returncode,
+                          write_started=run.write_started)

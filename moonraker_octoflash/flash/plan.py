@@ -1,0 +1,378 @@
+"""Flash plans: for a profile and an artifact, the exact steps and commands.
+
+A plan is computed without touching anything, so ``octoflash flash
+--dry-run`` and the web UI can show it, and the executor runs exactly what
+was shown.  A command whose device is only known once the board has
+entered Katapult (a bridge's ``usb-katapult_…`` port) carries the
+placeholder ``{katapult_device}``, filled in when the device appears.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TypeVar
+
+from ..artifacts import Artifact
+from ..discovery.identity import normalize_uuid
+from ..discovery.serial import katapult_by_id_name, parse_by_id_name
+from ..discovery.snapshot import BoardStatus, DeviceSnapshot, profile_is_usb_can_bridge
+from ..errors import ValidationError
+from .config import FlashConfig
+
+FLASH_BASE = 0x08000000
+KATAPULT_DEVICE = "{katapult_device}"
+
+# Transports
+DFU = "dfu"
+USB_SERIAL = "usb-serial"
+CAN = "can"
+USB_CAN_BRIDGE = "usb-can-bridge"
+
+_TRANSPORT_TEXT = {
+    DFU: "dfu-util (STM32 ROM bootloader in DFU mode)",
+    USB_SERIAL: "Katapult over USB serial",
+    CAN: "Katapult over CAN",
+    USB_CAN_BRIDGE: "Katapult behind the USB-CAN bridge (request over CAN, write over USB serial)",
+}
+
+
+H723_HEATER_WARNING = ("On the Octopus Pro H723 v1.0 the heater outputs HE0/HE2 switch on "
+                       "while the board is in DFU mode: disconnect the heaters or watch the hot "
+                       "end while flashing.")
+
+
+def dfu_instructions(preset: Any) -> str:
+    """How to put this preset's board into DFU mode (the guide's steps, and its warnings)."""
+    text = getattr(preset, "dfu_instructions", "") or (
+        "Fit the board's BOOT0 jumper and press reset; in DFU mode it shows as 0483:df11.")
+    if str(getattr(preset, "mcu", "")).startswith("stm32h723") and "HE0" not in text:
+        text = f"{text} {H723_HEATER_WARNING}"
+    return text
+
+
+@dataclasses.dataclass
+class FlashStep:
+    kind: str          # stop_klipper, request_bootloader, wait_dfu, wait_katapult_usb,
+                       # wait_katapult_can, katapult_status, write_dfu, write_katapult,
+                       # wait_return, start_klipper, check_version
+    title: str
+    argv: Optional[List[str]] = None
+    timeout: Optional[float] = None
+    params: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def command_text(self) -> Optional[str]:
+        return shlex.join(self.argv) if self.argv else None
+
+    def to_json(self) -> Dict[str, Any]:
+        data: Dict[str, Any] = {"kind": self.kind, "title": self.title,
+                                "timeout": self.timeout, "params": dict(self.params)}
+        if self.argv:
+            data["argv"] = list(self.argv)
+            data["command"] = self.command_text()
+        return data
+
+
+@dataclasses.dataclass
+class FlashPlan:
+    profile: Any                      # profiles.Profile
+    artifact: Artifact
+    method: str                       # dfu or katapult
+    transport: str                    # dfu, usb-serial, can, usb-can-bridge
+    file_name: str                    # the artifact file written
+    address: int                      # DFU: where it is written; Katapult: where it is linked
+    steps: List[FlashStep]
+    needs_klipper_stop: bool
+    config: FlashConfig
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    board_status: Optional[BoardStatus] = None
+    dfu_serial: Optional[str] = None
+    allow_bootloader_overwrite: bool = False
+
+    @property
+    def profile_name(self) -> str:
+        return str(self.profile.name)
+
+    @property
+    def file_path(self) -> str:
+        return self.artifact.path(self.file_name)
+
+    def step(self, kind: str) -> Optional[FlashStep]:
+        return next((s for s in self.steps if s.kind == kind), None)
+
+    def to_json(self) -> Dict[str, Any]:
+        art = self.artifact
+        try:
+            record = art.file(self.file_name)
+            size: Optional[int] = record.size
+            sha256: Optional[str] = record.sha256
+        except KeyError:
+            size = sha256 = None
+        return {
+            "profile": self.profile_name,
+            "preset": self.profile.preset.id,
+            "target": self.profile.target,
+            "method": self.method,
+            "transport": self.transport,
+            "artifact": {"id": art.id, "file": self.file_path, "name": self.file_name,
+                         "size": size, "sha256": sha256, "mcu": art.mcu,
+                         "app_address": f"0x{art.app_address:08x}", "version": art.version},
+            "address": f"0x{self.address:08x}",
+            "needs_klipper_stop": self.needs_klipper_stop,
+            "dfu_serial": self.dfu_serial,
+            "board_status": self.board_status.to_json() if self.board_status else None,
+            "steps": [s.to_json() for s in self.steps],
+            "warnings": list(self.warnings),
+        }
+
+    def format(self) -> str:
+        """The plan as a user reads it (``--dry-run``)."""
+        art = self.artifact
+        lines = [f"Flash plan for '{self.profile_name}' ({self.profile.preset.id})",
+                 f"  image:  {self.file_path}",
+                 f"          {art.version}, {art.mcu}, linked at 0x{art.app_address:08x}",
+                 f"  method: {_TRANSPORT_TEXT.get(self.transport, self.transport)}"]
+        if self.board_status is not None:
+            lines.append(f"  board:  {self.board_status.state} - {self.board_status.detail}")
+        for number, step in enumerate(self.steps, 1):
+            lines.append(f"  {number}. {step.title}")
+            if step.argv:
+                lines.append(f"       $ {step.command_text()}")
+        for warning in self.warnings:
+            lines.append(f"  warning: {warning}")
+        return "\n".join(lines)
+
+
+# --- ordering ---------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def _flash_rank(profile: Any) -> int:
+    if getattr(profile, "canbus_uuid", None):
+        return 2 if profile_is_usb_can_bridge(profile) or _katapult_on_usb(profile) else 0
+    return 1
+
+
+def order_for_flash(items: Iterable[T]) -> List[T]:
+    """CAN nodes first, then USB/DFU boards, USB-CAN bridges last.
+
+    The nodes behind a bridge are only reachable while the bridge runs, so
+    the bridge is written after them.  Accepts profiles or plans.
+    """
+    listed = list(items)
+
+    def rank(item: Any) -> int:
+        return _flash_rank(getattr(item, "profile", item))
+    return sorted(listed, key=rank)
+
+
+# --- building a plan ------------------------------------------------------------------
+def _katapult_on_usb(profile: Any) -> bool:
+    """A Katapult profile whose bootloader talks USB (the board is a bridge when it runs Klipper)."""
+    if profile.target != "katapult":
+        return False
+    return any(k.startswith("CONFIG_STM32_USB_") and v == "y" for k, v in profile.kconfig().items())
+
+
+def choose_method(profile: Any, method: Optional[str], status: Optional[BoardStatus]) -> str:
+    methods = [m["method"] for m in profile.preset.flash_methods]
+    if method:
+        if method not in methods:
+            raise ValidationError(
+                f"Profile '{profile.name}' (preset {profile.preset.id}) cannot be written with "
+                f"'{method}'; it can be written with: {', '.join(methods)}")
+        return method
+    if profile.flash_method:
+        return str(profile.flash_method)
+    if status is not None and status.state == "dfu" and "dfu" in methods:
+        return "dfu"
+    if status is not None and status.state == "bootloader" and \
+            profile.target == "katapult" and "katapult" in methods:
+        return "katapult"      # Katapult is there: replace it with the deployer, no jumper
+    return methods[0]
+
+
+def _transport(profile: Any, devices: Optional[DeviceSnapshot]) -> str:
+    if profile.canbus_uuid:
+        if profile_is_usb_can_bridge(profile) or _katapult_on_usb(profile):
+            return USB_CAN_BRIDGE
+        return CAN
+    if profile.serial:
+        return USB_SERIAL
+    raise ValidationError(
+        f"Profile '{profile.name}' does not say how to reach its board through Katapult: "
+        "set canbus_uuid (CAN or USB-CAN bridge) or serial (the /dev/serial/by-id path), "
+        "or flash it with the dfu method.")
+
+
+def _flashtool(config: FlashConfig, *args: str) -> List[str]:
+    return [config.python, config.flashtool_path] + list(args)
+
+
+def _chip_serial(profile: Any, devices: Optional[DeviceSnapshot]) -> Optional[str]:
+    if profile.serial:
+        _k, _m, chip = parse_by_id_name(os.path.basename(profile.serial))
+        if chip:
+            return chip
+    if devices is not None:
+        return devices.chip_serial_for(profile)
+    return None
+
+
+def _return_step(profile: Any, transport: str, config: FlashConfig,
+                 dfu_serial: Optional[str] = None) -> FlashStep:
+    uuid = normalize_uuid(profile.canbus_uuid)
+    interface = profile.canbus_interface or "can0"
+    timeout = config.timeouts.reconnect
+    if profile.target == "katapult":
+        return FlashStep("wait_return", "Wait for Katapult to come up on USB", timeout=timeout,
+                         params={"expect": "katapult", "mcu": profile.mcu})
+    if uuid and (transport == USB_CAN_BRIDGE or profile_is_usb_can_bridge(profile)):
+        return FlashStep("wait_return", f"Wait for the USB-CAN bridge and {interface} to come back",
+                         timeout=timeout,
+                         params={"expect": "canbridge", "uuid": uuid, "interface": interface})
+    if uuid:
+        return FlashStep("wait_return", f"Wait for the node {uuid} to answer on {interface}",
+                         timeout=timeout,
+                         params={"expect": "can", "uuid": uuid, "interface": interface})
+    if profile.serial:
+        return FlashStep("wait_return", f"Wait for {profile.serial}", timeout=timeout,
+                         params={"expect": "serial", "path": profile.serial})
+    return FlashStep("wait_return", "Wait for the board to leave DFU mode", timeout=timeout,
+                     params={"expect": "gone", "serial": dfu_serial or profile.dfu_serial})
+
+
+def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
+              devices: Optional[DeviceSnapshot] = None,
+              config: Optional[FlashConfig] = None,
+              allow_bootloader_overwrite: bool = False) -> FlashPlan:
+    """The steps that write ``artifact`` to ``profile``'s board; nothing runs here.
+
+    ``devices`` (a recent scan) lets the plan name the board's current
+    state, pick DFU when the board already waits in DFU mode, and fill in
+    device paths; without it the plan uses what the profile says.
+    """
+    config = config or FlashConfig()
+    if artifact.target != profile.target:
+        raise ValidationError(
+            f"Artifact {artifact.id} is {artifact.target} firmware but profile "
+            f"'{profile.name}' builds {profile.target}")
+    status = devices.status_of(profile) if devices is not None else None
+    chosen = choose_method(profile, method, status)
+    method_info = profile.preset.flash_method(chosen) or {"method": chosen}
+    warnings: List[str] = []
+    steps: List[FlashStep] = []
+    t = config.timeouts
+    uuid = normalize_uuid(profile.canbus_uuid)
+    interface = profile.canbus_interface or "can0"
+    dfu_serial: Optional[str] = None
+
+    if chosen == "dfu":
+        transport = DFU
+        file_name = artifact.main_file
+        address = artifact.app_address
+        preset_address = method_info.get("address")
+        if preset_address and int(str(preset_address), 16) != address:
+            warnings.append(f"The build is linked at 0x{address:08x}, not at the preset's "
+                            f"{preset_address}: it is written at 0x{address:08x}.")
+        mass_erase = bool(method_info.get("mass_erase")) and address == FLASH_BASE
+        leave = bool(method_info.get("leave", True))
+        dfu_serial = profile.dfu_serial
+        if not dfu_serial and devices is not None:
+            found = devices.dfu_device_for(profile)
+            if found is not None and len(devices.dfu_devices()) > 1:
+                dfu_serial = found.serial
+        if address == FLASH_BASE and profile.target == "klipper":
+            warnings.append("This image starts at 0x08000000: writing it erases any bootloader "
+                            "(Katapult or the stock one) on the board.")
+        needs_stop = bool(profile.klipper_mcu) or profile.connection in ("can", "serial")
+        if needs_stop:
+            steps.append(FlashStep("stop_klipper", "Stop Klipper", timeout=t.stop_klipper))
+        steps.append(FlashStep(
+            "wait_dfu", "Wait for the board in DFU mode (0483:df11" +
+            (f", serial {dfu_serial})" if dfu_serial else ")"),
+            timeout=t.device_wait,
+            params={"serial": dfu_serial, "instructions": dfu_instructions(profile.preset)}))
+        spec = f"0x{address:08x}" + (":mass-erase:force" if mass_erase else "") + \
+            (":leave" if leave else "")
+        serial_args = ["-S", dfu_serial] if dfu_serial else []
+        argv = [config.dfu_util, "-a", "0", "-d", "0483:df11"] + serial_args + \
+            ["-s", spec, "-D", artifact.path(file_name)]
+        params: Dict[str, Any] = {"address": address, "mass_erase": mass_erase, "leave": leave}
+        if mass_erase:
+            params["fallback_argv"] = [config.dfu_util, "-a", "0", "-d", "0483:df11"] + \
+                serial_args + ["-s", f"0x{address:08x}" + (":leave" if leave else ""),
+                               "-D", artifact.path(file_name)]
+        title = f"Write {file_name} at 0x{address:08x}" + (" after a mass erase" if mass_erase else "")
+        steps.append(FlashStep("write_dfu", title, argv=argv, timeout=t.write, params=params))
+    else:
+        transport = _transport(profile, devices)
+        file_name = method_info.get("file") or artifact.main_file
+        if profile.target == "katapult":
+            # deployer.bin is linked where the old bootloader starts applications.
+            address = (getattr(artifact, "deployer_address", None) or artifact.bootloader_app_start
+                       or profile.preset.bootloader_app_start or FLASH_BASE)
+        else:
+            address = artifact.app_address
+        needs_stop = True
+        steps.append(FlashStep("stop_klipper", "Stop Klipper", timeout=t.stop_klipper))
+        in_katapult = status is not None and status.state == "bootloader"
+        fw = artifact.path(file_name)
+        if transport == CAN:
+            steps.append(FlashStep(
+                "request_bootloader", f"Ask node {uuid} on {interface} to enter Katapult",
+                argv=_flashtool(config, "-i", interface, "-u", str(uuid), "-r"),
+                timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
+            steps.append(FlashStep("wait_katapult_can", f"Wait for Katapult to answer as {uuid}",
+                                   timeout=t.bootloader_wait,
+                                   params={"uuid": uuid, "interface": interface}))
+            where = ["-i", interface, "-u", str(uuid)]
+        else:
+            chip = _chip_serial(profile, devices)
+            by_id_name = katapult_by_id_name(profile.mcu, chip) if chip else None
+            if transport == USB_CAN_BRIDGE:
+                steps.append(FlashStep(
+                    "request_bootloader", f"Ask the bridge {uuid} on {interface} to enter Katapult",
+                    argv=_flashtool(config, "-i", interface, "-u", str(uuid), "-r"),
+                    timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
+            else:
+                # -f too: flashtool.py before October 2024 insists on an existing file
+                # even for a bare bootloader request over serial (-r writes nothing).
+                steps.append(FlashStep(
+                    "request_bootloader", f"Ask {os.path.basename(profile.serial)} to enter Katapult",
+                    argv=_flashtool(config, "-d", profile.serial, "-f", fw, "-r"),
+                    timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
+            target = os.path.join(config.by_id_dir, by_id_name) if by_id_name else None
+            steps.append(FlashStep(
+                "wait_katapult_usb",
+                f"Wait for {target or 'a usb-katapult_' + profile.mcu + '_… serial port'}",
+                timeout=t.bootloader_wait,
+                params={"path": target, "mcu": profile.mcu, "chip_serial": chip}))
+            where = ["-d", target or KATAPULT_DEVICE]
+        steps.append(FlashStep("katapult_status",
+                               "Read Katapult's status (MCU type, application start)",
+                               argv=_flashtool(config, *where, "-s"), timeout=t.status))
+        steps.append(FlashStep("write_katapult", f"Write {file_name} through Katapult",
+                               argv=_flashtool(config, *where, "-f", fw), timeout=t.write,
+                               params={"in_bootloader": in_katapult}))
+        if file_name != "klipper.bin" and profile.target == "klipper":
+            warnings.append(f"{file_name} is not named klipper.bin, so flashtool.py skips its "
+                            "own MCU check (octoflash still checks the MCU).")
+
+    steps.append(_return_step(profile, transport, config, dfu_serial))
+    if needs_stop:
+        steps.append(FlashStep("start_klipper", "Start Klipper", timeout=t.start_klipper))
+        if profile.target == "klipper" and profile.klipper_object:
+            steps.append(FlashStep(
+                "check_version", f"Check that Klipper's {profile.klipper_object} reports "
+                f"{artifact.version}", timeout=t.version_check,
+                params={"object": profile.klipper_object, "expected": artifact.version}))
+    return FlashPlan(profile=profile, artifact=artifact, method=chosen, transport=transport,
+                     file_name=file_name, address=address, steps=steps,
+                     needs_klipper_stop=needs_stop, config=config, warnings=warnings,
+                     board_status=status, dfu_serial=dfu_serial,
+                     allow_bootloader_overwrite=allow_bootloader_overwrite)
+
+
+def plans_in_order(plans: Sequence[FlashPlan]) -> List[FlashPlan]:
+    return order_for_flash(plans)

@@ -1,0 +1,860 @@
+"""The job runner: build and flash jobs, one flash at a time, events, history.
+
+Every request to build or flash (API, macro, command line, update manager)
+becomes a ``Job`` run by ``JobRunner`` as its own asyncio task, so a job runs
+to its end even if the client that asked for it goes away.  Rules:
+
+* one flash at a time: a second flash request is refused (ConflictError)
+  naming the job that holds the flash slot;
+* a profile is held by at most one job: a build or flash of a profile that
+  another job is working on is refused;
+* builds run one after the other (a second build waits, "queued"); builds may
+  run while printing, flashes may not (the adapter's ``preflight`` refuses);
+* every step, percentage and output line becomes a ``JobUpdate`` for the
+  adapters (notifications, console, terminal);
+* the history (profile, artifact, plan, each step's result, duration, log)
+  goes through a small ``JobStorage`` (in memory here, Moonraker's database in
+  the component), bounded to ``history_size`` jobs; a job that was running
+  when the process stopped is loaded back as "interrupted".
+
+The core is reached through two narrow seams so that the runner does not
+care where its parts come from: ``builder.build(profile, force, on_progress)``
+(``build.Builder``) and a ``FlashPipeline`` (``prepare`` = discovery + plan,
+``execute`` = the executor); ``CoreFlashPipeline`` wires the real modules.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
+                    Optional, Sequence)
+
+from .errors import (CheckFailed, ConflictError, FlashError, NotFoundError,
+                     OctoflashError, ValidationError)
+from .events import Progress
+
+if TYPE_CHECKING:
+    from .profiles import Profile
+
+log = logging.getLogger("octoflash.jobs")
+
+# Job states.  "refused": a check before writing said no, nothing was written.
+QUEUED, RUNNING = "queued", "running"
+DONE, FAILED, CANCELLED, REFUSED, INTERRUPTED = "done", "failed", "cancelled", "refused", "interrupted"
+FINAL_STATES = (DONE, FAILED, CANCELLED, REFUSED, INTERRUPTED)
+ACTIVE_STATES = (QUEUED, RUNNING)
+
+# Stages during which stopping would leave a board half written: cancelling
+# is refused then (the executor finishes the write and restarts Klipper).
+UNSAFE_STAGES = frozenset({"write_dfu", "write_katapult", "erase", "write", "flash",
+                           "verify", "deploy", "mass_erase", "download"})
+
+DEFAULT_HISTORY_SIZE = 50
+DEFAULT_LOG_LINES = 500
+
+
+# --- records ---------------------------------------------------------------
+
+@dataclasses.dataclass
+class JobStep:
+    """One phase of a job and how it ended."""
+    stage: str
+    message: str = ""
+    state: str = RUNNING            # running, done, failed, cancelled, skipped
+    started: float = dataclasses.field(default_factory=time.time)
+    finished: Optional[float] = None
+    percent: Optional[float] = None
+    result: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    kind: str                       # "build", "flash" or "update_all"
+    profile: str                    # profile name ("" for update_all)
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    origin: str = "api"             # api, macro, cli, update_manager
+    state: str = QUEUED
+    stage: str = ""
+    percent: Optional[float] = None
+    message: str = ""
+    error: Optional[str] = None
+    recovery: Optional[str] = None  # how to get a board back after a failed write
+    created: float = dataclasses.field(default_factory=time.time)
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    artifact: Optional[Dict[str, Any]] = None
+    plan: Optional[Dict[str, Any]] = None
+    result: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: List[JobStep] = dataclasses.field(default_factory=list)
+    log: List[str] = dataclasses.field(default_factory=list)
+    log_dropped: int = 0            # lines left out of ``log`` to keep it bounded
+    log_path: Optional[str] = None  # the full build log, when there is one
+    parent: Optional[str] = None    # the update_all job this flash belongs to
+    children: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def duration(self) -> Optional[float]:
+        if self.started is None:
+            return None
+        end = self.finished if self.finished is not None else time.time()
+        return round(end - self.started, 3)
+
+    def to_json(self, full: bool = True) -> Dict[str, Any]:
+        data: Dict[str, Any] = {
+            "job_id": self.id, "kind": self.kind, "profile": self.profile,
+            "options": dict(self.options), "origin": self.origin, "state": self.state,
+            "stage": self.stage, "percent": self.percent, "message": self.message,
+            "error": self.error, "recovery": self.recovery, "created": self.created,
+            "started": self.started, "finished": self.finished, "duration": self.duration,
+            "parent": self.parent, "children": list(self.children),
+        }
+        art = self.artifact or {}
+        data["artifact_id"] = art.get("id")
+        data["version"] = art.get("dict_version") or art.get("source_version")
+        if full:
+            data.update(artifact=self.artifact, plan=self.plan, result=dict(self.result),
+                        steps=[s.to_json() for s in self.steps], log=list(self.log),
+                        log_dropped=self.log_dropped, log_path=self.log_path)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Job":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["id"] = data["job_id"]
+        values["steps"] = [JobStep(**{k: v for k, v in s.items()
+                                      if k in {f.name for f in dataclasses.fields(JobStep)}})
+                           for s in data.get("steps") or []]
+        return cls(**values)
+
+
+@dataclasses.dataclass
+class JobUpdate:
+    """What adapters hear about a job: sent on every step, percentage, line and state."""
+    job: Job
+    event: str                      # "state", "step", "progress" or "output"
+    message: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.event == "state" and self.job.state in FINAL_STATES
+
+    def to_json(self) -> Dict[str, Any]:
+        job = self.job
+        return {
+            "job_id": job.id, "kind": job.kind, "profile": job.profile, "event": self.event,
+            "state": job.state, "stage": job.stage, "percent": job.percent,
+            "message": self.message or job.message, "final": self.final,
+            "error": job.error, "recovery": job.recovery, "parent": job.parent,
+            "duration": job.duration, "time": time.time(),
+        }
+
+
+JobListener = Callable[[JobUpdate], Any]
+
+
+# --- storage ---------------------------------------------------------------
+
+class JobStorage:
+    """Where the history lives.  Subclasses override the three methods."""
+
+    async def load_all(self) -> List[Dict[str, Any]]:
+        raise NotImplementedError
+
+    async def save(self, job: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def delete(self, job_id: str) -> None:
+        raise NotImplementedError
+
+
+class MemoryJobStorage(JobStorage):
+    """History for the command line and the tests; ``records`` can be handed
+    to a second runner to play a restart."""
+
+    def __init__(self, records: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+        self.records: Dict[str, Dict[str, Any]] = records if records is not None else {}
+
+    async def load_all(self) -> List[Dict[str, Any]]:
+        return [dict(r) for r in self.records.values()]
+
+    async def save(self, job: Dict[str, Any]) -> None:
+        self.records[job["job_id"]] = dict(job)
+
+    async def delete(self, job_id: str) -> None:
+        self.records.pop(job_id, None)
+
+
+# --- the flash side of the core ---------------------------------------------
+
+class FlashPipeline:
+    """The two calls a flash job makes into the core."""
+
+    async def prepare(self, profile: "Profile", artifact: Any,
+                      options: Dict[str, Any]) -> Any:
+        """Find the board and return the plan (an object with ``to_json()``)."""
+        raise NotImplementedError
+
+    async def execute(self, plan: Any, on_progress: Callable[[Progress], None]) -> Dict[str, Any]:
+        """Carry the plan out; return what to keep as the job's result."""
+        raise NotImplementedError
+
+    def needs_klipper_stopped(self, plan: Any) -> bool:
+        if isinstance(plan, dict):
+            return bool(plan.get("needs_klipper_stop", True))
+        return bool(getattr(plan, "needs_klipper_stop", True))
+
+
+class CoreFlashPipeline(FlashPipeline):
+    """Wires discovery, the planner and the executor (flash engineer's modules).
+
+    ``klipper_status`` returns Klipper's latest ``mcu``/``configfile`` status
+    (the Moonraker adapter reads it through Moonraker; the command line has
+    none); ``simulation`` names a simulated machine's folder (demo).
+    """
+
+    def __init__(self, settings: Any, service: Any, *,
+                 klipper_status: Optional[Callable[[], Awaitable[Optional[Dict[str, Any]]]]] = None,
+                 simulation: Optional[str] = None) -> None:
+        self.settings = settings
+        self.service = service
+        self.klipper_status = klipper_status
+        self.simulation = simulation
+
+    def scan_options(self) -> Dict[str, Any]:
+        """Where discovery looks: the simulated machine, or the settings' folders and buses."""
+        if self.simulation:
+            from .sim.board import SimulatedMachine
+            return SimulatedMachine(self.simulation).scan_options()
+        options: Dict[str, Any] = {}
+        if self.settings is not None:
+            options.update(by_id_dir=self.settings.serial_by_id_path,
+                           can_interfaces=list(self.settings.can_interfaces) or None,
+                           can_listen_time=self.settings.can_listen_time)
+        return options
+
+    async def scan(self) -> Any:
+        from .discovery import scan
+        status = await self.klipper_status() if self.klipper_status is not None else None
+        options = await asyncio.to_thread(self.scan_options)   # the simulation reads files
+        return await scan(klipper_status=status, **options)
+
+    def flash_config(self) -> Any:
+        from .flash.config import FlashConfig
+        config = FlashConfig.from_settings(self.settings) if self.settings is not None \
+            else FlashConfig()
+        if self.simulation:
+            from .sim.board import SimulatedMachine
+            machine = SimulatedMachine(self.simulation)
+            config = config.with_tools(machine.tool_paths(), machine.by_id_dir)
+        return config
+
+    async def prepare(self, profile: "Profile", artifact: Any,
+                      options: Dict[str, Any]) -> Any:
+        from .flash.plan import make_plan
+        snapshot = await self.scan()
+        config = await asyncio.to_thread(self.flash_config)
+        return make_plan(profile, artifact, method=options.get("method"), devices=snapshot,
+                         config=config)
+
+    async def execute(self, plan: Any, on_progress: Callable[[Progress], None]) -> Dict[str, Any]:
+        """Run the plan; a refusal raises CheckFailed, a failure FlashError (with the result)."""
+        from .flash import results as flash_results
+        from .flash.executor import FlashContext, execute_plan
+
+        async def klipper_status() -> Dict[str, Any]:
+            if self.klipper_status is None:
+                return {}
+            return dict(await self.klipper_status() or {})
+
+        ctx = FlashContext(service=self.service, on_progress=on_progress, discover=self.scan,
+                           klipper_status=klipper_status if self.klipper_status else None)
+        result = await execute_plan(plan, ctx)
+        data = result.to_json()
+        if result.state == flash_results.DONE:
+            return data
+        if result.state == flash_results.REFUSED:
+            exc: OctoflashError = CheckFailed(result.message, hint=result.hint)
+        else:
+            exc = FlashError(result.message or f"flash {result.state}",
+                             recovery=result.recovery, hint=result.hint)
+        exc.details = data   # type: ignore[attr-defined]
+        raise exc
+
+
+Preflight = Callable[["Profile", Optional[Any]], Awaitable[None]]
+ArtifactLookup = Callable[["Profile", str], Any]
+
+
+def _new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + secrets.token_hex(2)
+
+
+def is_usb_can_bridge(profile: "Profile") -> bool:
+    """A board whose firmware carries the CAN bus: flashing it takes the bus down."""
+    return any(k.startswith("CONFIG_STM32_USBCANBUS") or k == "CONFIG_USBCANBUS"
+               for k, v in profile.kconfig().items() if v == "y")
+
+
+def update_order(profiles: Sequence["Profile"]) -> List["Profile"]:
+    """CAN nodes first, then USB boards, the USB-CAN bridge last (it carries the bus)."""
+    def key(p: "Profile") -> int:
+        if is_usb_can_bridge(p):
+            return 2
+        return 0 if p.connection == "can" else 1
+    return sorted(profiles, key=key)
+
+
+class JobRunner:
+    """Runs build and flash jobs; see the module text for the rules."""
+
+    def __init__(self, builder: Any, *,
+                 pipeline: Optional[FlashPipeline] = None,
+                 storage: Optional[JobStorage] = None,
+                 preflight: Optional[Preflight] = None,
+                 find_artifact: Optional[ArtifactLookup] = None,
+                 history_size: int = DEFAULT_HISTORY_SIZE,
+                 log_lines: int = DEFAULT_LOG_LINES) -> None:
+        self.builder = builder
+        self.pipeline = pipeline
+        self.storage = storage or MemoryJobStorage()
+        self.preflight = preflight
+        self.find_artifact = find_artifact
+        self.history_size = max(1, history_size)
+        self.log_lines = max(10, log_lines)
+        self._jobs: Dict[str, Job] = {}           # id -> job, oldest first
+        self._tasks: Dict[str, asyncio.Task] = {}
+        self._listeners: List[JobListener] = []
+        self._flash_job: Optional[Job] = None
+        self._build_lock = asyncio.Lock()
+        self._closing = False
+        self._pending_saves: set = set()
+
+    # --- listeners and history ------------------------------------------
+
+    def add_listener(self, listener: JobListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: JobListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def load(self) -> List[Job]:
+        """Read the history; jobs that were running when the process ended become interrupted."""
+        records = await self.storage.load_all()
+        loaded: List[Job] = []
+        for record in records:
+            try:
+                job = Job.from_json(record)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("octoflash: dropping an unreadable job record: %s", exc)
+                continue
+            if job.state in ACTIVE_STATES:
+                job.state = INTERRUPTED
+                job.finished = job.finished or time.time()
+                job.error = ("Moonraker (or octoflash) stopped while this job was running; "
+                             "check the board and run the job again")
+                for step in job.steps:
+                    if step.state == RUNNING:
+                        step.state = INTERRUPTED
+                        step.finished = job.finished
+                await self._save(job)
+            loaded.append(job)
+        loaded.sort(key=lambda j: (j.created, j.id))
+        for job in loaded:
+            self._jobs.setdefault(job.id, job)
+        await self._prune()
+        return loaded
+
+    def jobs(self, profile: Optional[str] = None, limit: Optional[int] = None) -> List[Job]:
+        """Newest first."""
+        found = [j for j in reversed(list(self._jobs.values()))
+                 if profile is None or j.profile == profile]
+        return found[:limit] if limit else found
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise NotFoundError(f"No job with id '{job_id}'; list jobs with "
+                                "GET /server/octoflash/jobs") from None
+
+    def active_jobs(self) -> List[Job]:
+        return [j for j in self._jobs.values() if j.active]
+
+    @property
+    def flash_job(self) -> Optional[Job]:
+        return self._flash_job if self._flash_job and self._flash_job.active else None
+
+    def job_holding(self, profile_name: str) -> Optional[Job]:
+        for job in self._jobs.values():
+            if job.active and (job.profile == profile_name
+                               or profile_name in job.options.get("profiles", [])):
+                return job
+        return None
+
+    # --- starting jobs -----------------------------------------------------
+
+    async def start_build(self, profile: "Profile", *, force: bool = False,
+                          origin: str = "api") -> Job:
+        self._check_open()
+        self._check_profile_free(profile.name)
+        job = self._new_job("build", profile.name, {"force": bool(force)}, origin)
+        await self._launch(job, self._run_build(job, profile, force))
+        return job
+
+    async def start_flash(self, profile: "Profile", *, build: bool = True,
+                          force: bool = False, method: Optional[str] = None,
+                          artifact_id: Optional[str] = None,
+                          origin: str = "api") -> Job:
+        self._check_open()
+        self._check_flash_free()
+        self._check_profile_free(profile.name)
+        if self.pipeline is None:
+            raise OctoflashError("Flashing is not available here (no flash pipeline configured)")
+        if artifact_id and self.find_artifact is None:
+            raise ValidationError("This runner cannot look up earlier builds by id")
+        if self.preflight is not None:
+            await self.preflight(profile, None)
+        # preflight awaited: check again, another request may have won meanwhile
+        self._check_flash_free()
+        self._check_profile_free(profile.name)
+        options = {"build": bool(build), "force": bool(force), "method": method,
+                   "artifact_id": artifact_id}
+        job = self._new_job("flash", profile.name, options, origin)
+        self._flash_job = job
+        await self._launch(job, self._run_flash(job, profile))
+        return job
+
+    async def start_update_all(self, profiles: Sequence["Profile"], *,
+                               origin: str = "api") -> Job:
+        """Build and flash several profiles in one job, the USB-CAN bridge last."""
+        self._check_open()
+        if not profiles:
+            raise ValidationError("No profiles to update: mark profiles with "
+                                  "'auto_update: True' to include them")
+        self._check_flash_free()
+        for p in profiles:
+            self._check_profile_free(p.name)
+        if self.pipeline is None:
+            raise OctoflashError("Flashing is not available here (no flash pipeline configured)")
+        ordered = update_order(profiles)
+        if self.preflight is not None:
+            for p in ordered:
+                await self.preflight(p, None)
+        self._check_flash_free()
+        job = self._new_job("update_all", "", {"profiles": [p.name for p in ordered]}, origin)
+        self._flash_job = job
+        await self._launch(job, self._run_update_all(job, ordered))
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if not job.active:
+            raise ConflictError(f"Job {job_id} has already ended ({job.state})")
+        current = self._current_flash_stage(job)
+        if current in UNSAFE_STAGES:
+            raise ConflictError(
+                f"Job {job_id} is writing the board ({current}); stopping now could leave "
+                "it without firmware. It will finish on its own in a moment.")
+        task = self._tasks.get(job_id)
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 30)
+            except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                pass
+        return job
+
+    async def wait(self, job_id: str, timeout: Optional[float] = None) -> Job:
+        job = self.get(job_id)
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        return job
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting jobs; cancel running ones and record them as interrupted."""
+        self._closing = True
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        for job in self._jobs.values():
+            if job.active:
+                job.state = INTERRUPTED
+                job.finished = time.time()
+                job.error = "Moonraker stopped while this job was running"
+                await self._save(job)
+
+    # --- checks ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConflictError("Shutting down; no new jobs are started")
+
+    def _check_flash_free(self) -> None:
+        holder = self.flash_job
+        if holder is not None:
+            what = f"flashing '{holder.profile}'" if holder.profile else \
+                f"updating {', '.join(holder.options.get('profiles', []))}"
+            raise ConflictError(
+                f"Another flash is running (job {holder.id}, {what}, {holder.stage or 'starting'}); "
+                "only one board is flashed at a time. Try again when it has finished.")
+
+    def _check_profile_free(self, name: str) -> None:
+        holder = self.job_holding(name)
+        if holder is not None:
+            raise ConflictError(
+                f"Profile '{name}' is in use by job {holder.id} ({holder.kind}, "
+                f"{holder.stage or holder.state}); try again when it has finished.")
+
+    def _current_flash_stage(self, job: Job) -> str:
+        if job.kind == "update_all":
+            for child_id in job.children:
+                child = self._jobs.get(child_id)
+                if child is not None and child.active:
+                    return child.stage
+        return job.stage
+
+    # --- running -----------------------------------------------------------
+
+    def _new_job(self, kind: str, profile: str, options: Dict[str, Any], origin: str,
+                 parent: Optional[str] = None) -> Job:
+        job_id = _new_job_id()
+        while job_id in self._jobs:
+            job_id = _new_job_id()
+        job = Job(id=job_id, kind=kind, profile=profile, options=options, origin=origin,
+                  parent=parent)
+        self._jobs[job.id] = job
+        return job
+
+    async def _launch(self, job: Job, body: Awaitable[None]) -> None:
+        await self._save(job)
+        self._emit(job, "state", "queued")
+        task = asyncio.get_running_loop().create_task(self._guard(job, body))
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+        await self._prune()
+
+    async def _guard(self, job: Job, body: Awaitable[None]) -> None:
+        """Run a job's body and record how it ended, whatever happens."""
+        try:
+            await body
+        except asyncio.CancelledError:
+            await self._finish(job, CANCELLED if not self._closing else INTERRUPTED,
+                               error="Cancelled" if not self._closing else
+                               "Moonraker stopped while this job was running")
+            if self._closing:
+                raise
+        except CheckFailed as exc:
+            job.result.update(getattr(exc, "details", None) or {})
+            await self._finish(job, REFUSED, error=str(exc))
+        except OctoflashError as exc:
+            job.result.update(getattr(exc, "details", None) or {})
+            state = REFUSED if exc.status in (409, 503) else FAILED
+            await self._finish(job, state, error=str(exc),
+                               recovery=getattr(exc, "recovery", None))
+        except Exception as exc:   # a bug must not leave a job "running" forever
+            log.exception("octoflash: job %s failed unexpectedly", job.id)
+            await self._finish(job, FAILED, error=f"Internal error: {exc!r}")
+        else:
+            if job.active:
+                await self._finish(job, DONE)
+        finally:
+            if self._flash_job is job:
+                self._flash_job = None
+
+    async def _finish(self, job: Job, state: str, error: Optional[str] = None,
+                      recovery: Optional[str] = None) -> None:
+        if not job.active:
+            return
+        job.state = state
+        job.finished = time.time()
+        if error:
+            job.error = error
+            self._add_log(job, ("error: " if state != CANCELLED else "") + error)
+        if recovery:
+            job.recovery = recovery
+        step_state = {DONE: DONE, CANCELLED: CANCELLED, INTERRUPTED: INTERRUPTED}.get(state, FAILED)
+        for step in job.steps:
+            if step.state == RUNNING:
+                step.state = step_state
+                step.finished = job.finished
+        job.message = self._final_message(job)
+        await self._save(job)
+        self._emit(job, "state", job.message)
+
+    @staticmethod
+    def _final_message(job: Job) -> str:
+        what = {"build": "Build", "flash": "Flash", "update_all": "Update"}.get(job.kind, job.kind)
+        target = f" of {job.profile}" if job.profile else ""
+        if job.state == DONE:
+            if job.kind == "build" and job.result.get("skipped"):
+                return f"{what}{target}: up to date, nothing rebuilt"
+            if job.kind == "update_all":
+                return f"{what}: {job.result.get('summary', 'done')}"
+            return f"{what}{target} done in {job.duration or 0:.1f} s"
+        first_line = (job.error or job.state).split("\n")[0]
+        return f"{what}{target} {job.state}: {first_line}"
+
+    async def _start(self, job: Job) -> None:
+        job.state = RUNNING
+        job.started = time.time()
+        await self._save(job)
+        self._emit(job, "state", "started")
+
+    def _progress_handler(self, job: Job) -> Callable[[Progress], None]:
+        def on_progress(event: Progress) -> None:
+            try:
+                self._on_progress(job, event)
+            except Exception:   # never let a display problem break a build or a flash
+                log.exception("octoflash: progress handling failed")
+        return on_progress
+
+    def _on_progress(self, job: Job, event: Progress) -> None:
+        if event.kind == "output":
+            self._add_log(job, event.message)
+            if event.percent is not None:
+                job.percent = event.percent
+            self._emit(job, "output", event.message)
+            return
+        if event.kind == "step" or event.stage != job.stage:
+            self._begin_step(job, event.stage, event.message)
+            job.percent = event.percent
+            self._emit(job, "step", event.message)
+            self._save_soon(job)
+            return
+        # a percentage change within the current step
+        job.percent = event.percent
+        if job.steps:
+            job.steps[-1].percent = event.percent
+        if event.message:
+            job.message = event.message
+        self._emit(job, "progress", event.message)
+
+    def _begin_step(self, job: Job, stage: str, message: str = "") -> JobStep:
+        now = time.time()
+        for step in job.steps:
+            if step.state == RUNNING:
+                step.state = DONE
+                step.finished = now
+        step = JobStep(stage=stage, message=message, started=now)
+        job.steps.append(step)
+        job.stage = stage
+        job.message = message or stage
+        self._add_log(job, f"[{stage}] {message}".rstrip())
+        return step
+
+    def _end_step(self, job: Job, state: str = DONE, message: Optional[str] = None,
+                  result: Optional[Dict[str, Any]] = None) -> None:
+        if not job.steps:
+            return
+        step = job.steps[-1]
+        step.state = state
+        step.finished = time.time()
+        if message is not None:
+            step.message = message
+        if result:
+            step.result.update(result)
+
+    def _add_log(self, job: Job, line: str) -> None:
+        job.log.append(line)
+        excess = len(job.log) - self.log_lines
+        if excess > 0:
+            # Keep the first lines (what was run) and the last (how it ended).
+            head = self.log_lines // 5
+            del job.log[head:head + excess]
+            job.log_dropped += excess
+
+    def _emit(self, job: Job, event: str, message: str = "") -> None:
+        update = JobUpdate(job, event, message)
+        for listener in list(self._listeners):
+            try:
+                result = listener(update)
+                if asyncio.iscoroutine(result):
+                    asyncio.get_running_loop().create_task(result)
+            except Exception:
+                log.exception("octoflash: job listener failed")
+
+    def _save_soon(self, job: Job) -> None:
+        """Record a step change without waiting (the record is taken when it is written)."""
+        if job.id in self._pending_saves:
+            return
+        self._pending_saves.add(job.id)
+
+        async def save() -> None:
+            self._pending_saves.discard(job.id)
+            await self._save(job)
+        asyncio.get_running_loop().create_task(save())
+
+    async def _save(self, job: Job) -> None:
+        try:
+            await self.storage.save(job.to_json())
+        except Exception:
+            log.exception("octoflash: could not save job %s", job.id)
+
+    async def _prune(self) -> None:
+        """Keep at most ``history_size`` jobs; running ones are never dropped."""
+        excess = len(self._jobs) - self.history_size
+        if excess <= 0:
+            return
+        for job in list(self._jobs.values()):
+            if excess <= 0:
+                break
+            if job.active or (job.parent and self._jobs.get(job.parent, job).active):
+                continue
+            del self._jobs[job.id]
+            excess -= 1
+            try:
+                await self.storage.delete(job.id)
+            except Exception:
+                log.exception("octoflash: could not delete job %s", job.id)
+
+    # --- job bodies --------------------------------------------------------
+
+    async def _build_step(self, job: Job, profile: "Profile", force: bool) -> Any:
+        if self._build_lock.locked():
+            job.message = "waiting for another build to finish"
+            self._emit(job, "progress", job.message)
+        async with self._build_lock:
+            self._begin_step(job, "build", f"building {profile.name}")
+            self._emit(job, "step", job.message)
+            result = await self.builder.build(profile, force=force,
+                                              on_progress=self._progress_handler(job))
+        artifact = result.artifact
+        job.artifact = artifact.to_json() if hasattr(artifact, "to_json") else dict(artifact)
+        job.log_path = getattr(result, "log_path", None) or job.log_path
+        skipped = bool(getattr(result, "skipped", False))
+        # the builder's own steps (configure, compile...) follow "build"; close them
+        for step in job.steps:
+            if step.state == RUNNING:
+                step.state = DONE
+                step.finished = time.time()
+        summary = {"artifact_id": job.artifact.get("id"), "skipped": skipped,
+                   "version": job.artifact.get("dict_version") or job.artifact.get("source_version")}
+        build_step = next(s for s in reversed(job.steps) if s.stage == "build")
+        build_step.result.update(summary)
+        build_step.message = ("up to date, not rebuilt" if skipped
+                              else f"built {summary['version']}")
+        self._add_log(job, f"[build] {build_step.message}")
+        return artifact, skipped
+
+    async def _run_build(self, job: Job, profile: "Profile", force: bool) -> None:
+        await self._start(job)
+        _artifact, skipped = await self._build_step(job, profile, force)
+        job.result.update(skipped=skipped, artifact_id=(job.artifact or {}).get("id"))
+        job.percent = 100.0
+
+    async def _obtain_artifact(self, job: Job, profile: "Profile") -> Any:
+        options = job.options
+        if options.get("artifact_id"):
+            assert self.find_artifact is not None
+            self._begin_step(job, "artifact", f"using earlier build {options['artifact_id']}")
+            self._emit(job, "step", job.message)
+            artifact = self.find_artifact(profile, options["artifact_id"])
+            if asyncio.iscoroutine(artifact):
+                artifact = await artifact
+            job.artifact = artifact.to_json()
+            self._end_step(job, result={"artifact_id": options["artifact_id"]})
+            return artifact
+        if not options.get("build", True):
+            if self.find_artifact is None:
+                raise ValidationError("This runner cannot look up earlier builds; flash with build on")
+            self._begin_step(job, "artifact", "using the latest build")
+            self._emit(job, "step", job.message)
+            artifact = self.find_artifact(profile, "latest")
+            if asyncio.iscoroutine(artifact):
+                artifact = await artifact
+            job.artifact = artifact.to_json()
+            self._end_step(job, result={"artifact_id": job.artifact.get("id")})
+            return artifact
+        artifact, _skipped = await self._build_step(job, profile, bool(options.get("force")))
+        return artifact
+
+    async def _flash_body(self, job: Job, profile: "Profile") -> None:
+        """Build (or pick) the firmware, plan, check, write.  Raises on failure."""
+        assert self.pipeline is not None
+        artifact = await self._obtain_artifact(job, profile)
+        self._begin_step(job, "plan", "finding the board and planning the flash")
+        self._emit(job, "step", job.message)
+        plan = await self.pipeline.prepare(profile, artifact, job.options)
+        job.plan = plan.to_json() if hasattr(plan, "to_json") else dict(plan)
+        self._end_step(job, message=_plan_summary(job.plan))
+        await self._save(job)
+        # The print may have started while we were building: ask again.
+        if self.preflight is not None:
+            await self.preflight(profile, plan)
+        result = await self.pipeline.execute(plan, self._progress_handler(job))
+        for step in job.steps:
+            if step.state == RUNNING:
+                step.state = DONE
+                step.finished = time.time()
+        job.result.update(result or {})
+        job.percent = 100.0
+
+    async def _run_flash(self, job: Job, profile: "Profile") -> None:
+        await self._start(job)
+        await self._flash_body(job, profile)
+
+    async def _run_update_all(self, job: Job, profiles: Sequence["Profile"]) -> None:
+        await self._start(job)
+        results: Dict[str, str] = {}
+        for index, profile in enumerate(profiles):
+            child = self._new_job("flash", profile.name, {"build": True, "force": False},
+                                  job.origin, parent=job.id)
+            job.children.append(child.id)
+            step = self._begin_step(job, profile.name, f"updating {profile.name} "
+                                    f"({index + 1} of {len(profiles)})")
+            job.percent = round(100.0 * index / len(profiles), 1)
+            self._emit(job, "step", job.message)
+            await self._save(child)
+            self._emit(child, "state", "queued")
+            await self._start(child)
+            child_task = asyncio.get_running_loop().create_task(
+                self._guard(child, self._flash_body(child, profile)))
+            self._tasks[child.id] = child_task
+            try:
+                await asyncio.shield(child_task)
+            except asyncio.CancelledError:
+                # cancelling the update cancels the board being worked on
+                child_task.cancel()
+                await asyncio.wait([child_task], timeout=30)
+                raise
+            finally:
+                self._tasks.pop(child.id, None)
+            results[profile.name] = child.state
+            step.state = DONE if child.state == DONE else FAILED
+            step.finished = time.time()
+            step.result.update(job_id=child.id, state=child.state, error=child.error,
+                               version=(child.artifact or {}).get("dict_version"))
+            self._add_log(job, f"{profile.name}: {child.message}")
+        ok = sum(1 for s in results.values() if s == DONE)
+        job.result.update(profiles=results, succeeded=ok, total=len(results),
+                          summary=f"{ok} of {len(results)} boards updated")
+        job.percent = 100.0
+        if ok != len(results):
+            failed = ", ".join(n for n, s in results.items() if s != DONE)
+            raise OctoflashError(f"{ok} of {len(results)} boards updated; failed: {failed}")
+
+
+def _plan_summary(plan: Dict[str, Any]) -> str:
+    for key in ("summary", "description", "title"):
+        if plan.get(key):
+            return str(plan[key])
+    steps = plan.get("steps") or []
+    names = [str(s.get("stage") or s.get("name") or s.get("kind") or "?")
+             for s in steps if isinstance(s, dict)]
+    return f"{len(names)} steps: " + ", ".join(names) if names else "planned"

@@ -1,0 +1,437 @@
+"""Kconfig files: render what a profile asks for, resolve it, check the result.
+
+A profile asks for a handful of symbols (``CONFIG_MACH_STM32F446=y`` ...).
+``resolve_config`` writes them to the profile's own config file and lets
+the firmware tree's ``make olddefconfig`` fill in everything else, exactly
+as ``make menuconfig`` + save would.  Kconfig silently drops a symbol it
+does not know or whose dependencies are not met, and a choice falls back
+to its default when the requested entry is not offered; so the resolved
+file is compared with the request symbol by symbol, and any difference is
+an error that names the symbol, before anything is compiled.
+
+Why a symbol was dropped is worked out with kconfiglib (the same library
+Klipper and Katapult ship), run in a child process inside the firmware
+tree because Kconfig files are read relative to the current directory.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import re
+import sys
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .errors import BuildError, ValidationError
+from .tools import LineCallback, ToolTimeout, run_tool
+
+SYMBOL_RE = re.compile(r"^CONFIG_[A-Za-z0-9_]+$")
+_SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_NOT_SET_RE = re.compile(r"^#\s*(CONFIG_[A-Za-z0-9_]+) is not set\s*$")
+_UNDEFINED_RE = re.compile(
+    r"attempt to assign the value '(.*)' to the undefined symbol ([A-Za-z0-9_]+)")
+_HEX_RE = re.compile(r"^0[xX][0-9a-fA-F]+$")
+_INT_RE = re.compile(r"^-?[0-9]+$")
+
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass
+class Mismatch:
+    """A requested symbol that Kconfig dropped or changed."""
+    symbol: str
+    requested: str
+    resolved: Optional[str]        # None: not in the resolved file at all
+    kind: str = "changed"          # unknown, not_offered, unmet_dependency, not_settable,
+                                   # forced, out_of_range, bad_value, changed
+    reason: str = ""
+
+    @property
+    def resolved_text(self) -> str:
+        if self.resolved is None or self.resolved == "n":
+            return "not set"
+        return self.resolved
+
+    def __str__(self) -> str:
+        text = (f"{self.symbol}: asked for {self.requested}, "
+                f"Kconfig gave {self.resolved_text}")
+        if self.reason:
+            text += f" ({self.reason})"
+        return text
+
+    def to_json(self) -> Dict[str, Optional[str]]:
+        return dataclasses.asdict(self)
+
+
+# --- rendering and parsing ----------------------------------------------------
+
+def check_symbol(name: str, value: str) -> None:
+    """Refuse a symbol name or value that could not be one line of a .config."""
+    if not SYMBOL_RE.match(name):
+        raise ValidationError(
+            f"Kconfig symbol {name!r} is not a valid name: it must look like "
+            "CONFIG_NAME (letters, digits and underscores)")
+    if not isinstance(value, str):
+        raise ValidationError(f"{name}: the value must be text such as y, n, 1000000 or \"PA13\"")
+    if any(c in value for c in "\r\n\0"):
+        raise ValidationError(f"{name}: the value must be a single line")
+    stripped = value.strip()
+    if stripped == "":
+        raise ValidationError(f"{name}: empty value; use n to unset it or \"\" for an empty string")
+    if '"' in stripped and not _is_quoted_string(stripped):
+        raise ValidationError(
+            f"{name}: unbalanced quotes in {value!r}; a string value is written "
+            "in double quotes, with \\\" for a quote inside it")
+
+
+def _is_quoted_string(value: str) -> bool:
+    """True for one double-quoted string whose inner quotes are escaped."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return False
+    escaped = False
+    for ch in value[1:-1]:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            return False
+    return not escaped
+
+
+def render_config(symbols: Mapping[str, str]) -> str:
+    """The .config text for ``symbols``, in the given order.
+
+    Values are .config right-hand sides: ``y``, numbers, hex, ``"quoted"``
+    strings; ``n`` is written the way Kconfig writes an unset option.
+    """
+    lines = []
+    for name, value in symbols.items():
+        check_symbol(name, value)
+        value = value.strip()
+        if value == "n":
+            lines.append(f"# {name} is not set")
+        else:
+            lines.append(f"{name}={value}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def parse_config(text: str) -> Dict[str, str]:
+    """Symbols of a .config file; ``# CONFIG_X is not set`` reads as ``n``."""
+    symbols: Dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = _SET_RE.match(line)
+        if m:
+            symbols[m.group(1)] = m.group(2).strip()
+            continue
+        m = _NOT_SET_RE.match(line)
+        if m:
+            symbols[m.group(1)] = "n"
+    return symbols
+
+
+def config_value(symbols: Mapping[str, str], name: str) -> Optional[str]:
+    """A symbol's value with string quotes removed, or None when unset."""
+    value = symbols.get(name)
+    if value is None or value == "n":
+        return None
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return _unescape(value[1:-1])
+    return value
+
+
+def config_int(symbols: Mapping[str, str], name: str) -> Optional[int]:
+    value = config_value(symbols, name)
+    if value is None:
+        return None
+    try:
+        return int(value, 0)
+    except ValueError:
+        return None
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r'\\(.)', r'\1', text)
+
+
+def _canonical(value: Optional[str]) -> object:
+    """A form in which equal settings compare equal (0x08008000 == 0x8008000)."""
+    if value is None:
+        return ("bool", "n")
+    v = value.strip()
+    if v in ("y", "n", "m"):
+        return ("bool", v)
+    if len(v) >= 2 and v[0] == v[-1] == '"':
+        return ("str", _unescape(v[1:-1]))
+    if _HEX_RE.match(v):
+        return ("num", int(v, 16))
+    if _INT_RE.match(v):
+        return ("num", int(v))
+    return ("raw", v)
+
+
+def compare_config(requested: Mapping[str, str], resolved: Mapping[str, str]) -> List[Mismatch]:
+    """Requested symbols that the resolved configuration dropped or changed.
+
+    A symbol missing from the resolved file counts as ``n`` (Kconfig leaves
+    out options it does not show), so asking for ``n`` there is satisfied.
+    """
+    found: List[Mismatch] = []
+    for name, value in requested.items():
+        got = resolved.get(name)
+        if _canonical(value) == _canonical(got):
+            continue
+        if got is None:
+            reason = "dropped by Kconfig: unknown symbol, or its dependencies are not met"
+        else:
+            reason = "changed by Kconfig"
+        found.append(Mismatch(symbol=name, requested=value.strip(), resolved=got,
+                              kind="changed", reason=reason))
+    return found
+
+
+# --- resolving with make olddefconfig ------------------------------------------
+
+def _write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+async def resolve_config(source_dir: str, config_path: str, requested: Mapping[str, str], *,
+                         timeout: float = 120.0, make: str = "make",
+                         out_dir: Optional[str] = None, nice: int = 0,
+                         on_line: Optional[LineCallback] = None,
+                         label: str = "") -> Dict[str, str]:
+    """Write ``requested`` to ``config_path``, complete it with ``make olddefconfig``
+    in ``source_dir``, and return the resolved symbols.
+
+    ``out_dir`` is the build folder make may touch while doing so (Klipper's
+    Makefile creates ``$(OUT)board-link`` even for olddefconfig): pass a
+    scratch folder, never the checkout's ``out/``.  Raises ValidationError
+    naming every requested symbol Kconfig dropped or changed.
+    """
+    config_path = os.path.abspath(config_path)
+    out = os.path.abspath(out_dir or (config_path + ".kconfig-out"))
+    text = render_config(requested)
+    where = f"{label}: " if label else ""
+    try:
+        await asyncio.to_thread(_prepare, config_path, out, text)
+    except OSError as exc:
+        raise BuildError(f"{where}cannot write {config_path}: {exc.strerror or exc}") from exc
+    argv = [make, "olddefconfig", f"OUT={out}{os.sep}", f"KCONFIG_CONFIG={config_path}"]
+    env = {"KCONFIG_CONFIG": config_path, "KCONFIG_WARN_UNDEF_ASSIGN": "y"}
+    try:
+        result = await run_tool(argv, timeout=timeout, cwd=source_dir, env=env,
+                                on_line=on_line, nice=nice, what="make olddefconfig")
+    except ToolTimeout as exc:
+        raise BuildError(f"{where}make olddefconfig did not finish within {timeout:g} s",
+                         log_tail=exc.log_tail) from None
+    if result.returncode != 0:
+        raise BuildError(f"{where}make olddefconfig failed in {source_dir} "
+                         f"(exit code {result.returncode})",
+                         log_tail=result.tail(15), returncode=result.returncode)
+    resolved = parse_config(await asyncio.to_thread(_read_text, config_path))
+    unknown = {m.group(2) for m in map(_UNDEFINED_RE.search, result.lines) if m}
+    mismatches = compare_config(requested, resolved)
+    listed = {m.symbol for m in mismatches}
+    for name in requested:
+        if name[len("CONFIG_"):] in unknown and name not in listed:
+            mismatches.append(Mismatch(symbol=name, requested=requested[name].strip(),
+                                       resolved=None, kind="unknown"))
+    if mismatches:
+        await explain_mismatches(source_dir, config_path, mismatches, requested)
+        raise ValidationError(
+            f"{where}Kconfig did not accept {len(mismatches)} of the requested "
+            f"symbol{'s' if len(mismatches) != 1 else ''}; nothing was compiled:\n  "
+            + "\n  ".join(str(m) for m in mismatches),
+            hint="Change or remove these symbols in the profile's kconfig overrides "
+                 "(or pick a preset for this board), then build again.")
+    return resolved
+
+
+def _prepare(config_path: str, out_dir: str, text: str) -> None:
+    os.makedirs(os.path.dirname(config_path), exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_text(config_path, text)
+
+
+async def explain_mismatches(source_dir: str, config_path: str, mismatches: Sequence[Mismatch],
+                             requested: Mapping[str, str]) -> None:
+    """Fill in each mismatch's ``kind`` and ``reason`` from the Kconfig tree.
+
+    Runs kconfiglib in a child Python inside ``source_dir``; when that is
+    not possible the generic reasons from ``compare_config`` stay.
+    """
+    if not mismatches:
+        return
+    env = {"PYTHONPATH": os.pathsep.join(
+        p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")) if p)}
+    argv = [sys.executable, "-m", "moonraker_octoflash.kconfig", "explain",
+            os.path.join("src", "Kconfig"), config_path, json.dumps(dict(requested))]
+    argv += [m.symbol for m in mismatches]
+    try:
+        result = await run_tool(argv, timeout=60.0, cwd=source_dir, env=env,
+                                what="kconfig explain")
+    except Exception:       # an explanation is a nicety; the mismatch stands without it
+        return
+    if result.returncode != 0:
+        return
+    try:
+        answers = json.loads(result.lines[-1])
+    except (ValueError, IndexError):
+        return
+    for m in mismatches:
+        info = answers.get(m.symbol)
+        if info:
+            m.kind = info.get("kind", m.kind)
+            m.reason = info.get("reason", m.reason)
+
+
+# --- the explanation, run inside the firmware tree by explain_mismatches -------
+
+def _explain(kconfig_file: str, config_path: str, requested: Mapping[str, str],
+             symbols: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    import difflib
+
+    import kconfiglib  # type: ignore[import-not-found]
+
+    kconf = kconfiglib.Kconfig(kconfig_file, warn=False)
+    kconf.load_config(config_path, replace=True)
+    known = sorted(name for name, sym in kconf.syms.items() if sym.nodes)
+
+    def cname(sc: object) -> str:
+        if isinstance(sc, kconfiglib.Symbol) and not sc.is_constant:
+            return "CONFIG_" + sc.name
+        return getattr(sc, "name", None) or "?"
+
+    def expr(e: object) -> str:
+        return kconfiglib.expr_str(e, cname)
+
+    def condition(part: object) -> str:
+        # "CONFIG_X=y" reads better than a bare symbol name for a user.
+        if isinstance(part, kconfiglib.Symbol) and not part.is_constant:
+            return cname(part) + "=y"
+        if (isinstance(part, tuple) and part[0] == kconfiglib.NOT
+                and isinstance(part[1], kconfiglib.Symbol) and not part[1].is_constant):
+            return cname(part[1]) + "=n"
+        return expr(part)
+
+    def unmet(cond: object) -> str:
+        parts = [p for p in kconfiglib.split_expr(cond, kconfiglib.AND)
+                 if kconfiglib.expr_value(p) == 0]
+        return " and ".join(condition(p) for p in parts) or expr(cond)
+
+    def prompt_node(item: object) -> Optional[object]:
+        for node in getattr(item, "nodes", []):
+            if node.prompt:
+                return node
+        return None
+
+    answers: Dict[str, Dict[str, str]] = {}
+    for full in symbols:
+        name = full[len("CONFIG_"):]
+        wanted = requested.get(full, "").strip()
+        sym = kconf.syms.get(name)
+        if sym is None or not sym.nodes:
+            close = difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+            reason = "no such symbol in this firmware's Kconfig"
+            if close:
+                reason += "; did you mean " + " or ".join("CONFIG_" + c for c in close) + "?"
+            answers[full] = {"kind": "unknown", "reason": reason}
+            continue
+        choice = sym.choice
+        if choice is not None:
+            cnode = prompt_node(choice)
+            title = cnode.prompt[0] if cnode else "choice"
+            if choice.visibility == 0:
+                cond = cnode.prompt[1] if cnode else choice.direct_dep
+                answers[full] = {"kind": "unmet_dependency",
+                                 "reason": f"the '{title}' menu is only shown with {unmet(cond)}"}
+                continue
+            if sym.visibility == 0:
+                offered = []
+                for other in choice.syms:
+                    onode = prompt_node(other)
+                    if other.visibility and onode:
+                        offered.append(f"{onode.prompt[0]} (CONFIG_{other.name})")
+                answers[full] = {
+                    "kind": "not_offered",
+                    "reason": f"not offered for this MCU/configuration; '{title}' offers: "
+                              + "; ".join(offered)}
+                continue
+            if wanted == "n" and choice.selection is sym:
+                answers[full] = {
+                    "kind": "changed",
+                    "reason": f"'{title}' always has one entry chosen, and no other entry "
+                              "asked for is offered, so Kconfig chose this one"}
+                continue
+            if wanted == "y" and choice.selection is not sym and choice.selection is not None:
+                answers[full] = {
+                    "kind": "changed",
+                    "reason": f"another entry of '{title}' was chosen: "
+                              f"CONFIG_{choice.selection.name}"}
+                continue
+        node = prompt_node(sym)
+        if node is None:
+            answers[full] = {
+                "kind": "not_settable",
+                "reason": "Kconfig sets this symbol itself from other options (it has no "
+                          "prompt); change the options it follows from instead"}
+            continue
+        if sym.visibility == 0:
+            answers[full] = {"kind": "unmet_dependency",
+                             "reason": f"its dependencies are not met: needs {unmet(node.prompt[1])}"}
+            continue
+        if wanted == "n" and kconfiglib.expr_value(sym.rev_dep):
+            answers[full] = {"kind": "forced",
+                             "reason": f"forced on by {expr(sym.rev_dep)}"}
+            continue
+        if sym.orig_type == kconfiglib.STRING and not wanted.startswith('"'):
+            answers[full] = {"kind": "bad_value",
+                             "reason": 'a text option needs its value in double quotes, e.g. "PA13"'}
+            continue
+        if sym.orig_type in (kconfiglib.BOOL, kconfiglib.TRISTATE) and wanted not in ("y", "n", "m"):
+            answers[full] = {"kind": "bad_value", "reason": "a yes/no option takes y or n"}
+            continue
+        if sym.orig_type in (kconfiglib.INT, kconfiglib.HEX):
+            base = 16 if sym.orig_type == kconfiglib.HEX else 10
+            try:
+                number = int(wanted, base)
+            except ValueError:
+                kind_name = "hexadecimal number (0x...)" if base == 16 else "decimal number"
+                answers[full] = {"kind": "bad_value", "reason": f"the value must be a {kind_name}"}
+                continue
+            for low, high, cond in sym.ranges:
+                if kconfiglib.expr_value(cond):
+                    lo, hi = int(low.str_value, 0), int(high.str_value, 0)
+                    if not lo <= number <= hi:
+                        answers[full] = {"kind": "out_of_range",
+                                         "reason": f"must be between {low.str_value} and {high.str_value}"}
+                    break
+            if full in answers:
+                continue
+        answers[full] = {"kind": "changed", "reason": "Kconfig did not keep this value"}
+    return answers
+
+
+def _main(argv: Sequence[str]) -> int:
+    if len(argv) < 4 or argv[0] != "explain":
+        sys.stderr.write("usage: python -m moonraker_octoflash.kconfig explain "
+                         "KCONFIG CONFIG REQUESTED_JSON SYMBOL...\n")
+        return 2
+    answers = _explain(argv[1], argv[2], json.loads(argv[3]), argv[4:])
+    sys.stdout.write(json.dumps(answers) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

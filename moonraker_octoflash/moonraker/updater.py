@@ -1,0 +1,886 @@
+"""Each MCU's firmware as an entry in Moonraker's update manager.
+
+For every profile that builds Klipper firmware there is one entry,
+``octoflash_<profile>``, in ``machine.update.status``; Mainsail and Fluidd
+list it with the other software.  ``version`` is the firmware the board
+runs (Klipper's ``mcu_version`` for it; the firmware octoflash last wrote
+when Klipper does not report it), ``remote_version`` what a build of the
+profile would give now.  Both are published in the form that the clients'
+semver comparison orders correctly (``versions.py`` explains why Klipper's
+own strings cannot be used as they are).
+
+The Update button (``machine.update.client``/``upgrade`` with the entry's
+name) builds and flashes the profile through the component's job runner
+and streams the job's progress as ``notify_update_response``.  "Update
+all" (``machine.update.full``) flashes only profiles with ``auto_update:
+True``, and only after Moonraker has updated Klipper itself (the firmware
+must come from the updated checkout): those flashes run when the full
+update has finished, in the runner's order (CAN nodes first, the USB-CAN
+bridge last).
+
+Entries refresh on Moonraker's schedule, when Klipper connects, restarts or
+goes away, after every flash and when profiles change.  An announcement
+tells about each board with older firmware than a build would give (off
+with ``announcements: False`` in ``[octoflash]``).
+
+Bootloader profiles (target ``katapult``) get no entry: a bootloader is
+written on purpose from octoflash's page or command line, never as an
+"update".
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from ..errors import OctoflashError
+from ..versions import (REASON_COMMIT, REASON_LOCAL, REASON_PROFILE, UNKNOWN,
+                        FirmwareVersion, UpdateState, parse_version, update_state)
+from .announcer import FirmwareAnnouncer, Notice
+
+if TYPE_CHECKING:
+    from moonraker.server import Server
+    from ..profiles import Profile
+
+try:   # Moonraker is only importable inside Moonraker (and in the tests)
+    from moonraker.components.update_manager.base_deploy import BaseDeploy
+except ImportError:   # pragma: no cover - the module is then never attached
+    BaseDeploy = object   # type: ignore[assignment,misc]
+
+log = logging.getLogger("octoflash.updater")
+
+ENTRY_PREFIX = "octoflash_"
+# Mainsail lists entries of the types git_repo, zip, web, web_beta, python
+# and executable; Fluidd lists every entry.  "python" is the type whose
+# changelog link both clients build from current_hash/remote_hash (channel
+# "dev"): it opens the commits between the running firmware and the checkout.
+CONFIGURED_TYPE = "python"
+KLIPPER_QUERY_TIMEOUT = 5.0
+REFRESH_DELAY_CONNECT = 1.0      # after Klipper (re)connects: let the component read it first
+REFRESH_DELAY_DISCONNECT = 3.0   # Klipper going away during a flash is followed by a restart
+DEFERRED_FLASH_MAX_AGE = 30 * 60.0   # a full update's flashes survive a Moonraker restart this long
+PROGRESS_STEP = 10.0             # percent between streamed progress lines
+DEFAULT_REPOS = {"klipper": ("Klipper3d", "klipper"), "katapult": ("Arksine", "katapult")}
+_GITHUB_RE = re.compile(r"github\.com[:/](?P<owner>[^/\s]+)/(?P<repo>[^/\s]+?)(?:\.git)?/?$")
+
+
+def entry_name(profile_name: str) -> str:
+    return ENTRY_PREFIX + profile_name
+
+
+def profile_fingerprint(profile: "Profile") -> str:
+    """Changes whenever the profile's settings change (Moonraker refreshes on it)."""
+    text = json.dumps(profile.to_json(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- what an entry knows ---------------------------------------------------------
+
+@dataclasses.dataclass
+class Running:
+    """The firmware the board runs, and where that knowledge comes from."""
+    version: FirmwareVersion
+    source: str = ""          # "klipper", "last_flash" or "" (unknown)
+    detail: str = ""          # for the user: which Klipper MCU / when octoflash wrote it
+    klipper_object: Optional[str] = None
+    flash: Optional[Dict[str, Any]] = None   # octoflash's last flash job of the profile
+
+
+@dataclasses.dataclass
+class Pending:
+    """What a build of the profile would give now."""
+    version: FirmwareVersion
+    profile_changed: bool = False
+    same_build: Optional[bool] = None    # see versions.update_state
+    error: str = ""
+
+
+@dataclasses.dataclass
+class EntryState:
+    running: Running
+    pending: Pending
+    update: UpdateState
+    warnings: List[str]
+    anomalies: List[str]
+    checked: float
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "state": self.update.state,
+            "reason": self.update.reason,
+            "running_version": self.running.version.raw,
+            "running_source": self.running.source,
+            "running_detail": self.running.detail,
+            "klipper_object": self.running.klipper_object,
+            "pending_version": self.pending.version.raw,
+            "profile_changed": self.pending.profile_changed,
+            "checked": self.checked,
+        }
+
+
+def assess(profile: "Profile", running: Running, pending: Pending,
+           klipper_connected: bool) -> EntryState:
+    """Decide the entry's state and the messages Mainsail and Fluidd show with it."""
+    update = update_state(running.version, pending.version, pending.profile_changed,
+                          pending.same_build)
+    warnings: List[str] = []
+    anomalies: List[str] = []
+    section = f"[octoflash {profile.name}]" if profile.source == "config" else \
+        f"profile '{profile.name}'"
+    if not running.version.orderable:
+        if running.version.known or running.source:
+            warnings.append(
+                f"The board's firmware version {running.version.raw!r} cannot be compared "
+                "(it was not built from a tagged Klipper git checkout).")
+        elif not klipper_connected:
+            warnings.append(
+                "The firmware on this board is unknown: Klipper is not connected and "
+                "octoflash has not written this board yet.")
+        elif not running.klipper_object:
+            warnings.append(
+                "The firmware on this board is unknown: Klipper does not report an MCU for "
+                f"this profile; set klipper_mcu in {section} (mcu, or the NAME of [mcu NAME]).")
+        else:
+            warnings.append(
+                f"The firmware on this board is unknown: Klipper does not reach "
+                f"'{running.klipper_object}' and octoflash has not written this board yet.")
+    if pending.error:
+        warnings.append(f"Cannot tell what a build would give: {pending.error}")
+    elif not pending.version.orderable:
+        warnings.append(
+            f"The source checkout's version {pending.version.raw!r} cannot be compared "
+            "(it is not a tagged git checkout).")
+    if running.source == "last_flash":
+        anomalies.append(f"{running.detail}; Klipper does not report this board now.")
+    if running.version.dirty:
+        anomalies.append(f"The running firmware {running.version.short()} was built from a "
+                         "checkout with uncommitted changes.")
+    if update.state == "ahead":
+        anomalies.append(
+            f"The board runs {running.version.short()}, newer than a build of the checkout "
+            f"would give ({pending.version.short()}); nothing to update.")
+    if update.update_available and not profile.auto_update:
+        anomalies.append(
+            f"'Update all' leaves this board alone; set 'auto_update: True' in {section} "
+            "to include it.")
+    return EntryState(running, pending, update, warnings, anomalies, time.time())
+
+
+def _conclusive(state: EntryState) -> bool:
+    """Is the entry's state sure enough to add or remove an announcement?"""
+    if state.update.state == "unknown":
+        return False
+    # The last flash stands in for a board Klipper knows but does not report now.
+    return not (state.running.source == "last_flash" and state.running.klipper_object)
+
+
+def describe_reason(state: EntryState) -> str:
+    """Why an update is offered, in a sentence."""
+    u, r, p = state.update, state.running.version, state.pending.version
+    if u.state == "behind":
+        return f"it runs {r.short()}; a build would give {p.short()}"
+    if u.reason == REASON_PROFILE:
+        return (f"the profile's settings changed since {r.short()} was written; a build "
+                f"would give {p.short()} with the new settings")
+    if u.reason == REASON_COMMIT:
+        return f"it runs {r.short()}, a build would give {p.short()} (another commit)"
+    if u.reason == REASON_LOCAL:
+        return (f"it runs {r.short()}; a build would give {p.short()} "
+                "(uncommitted changes on one side)")
+    return f"it runs {r.short()}; a build would give {p.short()}"
+
+
+# --- the entry --------------------------------------------------------------------
+
+class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
+    """One profile's firmware, as an update-manager entry."""
+
+    def __init__(self, manager: "FirmwareUpdates", profile: "Profile") -> None:
+        name = entry_name(profile.name)
+        # BaseDeploy reads its options from a config section; the entry has
+        # none of its own (Moonraker's refresh_interval applies).
+        config = manager.server.config.read_supplemental_dict({f"update_manager {name}": {}})
+        super().__init__(config, name=name, prefix="Firmware",
+                         cfg_hash=profile_fingerprint(profile))
+        self.last_refresh_time = 0.0     # until the update manager initializes the entry
+        self.last_cfg_hash = ""
+        self.manager = manager
+        self.profile_name = profile.name
+        self.state: Optional[EntryState] = None
+        self.saved_status: Dict[str, Any] = {}    # the last state, from the database
+        self.deferred_since: Optional[float] = None
+
+    # BaseDeploy interface, called by Moonraker's update manager
+
+    async def initialize(self) -> Dict[str, Any]:
+        storage = await super().initialize()
+        self.saved_status = dict(storage.get("octoflash_status") or {})
+        deferred = storage.get("deferred_full_update")
+        if isinstance(deferred, (int, float)) and time.time() - deferred < DEFERRED_FLASH_MAX_AGE:
+            self.deferred_since = float(deferred)
+            self.manager.resume_deferred(self)
+        return storage
+
+    def needs_refresh(self, log_remaining_time: bool = False) -> bool:
+        # Reading versions is cheap (Klipper's status, git describe): do it
+        # whenever Moonraker refreshes, not only once a refresh_interval.
+        return True
+
+    async def refresh(self) -> None:
+        await self.manager.refresh_entries([self], notify=False)
+        self._save_state()
+
+    async def update(self) -> bool:
+        return await self.manager.update_entry(self)
+
+    def get_persistent_data(self) -> Dict[str, Any]:
+        data = super().get_persistent_data()
+        data["octoflash_status"] = self.get_update_status() if self.state is not None \
+            else self.saved_status
+        data["deferred_full_update"] = self.deferred_since
+        return data
+
+    def store(self) -> None:
+        """Write the entry's data without marking a refresh (that would make Moonraker
+        skip a user's "check for updates" for a minute)."""
+        self.cmd_helper.get_umdb()[self.name] = self.get_persistent_data()
+
+    @property
+    def profile(self) -> Optional["Profile"]:
+        return self.manager.host.profiles().get(self.profile_name)
+
+    def get_update_status(self) -> Dict[str, Any]:
+        profile = self.profile
+        if self.state is None:
+            if self.saved_status:
+                return dict(self.saved_status)
+            return self._status(profile, None)
+        return self._status(profile, self.state)
+
+    def _status(self, profile: Optional["Profile"], state: Optional[EntryState]) -> Dict[str, Any]:
+        owner, repo = self.manager.source_repo(profile.target if profile else "klipper")
+        version = state.update.version if state else UNKNOWN
+        remote = state.update.remote_version if state else UNKNOWN
+        status: Dict[str, Any] = {
+            "name": self.name,
+            "configured_type": CONFIGURED_TYPE,
+            "detected_type": "octoflash",
+            "channel": "dev",
+            "channel_invalid": False,
+            "need_channel_update": False,
+            "debug_enabled": self.server.is_debug_enabled(),
+            "is_valid": True,
+            # Never "dirty", "corrupt" or "detached": both clients would replace
+            # the Update button with a git recovery that does not apply here.
+            "is_dirty": False,
+            "corrupt": False,
+            "detached": False,
+            "pristine": True,
+            "owner": owner,
+            "repo_name": repo,
+            "remote_url": f"https://github.com/{owner}/{repo}",
+            "version": version,
+            "remote_version": remote,
+            "rollback_version": UNKNOWN,
+            "commits_behind": [],
+            "commits_behind_count": 0,
+            "git_messages": [],
+            "warnings": list(state.warnings) if state else
+            ["Not checked yet: the firmware version is read when Moonraker refreshes."],
+            "anomalies": list(state.anomalies) if state else [],
+            "info_tags": [f"desc={self._description(profile)}"],
+        }
+        if state is not None and state.update.version != UNKNOWN \
+                and state.update.remote_version != UNKNOWN:
+            # Only with both versions known: Fluidd falls back to comparing
+            # these when a version is not semver, which would offer updates
+            # for unknown firmware.
+            current = _ref(state.running.version)
+            wanted = _ref(state.pending.version)
+            status["current_hash"] = current
+            status["remote_hash"] = wanted
+            status["changelog_url"] = f"https://github.com/{owner}/{repo}/compare/{current}...{wanted}"
+        status["octoflash"] = dict(state.to_json() if state else {"state": "unknown"},
+                                   profile=self.profile_name,
+                                   auto_update=bool(profile.auto_update) if profile else False)
+        return status
+
+    def _description(self, profile: Optional["Profile"]) -> str:
+        if profile is None:
+            return f"{self.profile_name} firmware (profile removed)"
+        what = profile.description or profile.preset.board
+        mcu = profile.klipper_object or (self.state.running.klipper_object if self.state else None)
+        where = f", [{mcu}]" if mcu else ""
+        return f"{profile.name} firmware ({what}{where})"
+
+
+def _ref(v: FirmwareVersion) -> str:
+    return v.commit or v.tag_name or UNKNOWN
+
+
+# --- the component's side ----------------------------------------------------------
+
+class ComponentHost:
+    """What the entries use of the octoflash component, in one place.
+
+    The component (``component.py``) offers ``profiles``, ``builder``,
+    ``runner``, ``settings``, ``pipeline`` and ``klipper_status``.
+    """
+
+    def __init__(self, component: Any) -> None:
+        self.component = component
+        self.server: Server = component.server
+
+    def profiles(self) -> Dict[str, "Profile"]:
+        profiles = self.component.profiles
+        return dict(profiles() if callable(profiles) else profiles)
+
+    def firmware_profiles(self) -> Dict[str, "Profile"]:
+        return {n: p for n, p in self.profiles().items() if p.target == "klipper"}
+
+    @property
+    def runner(self) -> Any:
+        return getattr(self.component, "runner", None) or getattr(self.component, "jobs", None)
+
+    @property
+    def builder(self) -> Any:
+        return getattr(self.component, "builder", None)
+
+    def announcements_enabled(self) -> bool:
+        settings = getattr(self.component, "settings", None)
+        return bool(getattr(settings, "announcements", True))
+
+    def source_path(self, target: str) -> Optional[str]:
+        settings = getattr(self.component, "settings", None)
+        return getattr(settings, f"{target}_path", None)
+
+    def cached_klipper_status(self) -> Dict[str, Any]:
+        return dict(getattr(self.component, "klipper_status", None) or {})
+
+    def last_flash(self, profile: str) -> Optional[Dict[str, Any]]:
+        """The newest successful flash job of the profile (its artifact record inside)."""
+        runner = self.runner
+        if runner is None:
+            return None
+        for job in runner.jobs(profile=profile):
+            if job.kind == "flash" and job.state == "done" and job.artifact:
+                return job.to_json()
+        return None
+
+    async def pending_version(self, profile: "Profile", running: Running) -> Pending:
+        """What a build would give now, and whether it differs from the running firmware.
+
+        The version comes from ``builder.pending_version(profile)``.  Whether
+        the profile changed is judged against the firmware the board runs,
+        not the latest build: when that firmware is octoflash's last flash
+        of the profile (same version string), its record tells the rendered
+        config and the checkout's uncommitted changes it was built with.
+        Boards flashed by other means count as built with today's profile.
+        """
+        builder = self.builder
+        if builder is None:
+            return Pending(parse_version(None), error="builds are not available here "
+                                                      "(see Moonraker's log)")
+        try:
+            ask = getattr(builder, "pending_version", None)
+            if ask is not None:
+                result: Any = await ask(profile)
+            else:
+                result = await builder.source_version(profile.target)
+        except OctoflashError as exc:
+            return Pending(parse_version(None), error=str(exc).split("\n")[0])
+        except Exception as exc:   # a broken checkout must not break the update manager
+            log.exception("octoflash: reading the source version failed")
+            return Pending(parse_version(None), error=f"{exc}")
+        if isinstance(result, str):
+            # build.py marks a config that differs from the last build with
+            # "+config.<sha>"; the last build is not what the board runs.
+            text = result.split("+config.", 1)[0]
+        else:
+            text = getattr(result, "version", None) or getattr(result, "describe", None) or ""
+            if getattr(result, "dirty", False) and "dirty" not in text:
+                text += "-dirty"
+        pending = Pending(parse_version(text))
+        flash = running.flash or {}
+        artifact = flash.get("artifact") or {}
+        if not artifact or running.version.raw not in (artifact.get("dict_version"),
+                                                        artifact.get("source_version")):
+            return pending
+        rendered = getattr(builder, "rendered", None)
+        if rendered is not None and artifact.get("rendered_sha256"):
+            try:
+                pending.profile_changed = rendered(profile)[2] != artifact["rendered_sha256"]
+            except OctoflashError as exc:
+                pending.error = str(exc).split("\n")[0]
+        if artifact.get("source_version") == text and hasattr(builder, "source_version"):
+            try:
+                source = await builder.source_version(profile.target)
+                pending.same_build = \
+                    (source.fingerprint or "") == (artifact.get("source_fingerprint") or "")
+            except Exception:
+                pending.same_build = None
+        return pending
+
+    async def start_flash(self, profile: "Profile") -> Any:
+        """Start a build-and-flash job the way the component's own API does."""
+        start = getattr(self.component, "start_flash", None)
+        if start is not None:
+            return await start(profile.name, build=True, origin="update_manager")
+        return await self.runner.start_flash(profile, build=True, origin="update_manager")
+
+    async def board_problem(self, profile: "Profile") -> Optional[str]:
+        """Why the board cannot be reached now, or None (also when it cannot be told)."""
+        pipeline = getattr(self.component, "pipeline", None)
+        scan = getattr(pipeline, "scan", None)
+        if scan is None:
+            return None
+        try:
+            snapshot = await scan()
+            status = snapshot.status_of(profile)
+        except OctoflashError as exc:
+            return str(exc).split("\n")[0]
+        except Exception:
+            log.exception("octoflash: looking for the board failed")
+            return None
+        if status.state == "not_found":
+            return (f"the board of profile '{profile.name}' cannot be reached: {status.detail}. "
+                    "Check that it is connected and powered (CAN: that the interface is up), "
+                    "then try again.")
+        return None
+
+
+# --- all entries of one component ------------------------------------------------
+
+class FirmwareUpdates:
+    """Creates the entries, keeps them fresh, runs their updates and announcements."""
+
+    def __init__(self, component: Any, update_manager: Any) -> None:
+        self.host = ComponentHost(component)
+        self.server = self.host.server
+        self.um = update_manager
+        self.entries: Dict[str, FirmwareUpdater] = {}
+        self.announcer = FirmwareAnnouncer(self.server)
+        self._repo_cache: Dict[str, Tuple[str, str]] = {}
+        self._refresh_handle: Optional[asyncio.TimerHandle] = None
+        self._refresh_task: Optional[asyncio.Task] = None
+        self._deferred_task: Optional[asyncio.Task] = None
+        self._active_job: Optional[str] = None
+        self._last_percent: Optional[float] = None
+        self.sync_profiles()
+        reg = self.server.register_event_handler
+        reg("server:klippy_started", self._on_klippy_started)
+        reg("server:klippy_disconnect", self._on_klippy_disconnect)
+        reg("octoflash:klipper_mcus", self._on_klipper_mcus)
+        reg("octoflash:flash_finished", self._on_flash_finished)
+        reg("octoflash:profiles_changed", self._on_profiles_changed)
+        runner = self.host.runner
+        if runner is not None:
+            runner.add_listener(self._on_job_update)
+
+    # --- entries -----------------------------------------------------------
+
+    def sync_profiles(self) -> List[FirmwareUpdater]:
+        """Add entries for new firmware profiles, drop those of removed ones.
+
+        Returns the entries added; entries added after Moonraker's start are
+        initialized by the caller (``refresh_soon`` does it).
+        """
+        wanted = self.host.firmware_profiles()
+        added: List[FirmwareUpdater] = []
+        for name in list(self.entries):
+            entry = self.entries[name]
+            if entry.profile_name not in wanted:
+                del self.entries[name]
+                if self.um.updaters.get(name) is entry:
+                    del self.um.updaters[name]
+        for pname, profile in wanted.items():
+            name = entry_name(pname)
+            if name in self.entries:
+                self.entries[name].cfg_hash = profile_fingerprint(profile)
+                continue
+            if name in self.um.updaters:
+                self.server.add_warning(
+                    f"octoflash: the update manager already has an entry named '{name}'; "
+                    f"profile '{pname}' gets none. Rename the profile or that entry.",
+                    warn_id=f"octoflash_entry_{pname}")
+                continue
+            entry = FirmwareUpdater(self, profile)
+            self.entries[name] = entry
+            self.um.updaters[name] = entry
+            added.append(entry)
+        return added
+
+    def entry_for(self, profile_name: str) -> Optional[FirmwareUpdater]:
+        return self.entries.get(entry_name(profile_name))
+
+    # --- reading versions --------------------------------------------------
+
+    async def _klipper_status(self) -> Tuple[bool, Dict[str, Any]]:
+        """(connected, status) with the MCUs and their config sections from Klipper."""
+        kconn = self.server.lookup_component("klippy_connection")
+        if not kconn.is_connected():
+            return False, {}
+        kapis = self.server.lookup_component("klippy_apis")
+        try:
+            names = await asyncio.wait_for(kapis.get_object_list(default=None),
+                                           KLIPPER_QUERY_TIMEOUT)
+            if names is None:
+                raise LookupError("no object list")
+            query: Dict[str, Any] = {n: None for n in names if n == "mcu" or n.startswith("mcu ")}
+            query["configfile"] = ["settings"]
+            status = await asyncio.wait_for(kapis.query_objects(query, default=None),
+                                            KLIPPER_QUERY_TIMEOUT)
+            if status is None:
+                raise LookupError("no status")
+            return True, status
+        except (asyncio.TimeoutError, LookupError, Exception) as exc:
+            log.info("octoflash: Klipper's MCUs not read (%s); using the component's copy", exc)
+            return True, self.host.cached_klipper_status()
+
+    def _running(self, profile: "Profile", connected: bool,
+                 status: Dict[str, Any]) -> Running:
+        from ..discovery.klipper import klipper_mcus
+        from ..discovery.snapshot import DeviceSnapshot
+        mcu = None
+        if connected:
+            mcu = DeviceSnapshot(klipper_mcus=klipper_mcus(status)).klipper_mcu_for(profile)
+        klipper_object = mcu.object_name if mcu is not None else profile.klipper_object
+        flash = self.host.last_flash(profile.name)
+        if mcu is not None and mcu.mcu_version:
+            return Running(parse_version(mcu.mcu_version), "klipper",
+                           f"reported by Klipper for [{mcu.object_name}]", mcu.object_name,
+                           flash)
+        if flash is not None:
+            artifact = flash.get("artifact") or {}
+            text = artifact.get("dict_version") or artifact.get("source_version")
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(flash.get("finished") or 0))
+            return Running(parse_version(text), "last_flash",
+                           f"octoflash wrote {text} on {when} (job {flash.get('job_id')})",
+                           klipper_object, flash)
+        return Running(parse_version(None), "", "", klipper_object)
+
+    async def refresh_entries(self, entries: Optional[List[FirmwareUpdater]] = None,
+                              notify: bool = True) -> None:
+        """Read the versions of ``entries`` (all when None), then update announcements."""
+        for entry in self.sync_profiles():
+            await entry.initialize()
+        targets = list(self.entries.values()) if entries is None else \
+            [e for e in entries if e.name in self.entries]
+        if targets:
+            await self._read_source_repos()
+            connected, status = await self._klipper_status()
+            for entry in targets:
+                profile = entry.profile
+                if profile is None:
+                    continue
+                running = self._running(profile, connected, status)
+                pending = await self.host.pending_version(profile, running)
+                entry.state = assess(profile, running, pending, connected)
+                entry.store()
+        await self.update_announcements()
+        if notify:
+            self.um.cmd_helper.notify_update_refreshed()
+
+    def source_repo(self, target: str) -> Tuple[str, str]:
+        return self._repo_cache.get(target, DEFAULT_REPOS.get(target, DEFAULT_REPOS["klipper"]))
+
+    async def _read_source_repos(self) -> None:
+        """GitHub owner/name of the checkouts (forks link to their own commits)."""
+        from ..tools import run_tool
+        for target in DEFAULT_REPOS:
+            path = self.host.source_path(target)
+            if not path or target in self._repo_cache:
+                continue
+            self._repo_cache[target] = DEFAULT_REPOS[target]   # asked once per run
+            try:
+                result = await run_tool(["git", "-C", path, "remote", "get-url", "origin"],
+                                        timeout=5.0, what="git remote")
+            except Exception:
+                continue
+            m = _GITHUB_RE.search(result.lines[0].strip()) if result.returncode == 0 \
+                and result.lines else None
+            if m:
+                self._repo_cache[target] = (m.group("owner"), m.group("repo"))
+
+    # --- when to refresh ---------------------------------------------------------
+
+    def refresh_soon(self, delay: float = 0.0) -> None:
+        """Refresh every entry after ``delay`` seconds; later calls move it."""
+        loop = asyncio.get_event_loop()
+        if self._refresh_handle is not None:
+            self._refresh_handle.cancel()
+        self._refresh_handle = loop.call_later(delay, self._start_refresh)
+
+    def _start_refresh(self) -> None:
+        self._refresh_handle = None
+        if self._refresh_task is not None and not self._refresh_task.done():
+            # One is running: run again when it ends, with what happened meanwhile.
+            self._refresh_task.add_done_callback(lambda _t: self.refresh_soon(0.2))
+            return
+        self._refresh_task = asyncio.get_event_loop().create_task(self._locked_refresh())
+
+    async def _locked_refresh(self) -> None:
+        try:
+            # The update manager's lock: never read versions in the middle of
+            # one of its updates or refreshes.
+            async with self.um.cmd_request_lock:
+                await self.refresh_entries()
+        except Exception:
+            log.exception("octoflash: refreshing the firmware entries failed")
+
+    async def _on_klippy_started(self, *args: Any) -> None:
+        self.refresh_soon(REFRESH_DELAY_CONNECT)
+
+    async def _on_klippy_disconnect(self, *args: Any) -> None:
+        self.refresh_soon(REFRESH_DELAY_DISCONNECT)
+
+    async def _on_klipper_mcus(self, *args: Any) -> None:
+        self.refresh_soon(0.2)
+
+    async def _on_flash_finished(self, *args: Any) -> None:
+        self.refresh_soon(0.2)
+
+    async def _on_profiles_changed(self, *args: Any) -> None:
+        self.refresh_soon(0.0)
+
+    # --- announcements -------------------------------------------------------------
+
+    async def update_announcements(self) -> None:
+        """One announcement per board that should get new firmware.
+
+        Only a sure state changes one: while Klipper has not (yet) reported a
+        board it knows, an earlier announcement stays as it is, so a restart
+        of Moonraker or Klipper neither flickers the bell nor brings back
+        one the user dismissed.
+        """
+        wanted: Dict[str, Notice] = {}
+        keep: List[str] = []
+        if self.host.announcements_enabled():
+            for entry in self.entries.values():
+                state = entry.state
+                if state is None or not _conclusive(state):
+                    keep.append(entry.profile_name)
+                elif state.update.update_available:
+                    wanted[entry.profile_name] = self._notice(entry, state)
+        try:
+            await self.announcer.sync(wanted, keep)
+        except Exception:
+            log.exception("octoflash: updating announcements failed")
+
+    def _notice(self, entry: FirmwareUpdater, state: EntryState) -> Notice:
+        profile = entry.profile
+        board = (profile.description or profile.preset.board) if profile else entry.profile_name
+        owner, repo = self.source_repo(profile.target if profile else "klipper")
+        url = f"https://github.com/{owner}/{repo}/compare/" \
+              f"{_ref(state.running.version)}...{_ref(state.pending.version)}"
+        title = f"Firmware update for {entry.profile_name}"
+        description = (
+            f"The board of profile '{entry.profile_name}' ({board}) should get new firmware: "
+            f"{describe_reason(state)}. Update '{entry.name}' in the update manager "
+            "(Machine / Settings > Software updates) to build and flash it.")
+        return Notice(title, description, url)
+
+    # --- updating ------------------------------------------------------------------
+
+    async def update_entry(self, entry: FirmwareUpdater) -> bool:
+        """``machine.update.client/upgrade`` for one entry; ``full`` defers (see module)."""
+        helper = entry.cmd_helper
+        profile = entry.profile
+        if profile is None:
+            raise self.server.error(f"Profile '{entry.profile_name}' no longer exists", 404)
+        if helper.is_full_update():
+            return self._defer(entry, profile)
+        await self.refresh_entries([entry], notify=False)
+        state = entry.state
+        if state is None or not state.update.update_available:
+            version = state.running.version.short() if state else UNKNOWN
+            why = "already up to date" if state and state.update.state == "up_to_date" else \
+                f"no update known ({state.update.state if state else 'not checked'})"
+            entry.notify_status(
+                f"{why} ({version}); nothing written. To write it anyway, flash "
+                f"'{entry.profile_name}' from octoflash's page.", is_complete=True)
+            return False
+        entry.notify_status(f"{describe_reason(state)}")
+        await self._flash(entry, profile)
+        await self.refresh_entries([entry], notify=False)
+        after = entry.state
+        now = after.running.version.short() if after else UNKNOWN
+        if after is not None and after.update.update_available:
+            entry.notify_status(
+                f"flashed, but the board still does not report the new firmware (it reports "
+                f"{now}); check it in octoflash's page", is_complete=True)
+        else:
+            entry.notify_status(f"firmware updated, the board runs {now}", is_complete=True)
+        return True
+
+    async def _flash(self, entry: FirmwareUpdater, profile: "Profile") -> None:
+        """Build and flash through the job runner, streaming its progress; raise on failure."""
+        runner = self.host.runner
+        if runner is None:
+            raise self.server.error("octoflash's job runner is not available", 503)
+        problem = await self.host.board_problem(profile)
+        if problem:
+            raise self.server.error(f"Update refused: {problem}", 503)
+        try:
+            job = await self.host.start_flash(profile)
+        except OctoflashError as exc:
+            raise self.server.error(f"Update refused: {str(exc).splitlines()[0]}",
+                                    exc.status) from None
+        self._active_job = job.id
+        self._last_percent = None
+        entry.notify_status(f"job {job.id} started: build, then flash")
+        try:
+            await runner.wait(job.id)
+        finally:
+            self._active_job = None
+        if job.state != "done":
+            detail = (job.error or job.message or job.state).splitlines()[0]
+            recovery = f" {job.recovery}" if getattr(job, "recovery", None) else ""
+            raise self.server.error(f"{job.kind} {job.state}: {detail}{recovery}", 500)
+
+    def _on_job_update(self, update: Any) -> None:
+        """Stream the running update's job into ``notify_update_response``."""
+        job = update.job
+        if self._active_job is None or job.id != self._active_job:
+            return
+        entry = self.entry_for(job.profile)
+        if entry is None:
+            return
+        helper = entry.cmd_helper
+        if update.event == "output":
+            if update.message:
+                helper.notify_update_response(update.message)
+        elif update.event == "step":
+            self._last_percent = None
+            helper.notify_update_response(f"[{job.stage}] {update.message or job.message}")
+        elif update.event == "progress" and job.percent is not None:
+            last = self._last_percent
+            if last is None or job.percent - last >= PROGRESS_STEP or job.percent >= 100:
+                self._last_percent = job.percent
+                helper.notify_update_response(f"[{job.stage}] {job.percent:.0f}%")
+
+    # --- "update all" ------------------------------------------------------------
+
+    def _defer(self, entry: FirmwareUpdater, profile: "Profile") -> bool:
+        if not profile.auto_update:
+            entry.notify_status("skipped by 'update all' (auto_update is off for this "
+                                "board); use its own Update button")
+            return False
+        state = entry.state
+        if state is not None and state.update.state == "up_to_date" and not \
+                self._klipper_may_change():
+            entry.notify_status("already up to date; nothing to flash")
+            return False
+        entry.deferred_since = time.time()
+        entry.store()
+        entry.notify_status("will be built and flashed when the update has finished "
+                            "(after Klipper's own update, so the firmware matches it)")
+        self._start_deferred()
+        return False
+
+    def _klipper_may_change(self) -> bool:
+        klipper = self.um.updaters.get("klipper")
+        status = klipper.get_update_status() if klipper is not None else {}
+        return bool(status.get("commits_behind") or
+                    status.get("remote_version", UNKNOWN) != status.get("version", UNKNOWN))
+
+    def resume_deferred(self, entry: FirmwareUpdater) -> None:
+        """A full update's flashes that a Moonraker restart interrupted: run them now."""
+        self._start_deferred()
+
+    def _start_deferred(self) -> None:
+        if self._deferred_task is None or self._deferred_task.done():
+            self._deferred_task = asyncio.get_event_loop().create_task(self._run_deferred())
+
+    async def _run_deferred(self) -> None:
+        await asyncio.sleep(0.5)   # let the full update take its next step first
+        try:
+            async with self.um.cmd_request_lock:   # free once the full update has ended
+                pass
+            # After Klipper's update it restarts; its MCUs tell what they run
+            # once it is back.  Waited for outside the lock.
+            await self._wait_for_klipper()
+            async with self.um.cmd_request_lock:
+                await self._deferred_flashes()
+        except Exception:
+            log.exception("octoflash: flashing after 'update all' failed")
+
+    async def _deferred_flashes(self) -> None:
+        from ..jobs import update_order
+        chosen = [e for e in self.entries.values() if e.deferred_since is not None]
+        if not chosen:
+            return
+        helper = self.um.cmd_helper
+        app = chosen[0].name if len(chosen) == 1 else "octoflash"
+        helper.set_update_info(app, id(self))
+        ok: List[str] = []
+        failed: List[str] = []
+        try:
+            await self.refresh_entries(chosen, notify=False)
+            profiles = update_order([e.profile for e in chosen if e.profile is not None])
+            for profile in profiles:
+                entry = self.entry_for(profile.name)
+                if entry is None:
+                    continue
+                entry.deferred_since = None
+                entry.store()
+                kconn = self.server.lookup_component("klippy_connection")
+                if kconn.is_printing():
+                    entry.notify_status("not flashed: Klipper is printing")
+                    failed.append(profile.name)
+                    continue
+                state = entry.state
+                if state is None or not state.update.update_available:
+                    entry.notify_status("already up to date; nothing to flash")
+                    continue
+                entry.notify_status(describe_reason(state))
+                try:
+                    await self._flash(entry, profile)
+                except Exception as exc:
+                    entry.notify_status(f"FAILED: {exc}")
+                    failed.append(profile.name)
+                else:
+                    ok.append(profile.name)
+            await self.refresh_entries(notify=False)
+            summary = f"{len(ok)} board(s) flashed" + \
+                (f"; failed: {', '.join(failed)}" if failed else "")
+            helper.notify_update_response(f"Firmware update after 'update all': {summary}",
+                                          is_complete=True)
+        finally:
+            for entry in chosen:
+                if entry.deferred_since is not None:
+                    entry.deferred_since = None
+                    entry.store()
+            helper.clear_update_info()
+            helper.notify_update_refreshed()
+
+    async def _wait_for_klipper(self, timeout: float = 120.0) -> None:
+        kconn = self.server.lookup_component("klippy_connection")
+        deadline = time.monotonic() + timeout
+        while not kconn.is_connected() and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+
+
+def attach(component: Any) -> Optional[FirmwareUpdates]:
+    """Add the firmware entries to the update manager, when ``[update_manager]`` is configured.
+
+    Called from the component's ``__init__``: entries must be in the update
+    manager before its ``component_init``, which forgets unknown names.
+    """
+    server = component.server
+    um = server.lookup_component("update_manager", None)
+    if um is None:
+        if not server.config.has_section("update_manager"):
+            log.info("octoflash: no [update_manager]; firmware entries are not added")
+            return None
+        # Moonraker loads components in no particular order: load it now.
+        um = server.load_component(server.config, "update_manager", None)
+        if um is None:
+            log.info("octoflash: the update manager failed to load; no firmware entries")
+            return None
+    return FirmwareUpdates(component, um)

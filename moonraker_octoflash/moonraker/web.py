@@ -1,0 +1,108 @@
+"""octoflash's web page, served by Moonraker, and its link in Mainsail's sidebar.
+
+The page is three plain files in ``moonraker_octoflash/web/`` (no build
+step).  Moonraker serves only registered endpoints under ``/server``,
+``/machine``, ``/printer``, ``/access`` and ``/api``, and its static file
+handler sends files as downloads (``Content-Disposition: attachment``), so
+each file is an HTTP-only endpoint with its own content type:
+
+    /server/octoflash/web          index.html
+    /server/octoflash/web/script   app.js
+    /server/octoflash/web/style    style.css
+
+They need no login: the files hold no data.  Everything the page shows
+comes over Moonraker's websocket, with Moonraker's usual authorization (a
+trusted client, or an API key the page asks for).  Mainsail's and Fluidd's
+web servers pass ``/server/...`` to Moonraker, so the page opens on the
+printer's usual address: ``http://printer.local/server/octoflash/web``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import weakref
+from typing import Any, Dict, List, Optional, Tuple
+
+WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")
+PAGE_PATH = "/server/octoflash/web"
+FILES: Dict[str, Tuple[str, str]] = {
+    PAGE_PATH: ("index.html", "text/html; charset=utf-8"),
+    PAGE_PATH + "/script": ("app.js", "application/javascript; charset=utf-8"),
+    PAGE_PATH + "/style": ("style.css", "text/css; charset=utf-8"),
+}
+NAVI_TITLE = "Firmware"
+# Material Design Icons "chip" (mdiChip), the form Mainsail's navi.json expects.
+NAVI_ICON = ("M6,4H18V5H21V7H18V9H21V11H18V13H21V15H18V17H21V19H18V20H6V19H3V17H6V15H3V13H6V11"
+             "H3V9H6V7H3V5H6V4M11,15V18H12V15H11M13,15V18H14V15H13M15,15V18H16V15H15Z")
+
+_registered: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def register(component: Any) -> None:
+    """Register the page's endpoints (once per Moonraker server)."""
+    from moonraker.common import RequestType, TransportType
+    server = component.server
+    if server in _registered:
+        return
+    _registered.add(server)
+    cache: Dict[str, bytes] = {}
+
+    def handler_for(path: str, filename: str) -> Any:
+        async def handler(web_request: Any) -> bytes:
+            if path not in cache:
+                cache[path] = await asyncio.to_thread(_read, filename)
+            return cache[path]
+        handler.__name__ = f"_handle_web_{filename.replace('.', '_')}"
+        return handler
+
+    for path, (filename, content_type) in FILES.items():
+        server.register_endpoint(path, RequestType.GET, handler_for(path, filename),
+                                 transports=TransportType.HTTP, wrap_result=False,
+                                 content_type=content_type, auth_required=False)
+
+
+def _read(filename: str) -> bytes:
+    with open(os.path.join(WEB_DIR, filename), "rb") as f:
+        return f.read()
+
+
+# --- Mainsail's sidebar --------------------------------------------------------
+
+def navi_entry(href: str = PAGE_PATH, position: int = 85) -> Dict[str, Any]:
+    """One entry of Mainsail's ``.theme/navi.json``: the page in a new tab."""
+    return {"title": NAVI_TITLE, "href": href, "target": "_blank", "icon": NAVI_ICON,
+            "position": position}
+
+
+def add_navi_link(config_dir: str, href: str = PAGE_PATH) -> str:
+    """Add (or update) the page's link in ``<config>/.theme/navi.json``; return its path.
+
+    Other links in the file are kept; running it again changes nothing.  A
+    file that is not a JSON list is left alone (ValueError says so).
+    """
+    theme = os.path.join(os.path.expanduser(config_dir), ".theme")
+    path = os.path.join(theme, "navi.json")
+    entries: List[Dict[str, Any]] = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                loaded: Optional[Any] = json.load(f)
+            except ValueError:
+                loaded = None
+        if not isinstance(loaded, list):
+            raise ValueError(f"{path} is not a JSON list of links; add the entry by hand "
+                             f"(see docs/web.md)")
+        entries = loaded
+    mine = navi_entry(href)
+    kept = [e for e in entries if not (isinstance(e, dict) and e.get("href") == href)]
+    updated = kept + [mine]
+    if updated == entries:
+        return path
+    os.makedirs(theme, exist_ok=True)
+    tmp = path + ".octoflash-tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(updated, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

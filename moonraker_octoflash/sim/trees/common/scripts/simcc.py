@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Stand-in toolchain for the simulated Klipper and Katapult trees.
+
+It plays the three parts of arm-none-eabi that a Klipper build uses, with
+file formats of its own:
+
+  simcc.py compile [-Os] -I DIR... -c SRC -o OBJ   "compile" one C file
+  simcc.py link --autoconf H [--origin CONFIG_X] -o ELF OBJ...
+                                              "link" objects into an image
+  simcc.py objcopy ELF BIN                    flat binary, as flashed
+  simcc.py wrap BIN OBJ                       a binary as an object (payloads)
+
+Compiling does a fixed amount of CPU work per file, so that a full build
+costs noticeably more than an incremental one, and writes a gcc-style
+dependency file (``OBJ`` with ``.d``) so make rebuilds an object when a
+header it includes changes.  ``#error`` in a source fails the compile with
+gcc's message format.  ``DECL_COMMAND``/``DECL_CONSTANT`` lines are
+collected into the object, the way Klipper's compile-time requests are.
+"""
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+
+OBJ_MAGIC = b"SIMOBJ1\0"
+ELF_MAGIC = b"SIMELF1\0"
+WORK_ROUNDS = 40000          # hashing rounds per compiled file: the "CPU cost"
+VECTOR_TABLE_SIZE = 0x1c0
+
+INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
+ERROR_RE = re.compile(r'^\s*#\s*error\b\s*(.*)$')
+DECL_RE = re.compile(r'^\s*(DECL_COMMAND|DECL_CONSTANT_STR|DECL_CONSTANT|DECL_ENUMERATION)'
+                     r'\s*\((.*)\)\s*;')
+DEFINE_RE = re.compile(r'^#define\s+(CONFIG_\w+)\s+(.*)$')
+
+
+def fail(message):
+    sys.stderr.write(message + "\n")
+    sys.exit(1)
+
+
+def read_autoconf(path):
+    values = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = DEFINE_RE.match(line.strip())
+            if m:
+                values[m.group(1)] = m.group(2).strip()
+    return values
+
+
+def find_header(name, src_dir, include_dirs):
+    for base in [src_dir] + include_dirs:
+        path = os.path.join(base, name)
+        if os.path.isfile(path):
+            return os.path.normpath(path)
+    return None
+
+
+def scan_source(path, include_dirs, seen, decls):
+    """Follow #include "..." lines; return the headers used, fail on #error."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for lineno, line in enumerate(lines, 1):
+        m = ERROR_RE.match(line)
+        if m:
+            fail(f"{path}:{lineno}:2: error: #error {m.group(1)}")
+        m = INCLUDE_RE.match(line)
+        if m:
+            header = find_header(m.group(1), os.path.dirname(path), include_dirs)
+            if header is None:
+                fail(f"{path}:{lineno}:10: fatal error: {m.group(1)}: "
+                     "No such file or directory\ncompilation terminated.")
+            if header not in seen:
+                seen.append(header)
+                scan_source(header, include_dirs, seen, decls)
+            continue
+        m = DECL_RE.match(line)
+        if m and decls is not None and path.endswith(".c"):
+            decls.append([m.group(1), m.group(2).strip()])
+    return seen
+
+
+def resolve_decl(kind, args, config):
+    """Turn DECL_CONSTANT("NAME", CONFIG_X) into ("NAME", value)."""
+    parts = [p.strip() for p in args.split(",", 1)]
+    if len(parts) != 2:
+        return None
+    name = parts[0].strip('"')
+    raw = config.get(parts[1], parts[1]) if parts[1].startswith("CONFIG_") else parts[1]
+    if raw.startswith('"'):
+        return name, raw.strip('"')
+    try:
+        return name, int(raw, 0)
+    except ValueError:
+        return name, raw
+
+
+def code_bytes(seed, size):
+    """Deterministic "machine code": the same source gives the same bytes."""
+    digest = seed
+    for _ in range(WORK_ROUNDS):
+        digest = hashlib.sha256(digest).digest()
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(digest + counter.to_bytes(4, "little")).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def write_object(path, header, code):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    blob = json.dumps(header, sort_keys=True).encode()
+    with open(path, "wb") as f:
+        f.write(OBJ_MAGIC + struct.pack("<I", len(blob)) + blob + code)
+
+
+def read_object(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(OBJ_MAGIC):
+        fail(f"{path}: file format not recognized")
+    size = struct.unpack_from("<I", data, len(OBJ_MAGIC))[0]
+    start = len(OBJ_MAGIC) + 4
+    return json.loads(data[start:start + size]), data[start + size:]
+
+
+def cmd_compile(argv):
+    include_dirs, src, obj, small = [], None, None, False
+    it = iter(argv)
+    for arg in it:
+        if arg == "-Os":
+            small = True      # Katapult is built for size
+        elif arg == "-I":
+            include_dirs.append(next(it))
+        elif arg == "-c":
+            src = next(it)
+        elif arg == "-o":
+            obj = next(it)
+        else:
+            fail(f"simcc: unrecognized option '{arg}'")
+    if not src or not obj:
+        fail("simcc: compile needs -c SRC -o OBJ")
+    decls = []
+    headers = scan_source(src, include_dirs, [], decls)
+    with open(src, "rb") as f:
+        text = f.read()
+    # The configuration reaches the code through autoconf.h, as in gcc.
+    seed = hashlib.sha256(text)
+    for header in headers:
+        with open(header, "rb") as f:
+            seed.update(f.read())
+    size = len(text) // 4 if small else 2 * len(text)
+    code = code_bytes(seed.digest(), max(128 if small else 256, size))
+    write_object(obj, {"source": src, "decls": decls}, code)
+    deps = obj[:-2] + ".d"
+    with open(deps, "w", encoding="utf-8") as f:
+        f.write(f"{obj}: {src} {' '.join(headers)}\n")
+        for header in headers:
+            f.write(f"{header}:\n")
+
+
+def cmd_link(argv):
+    autoconf, out, objs = None, None, []
+    origin = "CONFIG_FLASH_APPLICATION_ADDRESS"
+    it = iter(argv)
+    for arg in it:
+        if arg == "--autoconf":
+            autoconf = next(it)
+        elif arg == "--origin":
+            origin = next(it)
+        elif arg == "-o":
+            out = next(it)
+        else:
+            objs.append(arg)
+    config = read_autoconf(autoconf)
+    app = int(config.get(origin, "0x8000000"), 0)
+    ram_top = (int(config.get("CONFIG_RAM_START", "0x20000000"), 0)
+               + int(config.get("CONFIG_RAM_SIZE", "0x5000"), 0))
+    body = bytearray()
+    for obj in objs:
+        _header, code = read_object(obj)
+        body += code
+        body += b"\0" * (-len(body) % 4)
+    flash_size = int(config.get("CONFIG_FLASH_SIZE", "0"), 0)
+    available = flash_size - (app - int(config.get("CONFIG_FLASH_BOOT_ADDRESS", "0x8000000"), 0))
+    if flash_size and VECTOR_TABLE_SIZE + len(body) > available:
+        fail(f"ld: {out} section `.text' will not fit in region `rom'\n"
+             f"ld: region `rom' overflowed by {VECTOR_TABLE_SIZE + len(body) - available} bytes\n"
+             "collect2: error: ld returned 1 exit status")
+    header = json.dumps({"app_address": app, "ram_top": ram_top}).encode()
+    with open(out, "wb") as f:
+        f.write(ELF_MAGIC + struct.pack("<I", len(header)) + header + bytes(body))
+
+
+def cmd_objcopy(argv):
+    if len(argv) != 2:
+        fail("simcc: objcopy needs ELF BIN")
+    src, dest = argv
+    with open(src, "rb") as f:
+        data = f.read()
+    if not data.startswith(ELF_MAGIC):
+        fail(f"objcopy: {src}: file format not recognized")
+    size = struct.unpack_from("<I", data, len(ELF_MAGIC))[0]
+    start = len(ELF_MAGIC) + 4
+    header = json.loads(data[start:start + size])
+    body = data[start + size:]
+    # A Cortex-M vector table: initial stack pointer, then handlers (thumb
+    # addresses) inside the image, so a reader can tell where it is linked.
+    reset = header["app_address"] + VECTOR_TABLE_SIZE + 1
+    table = struct.pack("<I", header["ram_top"])
+    table += struct.pack("<I", reset) * (VECTOR_TABLE_SIZE // 4 - 1)
+    with open(dest, "wb") as f:
+        f.write(table + body)
+
+
+def cmd_wrap(argv):
+    if len(argv) != 2:
+        fail("simcc: wrap needs BIN OBJ")
+    with open(argv[0], "rb") as f:
+        payload = f.read()
+    payload += b"\0" * (-len(payload) % 4)
+    write_object(argv[1], {"source": argv[0], "decls": []}, payload)
+
+
+def main():
+    if len(sys.argv) < 2:
+        fail(__doc__)
+    command, argv = sys.argv[1], sys.argv[2:]
+    handlers = {"compile": cmd_compile, "link": cmd_link, "objcopy": cmd_objcopy,
+                "wrap": cmd_wrap}
+    if command not in handlers:
+        fail(f"simcc: unknown command '{command}'")
+    handlers[command](argv)
+
+
+if __name__ == "__main__":
+    main()

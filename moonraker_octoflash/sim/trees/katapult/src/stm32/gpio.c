@@ -1,0 +1,22 @@
+// stm32/gpio.c: part of the simulated Katapult tree (moonraker-octoflash tests)
+//
+// Not real firmware: scripts/simcc.py 'compiles' it.
+
+#include "stm32/gpio.h"
+
+void
+gpio_out_setup(void)
+{
+    // gpio out setup
+    irq_disable();
+    irq_enable();
+}
+
+void
+gpio_in_setup(void)
+{
+    // gpio in setup
+    irq_disable();
+    irq_enable();
+}
+

@@ -1,0 +1,22 @@
+// stm32/stm32f4.c: part of the simulated Katapult tree (moonraker-octoflash tests)
+//
+// Not real firmware: scripts/simcc.py 'compiles' it.
+
+#include "stm32/internal.h"
+
+void
+clock_setup(void)
+{
+    // clock setup
+    irq_disable();
+    irq_enable();
+}
+
+void
+enable_clock_stm32f446(void)
+{
+    // enable clock stm32f446
+    irq_disable();
+    irq_enable();
+}
+

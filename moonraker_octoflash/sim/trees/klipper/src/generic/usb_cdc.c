@@ -1,0 +1,32 @@
+// generic/usb_cdc.c: part of the simulated Klipper tree (moonraker-octoflash tests)
+//
+// Not real firmware: scripts/simcc.py 'compiles' it.
+
+#include "generic/usb_cdc.h"
+#include "command.h"
+#include "sched.h"
+
+void
+usb_bulk_in_task(void)
+{
+    // usb bulk in task
+    irq_disable();
+    irq_enable();
+}
+
+void
+usb_bulk_out_task(void)
+{
+    // usb bulk out task
+    irq_disable();
+    irq_enable();
+}
+
+void
+usb_ep0_task(void)
+{
+    // usb ep0 task
+    irq_disable();
+    irq_enable();
+}
+

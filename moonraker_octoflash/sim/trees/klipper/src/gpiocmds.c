@@ -1,0 +1,26 @@
+// gpiocmds.c: part of the simulated Klipper tree (moonraker-octoflash tests)
+//
+// Not real firmware: scripts/simcc.py 'compiles' it.
+
+#include "command.h"
+#include "sched.h"
+#include "stm32/gpio.h"
+
+void
+digital_out_event(void)
+{
+    // digital out event
+    irq_disable();
+    irq_enable();
+}
+
+void
+digital_out_load_event(void)
+{
+    // digital out load event
+    irq_disable();
+    irq_enable();
+}
+
+DECL_COMMAND(command_config_digital_out, "config_digital_out oid=%c pin=%u value=%c default_value=%c max_duration=%u");
+DECL_COMMAND(command_queue_digital_out, "queue_digital_out oid=%c clock=%u on_ticks=%u");

@@ -1,0 +1,25 @@
+// stm32/gpio.c: part of the simulated Klipper tree (moonraker-octoflash tests)
+//
+// Not real firmware: scripts/simcc.py 'compiles' it.
+
+#include "stm32/gpio.h"
+#include "command.h"
+
+void
+gpio_out_setup(void)
+{
+    // gpio out setup
+    irq_disable();
+    irq_enable();
+}
+
+void
+gpio_in_setup(void)
+{
+    // gpio in setup
+    irq_disable();
+    irq_enable();
+}
+
+DECL_ENUMERATION("pin", "PA0", 0);
+DECL_ENUMERATION("pin", "PD0", 48);

@@ -1,0 +1,86 @@
+"""The octoflash command line, as an SSH user runs it (a real subprocess)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from moonraker_octoflash.presets import list_presets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def octoflash(*args, cwd=None, env=None, check=False):
+    full_env = dict(os.environ, PYTHONPATH=ROOT)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "moonraker_octoflash.cli", *args],
+                          capture_output=True, text=True, cwd=cwd, env=full_env, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def moonraker_conf(tmp_path):
+    cfg = tmp_path / "printer_data" / "config"
+    cfg.mkdir(parents=True)
+    conf = cfg / "moonraker.conf"
+    conf.write_text(textwrap.dedent("""\
+        [octoflash octopus]
+        preset: btt-octopus-f446-canbridge
+        klipper_mcu: mcu
+        canbus_uuid: 0e1f2a3b4c5d
+        kconfig:
+          CONFIG_CANBUS_FREQUENCY=500000
+
+        [octoflash typo]
+        preset: btt-octopus-f446-canbridge
+        canbus_uid: 0e1f2a3b4c5d
+        """))
+    return conf
+
+
+def test_presets_json_lists_the_twelve_with_the_fields_scripts_need():
+    proc = octoflash("presets", "--json", check=True)
+    data = json.loads(proc.stdout)
+    assert [p["id"] for p in data] == [p.id for p in list_presets()]
+    for p in data:
+        assert {"id", "board", "mcu", "target", "app_address", "kconfig", "flash_methods"} <= set(p)
+        assert p["app_address"].startswith("0x")
+        assert all(k.startswith("CONFIG_") for k in p["kconfig"])
+    h723 = next(p for p in data if p["id"] == "btt-octopus-h723-canbridge")
+    assert h723["app_address"] == "0x08020000" and h723["mcu"] == "stm32h723xx"
+
+
+def test_presets_table():
+    out = octoflash("presets", check=True).stdout
+    assert "btt-octopus-f429-canbridge-nobootloader" in out and "0x08000000" in out
+
+
+def test_show_config_of_a_profile_applies_overrides(moonraker_conf):
+    proc = octoflash("--config", str(moonraker_conf), "show-config", "octopus", check=True)
+    lines = proc.stdout.splitlines()
+    assert "CONFIG_CANBUS_FREQUENCY=500000" in lines
+    assert "CONFIG_CANBUS_FREQUENCY=1000000" not in lines
+    assert "CONFIG_STM32_CLOCK_REF_12M=y" in lines
+    # the broken section is reported, by name, without stopping the command
+    assert "canbus_uid" in proc.stderr
+
+
+def test_show_config_of_a_preset():
+    proc = octoflash("show-config", "--preset", "btt-octopus-h723-katapult", check=True)
+    assert "CONFIG_STM32_APP_START_20000=y" in proc.stdout.splitlines()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["show-config", "nosuch"], "No profile named 'nosuch'"),
+    (["show-config", "typo"], "canbus_uid"),
+    (["show-config", "--preset", "btt-octopus-f999-katapult"], "Unknown preset"),
+    (["build"], "Name at least one profile"),
+])
+def test_errors_exit_non_zero_with_a_message(moonraker_conf, args, fragment):
+    proc = octoflash("--config", str(moonraker_conf), *args)
+    assert proc.returncode != 0
+    assert fragment in proc.stderr

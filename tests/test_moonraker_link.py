@@ -1,0 +1,72 @@
+"""`octoflash link-component`: placing the component file in Moonraker's components folder."""
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from moonraker_octoflash.cli import main
+from moonraker_octoflash.errors import NotFoundError, ValidationError
+from moonraker_octoflash.moonraker.link import SOURCE_FILE, components_dir, link_component
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A Moonraker git checkout's layout: <checkout>/moonraker/components/klippy_apis.py."""
+    components = tmp_path / "moonraker" / "moonraker" / "components"
+    components.mkdir(parents=True)
+    (components / "klippy_apis.py").write_text("# Moonraker's own component\n")
+    return tmp_path / "moonraker"
+
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["--config", "/nonexistent/moonraker.conf", *argv], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_link_and_remove_through_the_command_line(checkout):
+    code, out, err = run("link-component", "--moonraker-path", str(checkout))
+    assert code == 0, err
+    target = checkout / "moonraker" / "components" / "octoflash.py"
+    assert os.path.islink(target) and os.path.realpath(target) == os.path.realpath(SOURCE_FILE)
+    assert f"Linked {target}" in out and "Restart Moonraker" in out
+    # the linked file is what Moonraker imports: it delegates to the package
+    assert "moonraker_octoflash.moonraker.component" in target.read_text()
+
+    code, out, err = run("link-component", "--moonraker-path", str(checkout))   # again: fine
+    assert code == 0 and os.path.islink(target)
+
+    code, out, err = run("link-component", "--moonraker-path", str(checkout), "--remove")
+    assert code == 0 and not os.path.lexists(target)
+    assert "Removed" in out
+    code, out, err = run("link-component", "--moonraker-path", str(checkout), "--remove")
+    assert code == 0                                     # nothing to remove is not an error
+
+
+def test_every_way_of_naming_moonraker_finds_the_components_folder(checkout):
+    expected = str(checkout / "moonraker" / "components")
+    for given in (checkout, checkout / "moonraker", checkout / "moonraker" / "components"):
+        assert components_dir(str(given)) == expected
+
+
+def test_a_foreign_file_is_never_replaced(checkout):
+    target = checkout / "moonraker" / "components" / "octoflash.py"
+    target.write_text("# someone else's octoflash\n")
+    with pytest.raises(ValidationError, match="is not moonraker-octoflash's component"):
+        link_component(str(checkout))
+    code, _out, err = run("link-component", "--moonraker-path", str(checkout), "--remove")
+    assert code == 2 and "move it away first" in err
+    assert target.read_text() == "# someone else's octoflash\n"
+
+
+def test_a_folder_that_is_not_moonraker_is_refused(tmp_path):
+    with pytest.raises(NotFoundError, match="does not look like Moonraker"):
+        link_component(str(tmp_path))
+
+
+def test_the_default_is_the_importable_moonraker(linked_component):
+    import moonraker
+    assert linked_component == os.path.join(os.path.dirname(moonraker.__file__),
+                                            "components", "octoflash.py")

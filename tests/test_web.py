@@ -1,0 +1,261 @@
+"""octoflash's web page in real headless Chromium, served by a real Moonraker.
+
+Chromium is driven over the Chrome DevTools protocol (its websocket, with
+tornado); the page talks to Moonraker exactly as in a user's browser.  The
+machine behind it is the one of the update-manager tests (component with a
+builder and flash double, Klipper stand-in).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from typing import Any, Dict, List, Optional
+
+import pytest
+from tornado.websocket import websocket_connect
+
+from moonraker_octoflash.moonraker.web import NAVI_ICON, PAGE_PATH, add_navi_link
+from updater_helpers import NEW, OLD, Machine, make_venv, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--remote-debugging-port=0"]
+
+
+class Browser:
+    """One headless Chromium and its first tab, over the DevTools protocol."""
+
+    def __init__(self, profile_dir: str) -> None:
+        self.profile_dir = profile_dir
+        self.proc: Optional[subprocess.Popen] = None
+        self.conn: Any = None
+        self._ids = itertools.count(1)
+        self._waiting: Dict[int, asyncio.Future] = {}
+        self.exceptions: List[str] = []
+        self.console_errors: List[str] = []
+        self._reader: Optional[asyncio.Task] = None
+
+    async def start(self) -> "Browser":
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile_dir}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        port_file = os.path.join(self.profile_dir, "DevToolsActivePort")
+        await wait_until(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
+                         30, what="Chromium's DevTools port")
+        port = open(port_file).read().split()[0]
+        targets = await asyncio.to_thread(self._json, f"http://127.0.0.1:{port}/json/list")
+        page = next(t for t in targets if t["type"] == "page")
+        self.conn = await websocket_connect(page["webSocketDebuggerUrl"],
+                                            max_message_size=50 * 1024 * 1024)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        await self.send("Runtime.enable")
+        await self.send("Page.enable")
+        return self
+
+    @staticmethod
+    def _json(url: str) -> Any:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)
+
+    async def _read(self) -> None:
+        while True:
+            text = await self.conn.read_message()
+            if text is None:
+                return
+            msg = json.loads(text)
+            if "id" in msg and msg["id"] in self._waiting:
+                self._waiting.pop(msg["id"]).set_result(msg)
+            elif msg.get("method") == "Runtime.exceptionThrown":
+                detail = msg["params"]["exceptionDetails"]
+                self.exceptions.append(detail.get("exception", {}).get("description")
+                                       or detail.get("text", ""))
+            elif msg.get("method") == "Runtime.consoleAPICalled" and \
+                    msg["params"].get("type") == "error":
+                self.console_errors.append(" ".join(
+                    str(a.get("value", a.get("description", ""))) for a in msg["params"]["args"]))
+
+    async def send(self, method: str, **params: Any) -> Dict[str, Any]:
+        msg_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[msg_id] = fut
+        await self.conn.write_message(json.dumps({"id": msg_id, "method": method,
+                                                  "params": params}))
+        msg = await asyncio.wait_for(fut, 30)
+        if "error" in msg:
+            raise RuntimeError(f"{method}: {msg['error']}")
+        return msg.get("result", {})
+
+    async def js(self, expression: str) -> Any:
+        result = await self.send("Runtime.evaluate", expression=expression,
+                                 returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def wait_js(self, expression: str, timeout: float = 30.0, what: str = "") -> Any:
+        async def probe() -> Any:
+            return await self.js(expression)
+        return await wait_until(probe, timeout, 0.1, what or expression)
+
+    async def open(self, url: str) -> None:
+        await self.send("Page.navigate", url=url)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.conn is not None:
+            self.conn.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+pytestmark = [pytest.mark.browser, pytest.mark.moonraker,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")]
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: Any) -> Any:
+    python = make_venv(str(tmp_path_factory.mktemp("moonraker-venv")))
+    m = Machine(str(tmp_path_factory.mktemp("web")), python).start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+async def browser(tmp_path: Any, machine: Machine) -> Any:
+    b = await Browser(str(tmp_path / "chromium")).start()
+    await b.open(machine.moonraker.url + PAGE_PATH)
+    await b.wait_js("document.querySelectorAll('#profiles tbody tr').length === 3",
+                    what="the profiles table")
+    yield b
+    errors = b.exceptions + b.console_errors
+    await b.close()
+    assert errors == [], errors
+
+
+def row_text(name: str, column: str) -> str:
+    return f"document.querySelector('tr[data-profile=\"{name}\"] td.{column}').textContent"
+
+
+def test_page_files_are_served_with_their_types(machine):
+    for suffix, kind in (("", "text/html"), ("/script", "application/javascript"),
+                         ("/style", "text/css")):
+        with urllib.request.urlopen(machine.moonraker.url + PAGE_PATH + suffix, timeout=5) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith(kind)
+            assert "attachment" not in (r.headers.get("Content-Disposition") or "")
+            assert len(r.read()) > 500
+
+
+async def test_page_lists_boards_with_versions_and_state(machine, browser):
+    await browser.wait_js("document.getElementById('connection').textContent === 'connected'")
+    await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'")
+    assert await browser.js(row_text("octopus", "running")) == OLD
+    assert await browser.js(row_text("octopus", "pending")) == NEW
+    assert (await browser.js(row_text("octopus", "connection"))).startswith("CAN 0e1f2a3b4c5d")
+    await browser.wait_js(f"{row_text('toolhead', 'state')} === 'up to date'")
+    assert "Katapult" in await browser.js(
+        "document.querySelector('tr[data-profile=\"bootloader\"]').textContent")
+    assert (await browser.js("document.getElementById('klipper-state').textContent")) \
+        == "Klipper: ready"
+
+
+async def test_flash_from_the_page_shows_live_progress(machine, browser):
+    machine.set_state(boards={"mcu": OLD, "toolhead": NEW}, flashed=[])
+    # Record what the job panel shows while the job runs.
+    await browser.js("""
+        window.__seen = [];
+        new MutationObserver(function () {
+          window.__seen.push(document.getElementById('job-stage').textContent + '|' +
+                             document.getElementById('job-percent').textContent);
+        }).observe(document.getElementById('job'), {subtree: true, childList: true,
+                                                    characterData: true});
+        true""")
+    await browser.js("document.querySelector('tr[data-profile=\"octopus\"] "
+                     "button[data-action=flash]').click()")
+    text = await browser.wait_js("!document.getElementById('confirm').hidden && "
+                                 "document.getElementById('confirm-text').textContent")
+    assert "octopus" in text and NEW in text
+    assert machine.state()["flashed"] == []          # nothing before confirming
+    await browser.js("document.getElementById('confirm-yes').click()")
+    await browser.wait_js("document.getElementById('job-state').textContent === 'done'", 60,
+                          what="the flash job to finish")
+    assert machine.state()["flashed"] == ["octopus"]
+    seen = await browser.js("window.__seen")
+    assert any(s.startswith("write|") and s.endswith("%") for s in seen), seen
+    assert "write|100 %" in seen
+    log = await browser.js("document.getElementById('job-log').textContent")
+    assert "Compiling out/src/sched.o" in log
+    # The board's row follows: Klipper restarted with the new firmware.
+    await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
+    assert await browser.js(row_text("octopus", "running")) == NEW
+    first = await browser.wait_js(
+        "document.querySelector('#history tbody tr') && "
+        "document.querySelector('#history tbody tr').textContent")
+    assert "flash" in first and "octopus" in first and "done" in first
+
+
+async def test_history_shows_a_job_with_its_steps(machine, browser):
+    await browser.wait_js("document.querySelectorAll('#history tbody tr').length > 0")
+    await browser.js("document.querySelector('#history tbody tr').click()")
+    steps = await browser.wait_js(
+        "!document.getElementById('job-detail').hidden && "
+        "Array.from(document.querySelectorAll('#detail-steps li')).map(l => l.textContent)")
+    assert any(s.startswith("build: done") for s in steps), steps
+    assert any(s.startswith("write: done") for s in steps), steps
+
+
+async def test_devices_are_listed(machine, browser):
+    await browser.js("document.getElementById('scan').click()")
+    items = await browser.wait_js(
+        "Array.from(document.querySelectorAll('#device-list li')).map(l => l.textContent)")
+    assert any(i.startswith("Klipper [mcu]: ") for i in items), items
+
+
+async def test_refused_flash_says_why(machine, browser):
+    machine.klipper.call(machine.klipper.standin.set_print_state, "printing", "benchy.gcode")
+    try:
+        await browser.js("document.querySelector('tr[data-profile=\"toolhead\"] "
+                         "button[data-action=flash]').click()")
+        await browser.wait_js("!document.getElementById('confirm').hidden")
+        await browser.js("document.getElementById('confirm-yes').click()")
+        message = await browser.wait_js("!document.getElementById('action-error').hidden && "
+                                        "document.getElementById('action-error').textContent")
+        assert "printing" in message and "benchy.gcode" in message
+        assert "toolhead" not in machine.state()["flashed"]
+    finally:
+        machine.klipper.call(machine.klipper.standin.set_print_state, "standby")
+
+
+def test_mainsail_sidebar_link_is_added_once_and_keeps_other_links(tmp_path):
+    theme = tmp_path / ".theme"
+    theme.mkdir()
+    other = {"title": "Camera", "href": "http://cam.local", "icon": "M0,0"}
+    (theme / "navi.json").write_text(json.dumps([other]))
+    path = add_navi_link(str(tmp_path))
+    first = json.loads(open(path).read())
+    assert first[0] == other
+    assert first[1]["href"] == PAGE_PATH and first[1]["icon"] == NAVI_ICON
+    assert first[1]["target"] == "_blank"
+    add_navi_link(str(tmp_path))
+    assert json.loads(open(path).read()) == first
+
+
+def test_sidebar_link_refuses_a_file_it_cannot_read(tmp_path):
+    theme = tmp_path / ".theme"
+    theme.mkdir()
+    (theme / "navi.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a JSON list"):
+        add_navi_link(str(tmp_path))
+    assert (theme / "navi.json").read_text() == "{not json"
