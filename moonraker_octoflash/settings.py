@@ -20,6 +20,7 @@ class Settings:
     katapult_path: str = "~/katapult"
     build_path: str = "{data_path}/octoflash"
     builds_kept: int = 3
+    job_history: int = 50                # jobs kept in the history
     build_jobs: int = 0                  # 0 = one per CPU core
     build_nice: int = 10
     dfu_util_path: str = "dfu-util"
@@ -37,7 +38,7 @@ class Settings:
 
     # option name -> (kind, minimum)
     _KINDS = {
-        "builds_kept": ("int", 1), "build_jobs": ("int", 0), "build_nice": ("int", 0),
+        "builds_kept": ("int", 1), "job_history": ("int", 1), "build_jobs": ("int", 0), "build_nice": ("int", 0),
         "can_listen_time": ("float", 0.05), "make_timeout": ("float", 10.0),
         "flash_timeout": ("float", 5.0), "device_wait_timeout": ("float", 1.0),
         "reconnect_timeout": ("float", 1.0), "announcements": ("bool", None),

@@ -84,3 +84,71 @@ def test_errors_exit_non_zero_with_a_message(moonraker_conf, args, fragment):
     proc = octoflash("--config", str(moonraker_conf), *args)
     assert proc.returncode != 0
     assert fragment in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def checkouts(tmp_path_factory):
+    from moonraker_octoflash.sim.trees import install_tree
+    base = tmp_path_factory.mktemp("src")
+    return (install_tree("klipper", base / "klipper"), install_tree("katapult", base / "katapult"))
+
+
+def test_build_two_profiles_then_nothing_to_do(moonraker_conf, checkouts):
+    klipper, katapult = checkouts
+    conf = moonraker_conf
+    conf.write_text(conf.read_text() + textwrap.dedent(f"""
+        [octoflash]
+        klipper_path: {klipper}
+        katapult_path: {katapult}
+
+        [octoflash bootloader]
+        preset: btt-octopus-f446-katapult
+        """))
+    proc = octoflash("--config", str(conf), "build", "octopus", "bootloader", "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert [r["profile"] for r in records] == ["octopus", "bootloader"]
+    octopus, bootloader = records
+    assert octopus["skipped"] is False and octopus["mcu"] == "stm32f446xx"
+    assert octopus["app_address"] == "0x08008000"
+    assert octopus["source_version"].startswith("v0.13.0-")
+    assert {f["name"] for f in bootloader["files"]} >= {"katapult.bin", "deployer.bin"}
+    artifact_dir = conf.parent.parent / "octoflash"
+    assert os.path.isfile(os.path.join(octopus["directory"], "klipper.bin"))
+    assert str(artifact_dir) in octopus["directory"]
+    # plain output, nothing changed: the build is skipped and says so
+    proc = octoflash("--config", str(conf), "build", "octopus")
+    assert proc.returncode == 0, proc.stderr
+    assert "octopus: up to date, not rebuilt" in proc.stdout
+    # --force rebuilds, showing progress lines (not a terminal: plain lines)
+    proc = octoflash("--config", str(conf), "build", "octopus", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert "octopus: built:" in proc.stdout
+    assert "[compile]" in proc.stdout or "Compiling" in proc.stdout
+    # the checkout's own .config and out/ were never touched
+    assert not (klipper / ".config").exists() and not (klipper / "out").exists()
+
+
+def test_build_preset_with_a_bad_override_fails_before_compiling(moonraker_conf, checkouts):
+    klipper, _ = checkouts
+    conf = moonraker_conf
+    conf.write_text(conf.read_text() + textwrap.dedent(f"""
+        [octoflash]
+        klipper_path: {klipper}
+
+        [octoflash h7]
+        preset: btt-octopus-h723-canbridge
+        kconfig:
+          CONFIG_STM32_FLASH_START_10000=y
+        """))
+    proc = octoflash("--config", str(conf), "build", "h7")
+    assert proc.returncode != 0
+    assert "CONFIG_STM32_FLASH_START_10000" in proc.stderr
+    assert "Compiling" not in proc.stdout
+
+
+def test_build_without_a_checkout_names_the_option(tmp_path):
+    proc = octoflash("--config", str(tmp_path / "none.conf"), "build", "--preset",
+                     "btt-octopus-f446-canbridge", "--klipper-path", str(tmp_path / "klipper"))
+    assert proc.returncode != 0
+    assert str(tmp_path / "klipper") in proc.stderr

@@ -230,3 +230,20 @@ def test_the_double_lists_and_refuses_to_guess_like_dfu_util(machine, tmp_path):
                      "0x08000000:leave", "-D", str(image)])
     assert "File downloaded successfully" in one.stdout and "\rDownload\t[" in one.stdout
     assert a.read_flash(0x08000000, 4096) == b"\x00" * 4096
+
+
+async def test_new_katapult_without_mass_erase_starts_the_application_it_finds(rig, artifact_dir):
+    board = rig.machine.add_board("octopus", "stm32f446xx", bootloader="katapult",
+                                  firmware={"version": "v0.12.0", "bridge": True})
+    board.enter_dfu()
+    board.set_fault("dfu_mass_erase_unsupported")
+    profile = octopus_profile("kat", "btt-octopus-f446-katapult", canbus_uuid=board.canbus_uuid,
+                              dfu_serial=board.dfu_serial, flash_method="dfu")
+    art = write_artifact(artifact_dir("kat"), profile="kat", preset=profile.preset.id,
+                         target="katapult", app_address=0x08000000, bootloader_app_start=0x08008000)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.ok, result.summary()
+    assert board.mode == "klipper-canbridge"
+    assert "Katapult started the USB-CAN bridge" in result.board_detail
+    assert board.bootloader()["version"] == "test"

@@ -270,3 +270,15 @@ async def test_bridge_plan_made_without_a_scan_finds_the_new_katapult_port(rig, 
     write = rig.writes()[0]["argv"]
     assert write[1] == os.path.join(rig.machine.by_id_dir,
                                     f"usb-katapult_stm32f446xx_{board.chip_id}-if00")
+
+
+async def test_a_bridge_that_takes_its_time_to_re_enumerate(rig, artifact_dir):
+    board = _bridge(rig, boot_delay=0.6)
+    profile = octopus_profile(canbus_uuid=board.canbus_uuid)
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.ok, result.summary()
+    assert board.mode == "klipper-canbridge" and result.board_back
+    waited = {s.kind: s.duration for s in result.steps}
+    assert waited["wait_return"] >= 0.3      # it was not there at once, and was waited for

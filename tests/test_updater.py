@@ -20,6 +20,53 @@ from fixtures_moonraker import DemoThread
 from moonraker_octoflash.versions import clients_offer_update
 from updater_helpers import NEW, OLD, Machine, RpcClient, RpcError, make_venv, wait_until
 
+
+# --- the entry's reasoning, without Moonraker ----------------------------------------
+
+def _profile(**kw: Any) -> Any:
+    from moonraker_octoflash.profiles import profile_from_json
+    data = {"name": "octopus", "preset": "btt-octopus-f446-canbridge"}
+    data.update(kw)
+    return profile_from_json(data, source="config")
+
+
+def _assess(running: str, pending: str, source: str = "klipper", connected: bool = True,
+            klipper_object: Any = "mcu", **profile: Any) -> Any:
+    from moonraker_octoflash.moonraker.firmware_state import Pending, Running, assess
+    from moonraker_octoflash.versions import parse_version
+    return assess(_profile(**profile), Running(parse_version(running), source, "", klipper_object),
+                  Pending(parse_version(pending)), connected)
+
+
+def test_unknown_firmware_says_what_to_do():
+    down = _assess("", NEW, source="", connected=False)
+    assert down.update.state == "unknown"
+    assert down.warnings == ["The firmware on this board is unknown: Klipper is not connected "
+                             "and octoflash has not written this board yet."]
+    unmapped = _assess("", NEW, source="", klipper_object=None)
+    assert "set klipper_mcu in [octoflash octopus]" in unmapped.warnings[0]
+
+
+def test_notes_for_newer_and_dirty_firmware_and_update_all():
+    ahead = _assess(NEW, OLD)
+    assert ahead.update.state == "ahead" and not ahead.update.update_available
+    assert any("newer than a build" in a for a in ahead.anomalies)
+    dirty = _assess(OLD + "-dirty-20260101_120000-host", NEW, auto_update=True)
+    assert dirty.update.state == "behind"
+    assert dirty.anomalies == [f"The running firmware {OLD}-dirty was built from a checkout "
+                               "with uncommitted changes."]
+    skipped = _assess(OLD, NEW)
+    assert any("'Update all' leaves this board alone" in a for a in skipped.anomalies)
+
+
+def test_announcements_wait_for_klipper_to_report_a_board_it_knows():
+    from moonraker_octoflash.moonraker.firmware_state import is_conclusive
+    assert is_conclusive(_assess(OLD, NEW))
+    assert not is_conclusive(_assess(OLD, NEW, source="last_flash"))
+    assert is_conclusive(_assess(OLD, NEW, source="last_flash", klipper_object=None))
+    assert not is_conclusive(_assess("?", NEW, source=""))
+
+
 pytestmark = pytest.mark.moonraker
 
 @pytest.fixture(scope="session")

@@ -193,7 +193,11 @@ class DeviceSnapshot:
             return BoardStatus(BOOTLOADER, f"Katapult at {kport.path}", kport.to_json())
         dfu = self.dfu_device_for(profile)
         if dfu is not None:
-            return BoardStatus(DFU, f"in DFU mode (serial {dfu.serial})", dfu.to_json())
+            named = getattr(profile, "dfu_serial", None)
+            detail = f"in DFU mode (serial {dfu.serial})" if named else (
+                f"a board is in DFU mode (serial {dfu.serial}); set dfu_serial to be sure it "
+                "is this one")
+            return BoardStatus(DFU, detail, dfu.to_json())
         if km is not None:
             return BoardStatus(NOT_FOUND, f"Klipper knows it as {km.object_name} but does not "
                                "report it running", km.to_json())

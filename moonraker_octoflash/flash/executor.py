@@ -386,7 +386,15 @@ def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[st
         for dev in devices.usb_of_kind("katapult"):
             if not mcu or dev.mcu == mcu:
                 return f"Katapult {dev.usb_id} on USB {dev.port_path}"
-        return None
+        # Katapult found an application in flash and started it.
+        bridge = devices.usb_by_uuid("canbridge", uuid) if uuid else None
+        if bridge is not None:
+            return f"Katapult started the USB-CAN bridge on USB {bridge.port_path}"
+        node = devices.can_node(uuid, interface) if uuid else None
+        if node is not None:
+            return f"node {uuid} answers on {interface} as {node.application}"
+        port = devices.serial_port(params.get("path"))
+        return f"{port.path}" if port is not None else None
     if expect == "gone":
         serial = params.get("serial")
         still = devices.dfu_device(serial) if serial else (devices.dfu_devices() or None)

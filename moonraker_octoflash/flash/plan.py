@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-from typing import Any, Dict, Iterable, List, Optional, Sequence, TypeVar
+from typing import Any, Dict, Iterable, List, Optional, TypeVar
 
 from ..artifacts import Artifact
 from ..discovery.identity import normalize_uuid
@@ -192,7 +192,7 @@ def choose_method(profile: Any, method: Optional[str], status: Optional[BoardSta
     return methods[0]
 
 
-def _transport(profile: Any, devices: Optional[DeviceSnapshot]) -> str:
+def _transport(profile: Any) -> str:
     if profile.canbus_uuid:
         if profile_is_usb_can_bridge(profile) or _katapult_on_usb(profile):
             return USB_CAN_BRIDGE
@@ -225,8 +225,12 @@ def _return_step(profile: Any, transport: str, config: FlashConfig,
     interface = profile.canbus_interface or "can0"
     timeout = config.timeouts.reconnect
     if profile.target == "katapult":
-        return FlashStep("wait_return", "Wait for Katapult to come up on USB", timeout=timeout,
-                         params={"expect": "katapult", "mcu": profile.mcu})
+        # A new Katapult stays in the bootloader unless an application survived
+        # (no mass erase), which it then starts: either is the board back.
+        return FlashStep("wait_return", "Wait for Katapult (or the application it starts)",
+                         timeout=timeout,
+                         params={"expect": "katapult", "mcu": profile.mcu, "uuid": uuid,
+                                 "interface": interface, "path": profile.serial})
     if uuid and (transport == USB_CAN_BRIDGE or profile_is_usb_can_bridge(profile)):
         return FlashStep("wait_return", f"Wait for the USB-CAN bridge and {interface} to come back",
                          timeout=timeout,
@@ -306,7 +310,7 @@ def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
         title = f"Write {file_name} at 0x{address:08x}" + (" after a mass erase" if mass_erase else "")
         steps.append(FlashStep("write_dfu", title, argv=argv, timeout=t.write, params=params))
     else:
-        transport = _transport(profile, devices)
+        transport = _transport(profile)
         file_name = method_info.get("file") or artifact.main_file
         if profile.target == "katapult":
             # deployer.bin is linked where the old bootloader starts applications.
@@ -373,6 +377,3 @@ def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
                      board_status=status, dfu_serial=dfu_serial,
                      allow_bootloader_overwrite=allow_bootloader_overwrite)
 
-
-def plans_in_order(plans: Sequence[FlashPlan]) -> List[FlashPlan]:
-    return order_for_flash(plans)

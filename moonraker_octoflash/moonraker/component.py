@@ -229,7 +229,8 @@ class OctoFlash:
         self.runner = JobRunner(self.builder, pipeline=self.pipeline,
                                 storage=MoonrakerJobStorage(self.db),
                                 preflight=self._preflight,
-                                find_artifact=self._find_artifact)
+                                find_artifact=self._find_artifact,
+                                history_size=self.settings.job_history)
         self.runner.add_listener(self._on_job_update)
 
         self._register_api()

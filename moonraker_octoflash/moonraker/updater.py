@@ -30,8 +30,8 @@ written on purpose from octoflash's page or command line, never as an
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
+import html
 import json
 import logging
 import re
@@ -39,12 +39,13 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ..errors import OctoflashError
-from ..versions import (REASON_COMMIT, REASON_LOCAL, REASON_PROFILE, UNKNOWN,
-                        FirmwareVersion, UpdateState, parse_version, update_state)
+from ..versions import UNKNOWN, parse_version
 from .announcer import FirmwareAnnouncer, Notice
+from .component_host import ComponentHost
+from .firmware_state import (EntryState, Running, assess, describe_reason, is_conclusive,
+                             version_ref)
 
 if TYPE_CHECKING:
-    from moonraker.server import Server
     from ..profiles import Profile
 
 try:   # Moonraker is only importable inside Moonraker (and in the tests)
@@ -69,6 +70,18 @@ DEFAULT_REPOS = {"klipper": ("Klipper3d", "klipper"), "katapult": ("Arksine", "k
 _GITHUB_RE = re.compile(r"github\.com[:/](?P<owner>[^/\s]+)/(?P<repo>[^/\s]+?)(?:\.git)?/?$")
 
 
+def as_html_text(text: str) -> str:
+    """Mainsail (v-html) and Fluidd (v-safe-html) show update messages as HTML:
+    a compiler's ``<stdint.h>`` must arrive as text."""
+    return html.escape(text, quote=False)
+
+
+def plain_error(text: str) -> str:
+    """One line for an error Moonraker sends back and repeats in the update dialog."""
+    line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line.replace("<", "(").replace(">", ")")
+
+
 def entry_name(profile_name: str) -> str:
     return ENTRY_PREFIX + profile_name
 
@@ -77,122 +90,6 @@ def profile_fingerprint(profile: "Profile") -> str:
     """Changes whenever the profile's settings change (Moonraker refreshes on it)."""
     text = json.dumps(profile.to_json(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-# --- what an entry knows ---------------------------------------------------------
-
-@dataclasses.dataclass
-class Running:
-    """The firmware the board runs, and where that knowledge comes from."""
-    version: FirmwareVersion
-    source: str = ""          # "klipper", "last_flash" or "" (unknown)
-    detail: str = ""          # for the user: which Klipper MCU / when octoflash wrote it
-    klipper_object: Optional[str] = None
-    flash: Optional[Dict[str, Any]] = None   # octoflash's last flash job of the profile
-
-
-@dataclasses.dataclass
-class Pending:
-    """What a build of the profile would give now."""
-    version: FirmwareVersion
-    profile_changed: bool = False
-    same_build: Optional[bool] = None    # see versions.update_state
-    error: str = ""
-
-
-@dataclasses.dataclass
-class EntryState:
-    running: Running
-    pending: Pending
-    update: UpdateState
-    warnings: List[str]
-    anomalies: List[str]
-    checked: float
-
-    def to_json(self) -> Dict[str, Any]:
-        return {
-            "state": self.update.state,
-            "reason": self.update.reason,
-            "running_version": self.running.version.raw,
-            "running_source": self.running.source,
-            "running_detail": self.running.detail,
-            "klipper_object": self.running.klipper_object,
-            "pending_version": self.pending.version.raw,
-            "profile_changed": self.pending.profile_changed,
-            "checked": self.checked,
-        }
-
-
-def assess(profile: "Profile", running: Running, pending: Pending,
-           klipper_connected: bool) -> EntryState:
-    """Decide the entry's state and the messages Mainsail and Fluidd show with it."""
-    update = update_state(running.version, pending.version, pending.profile_changed,
-                          pending.same_build)
-    warnings: List[str] = []
-    anomalies: List[str] = []
-    section = f"[octoflash {profile.name}]" if profile.source == "config" else \
-        f"profile '{profile.name}'"
-    if not running.version.orderable:
-        if running.version.known or running.source:
-            warnings.append(
-                f"The board's firmware version {running.version.raw!r} cannot be compared "
-                "(it was not built from a tagged Klipper git checkout).")
-        elif not klipper_connected:
-            warnings.append(
-                "The firmware on this board is unknown: Klipper is not connected and "
-                "octoflash has not written this board yet.")
-        elif not running.klipper_object:
-            warnings.append(
-                "The firmware on this board is unknown: Klipper does not report an MCU for "
-                f"this profile; set klipper_mcu in {section} (mcu, or the NAME of [mcu NAME]).")
-        else:
-            warnings.append(
-                f"The firmware on this board is unknown: Klipper does not reach "
-                f"'{running.klipper_object}' and octoflash has not written this board yet.")
-    if pending.error:
-        warnings.append(f"Cannot tell what a build would give: {pending.error}")
-    elif not pending.version.orderable:
-        warnings.append(
-            f"The source checkout's version {pending.version.raw!r} cannot be compared "
-            "(it is not a tagged git checkout).")
-    if running.source == "last_flash":
-        anomalies.append(f"{running.detail}; Klipper does not report this board now.")
-    if running.version.dirty:
-        anomalies.append(f"The running firmware {running.version.short()} was built from a "
-                         "checkout with uncommitted changes.")
-    if update.state == "ahead":
-        anomalies.append(
-            f"The board runs {running.version.short()}, newer than a build of the checkout "
-            f"would give ({pending.version.short()}); nothing to update.")
-    if update.update_available and not profile.auto_update:
-        anomalies.append(
-            f"'Update all' leaves this board alone; set 'auto_update: True' in {section} "
-            "to include it.")
-    return EntryState(running, pending, update, warnings, anomalies, time.time())
-
-
-def _conclusive(state: EntryState) -> bool:
-    """Is the entry's state sure enough to add or remove an announcement?"""
-    if state.update.state == "unknown":
-        return False
-    # The last flash stands in for a board Klipper knows but does not report now.
-    return not (state.running.source == "last_flash" and state.running.klipper_object)
-
-
-def describe_reason(state: EntryState) -> str:
-    """Why an update is offered, in a sentence."""
-    u, r, p = state.update, state.running.version, state.pending.version
-    if u.state == "behind":
-        return f"it runs {r.short()}; a build would give {p.short()}"
-    if u.reason == REASON_PROFILE:
-        return (f"the profile's settings changed since {r.short()} was written; a build "
-                f"would give {p.short()} with the new settings")
-    if u.reason == REASON_COMMIT:
-        return f"it runs {r.short()}, a build would give {p.short()} (another commit)"
-    if u.reason == REASON_LOCAL:
-        return (f"it runs {r.short()}; a build would give {p.short()} "
-                "(uncommitted changes on one side)")
-    return f"it runs {r.short()}; a build would give {p.short()}"
 
 
 # --- the entry --------------------------------------------------------------------
@@ -237,6 +134,12 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
 
     async def update(self) -> bool:
         return await self.manager.update_entry(self)
+
+    def notify_status(self, msg: str, is_complete: bool = False) -> None:
+        super().notify_status(as_html_text(msg), is_complete)
+
+    def close(self) -> None:
+        self.manager.close()
 
     def get_persistent_data(self) -> Dict[str, Any]:
         data = super().get_persistent_data()
@@ -300,8 +203,8 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
             # Only with both versions known: Fluidd falls back to comparing
             # these when a version is not semver, which would offer updates
             # for unknown firmware.
-            current = _ref(state.running.version)
-            wanted = _ref(state.pending.version)
+            current = version_ref(state.running.version)
+            wanted = version_ref(state.pending.version)
             status["current_hash"] = current
             status["remote_hash"] = wanted
             status["changelog_url"] = f"https://github.com/{owner}/{repo}/compare/{current}...{wanted}"
@@ -317,141 +220,6 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
         mcu = profile.klipper_object or (self.state.running.klipper_object if self.state else None)
         where = f", [{mcu}]" if mcu else ""
         return f"{profile.name} firmware ({what}{where})"
-
-
-def _ref(v: FirmwareVersion) -> str:
-    return v.commit or v.tag_name or UNKNOWN
-
-
-# --- the component's side ----------------------------------------------------------
-
-class ComponentHost:
-    """What the entries use of the octoflash component, in one place.
-
-    The component (``component.py``) offers ``profiles``, ``builder``,
-    ``runner``, ``settings``, ``pipeline`` and ``klipper_status``.
-    """
-
-    def __init__(self, component: Any) -> None:
-        self.component = component
-        self.server: Server = component.server
-
-    def profiles(self) -> Dict[str, "Profile"]:
-        profiles = self.component.profiles
-        return dict(profiles() if callable(profiles) else profiles)
-
-    def firmware_profiles(self) -> Dict[str, "Profile"]:
-        return {n: p for n, p in self.profiles().items() if p.target == "klipper"}
-
-    @property
-    def runner(self) -> Any:
-        return getattr(self.component, "runner", None) or getattr(self.component, "jobs", None)
-
-    @property
-    def builder(self) -> Any:
-        return getattr(self.component, "builder", None)
-
-    def announcements_enabled(self) -> bool:
-        settings = getattr(self.component, "settings", None)
-        return bool(getattr(settings, "announcements", True))
-
-    def source_path(self, target: str) -> Optional[str]:
-        settings = getattr(self.component, "settings", None)
-        return getattr(settings, f"{target}_path", None)
-
-    def cached_klipper_status(self) -> Dict[str, Any]:
-        return dict(getattr(self.component, "klipper_status", None) or {})
-
-    def last_flash(self, profile: str) -> Optional[Dict[str, Any]]:
-        """The newest successful flash job of the profile (its artifact record inside)."""
-        runner = self.runner
-        if runner is None:
-            return None
-        for job in runner.jobs(profile=profile):
-            if job.kind == "flash" and job.state == "done" and job.artifact:
-                return job.to_json()
-        return None
-
-    async def pending_version(self, profile: "Profile", running: Running) -> Pending:
-        """What a build would give now, and whether it differs from the running firmware.
-
-        The version comes from ``builder.pending_version(profile)``.  Whether
-        the profile changed is judged against the firmware the board runs,
-        not the latest build: when that firmware is octoflash's last flash
-        of the profile (same version string), its record tells the rendered
-        config and the checkout's uncommitted changes it was built with.
-        Boards flashed by other means count as built with today's profile.
-        """
-        builder = self.builder
-        if builder is None:
-            return Pending(parse_version(None), error="builds are not available here "
-                                                      "(see Moonraker's log)")
-        try:
-            ask = getattr(builder, "pending_version", None)
-            if ask is not None:
-                result: Any = await ask(profile)
-            else:
-                result = await builder.source_version(profile.target)
-        except OctoflashError as exc:
-            return Pending(parse_version(None), error=str(exc).split("\n")[0])
-        except Exception as exc:   # a broken checkout must not break the update manager
-            log.exception("octoflash: reading the source version failed")
-            return Pending(parse_version(None), error=f"{exc}")
-        if isinstance(result, str):
-            # build.py marks a config that differs from the last build with
-            # "+config.<sha>"; the last build is not what the board runs.
-            text = result.split("+config.", 1)[0]
-        else:
-            text = getattr(result, "version", None) or getattr(result, "describe", None) or ""
-            if getattr(result, "dirty", False) and "dirty" not in text:
-                text += "-dirty"
-        pending = Pending(parse_version(text))
-        flash = running.flash or {}
-        artifact = flash.get("artifact") or {}
-        if not artifact or running.version.raw not in (artifact.get("dict_version"),
-                                                        artifact.get("source_version")):
-            return pending
-        rendered = getattr(builder, "rendered", None)
-        if rendered is not None and artifact.get("rendered_sha256"):
-            try:
-                pending.profile_changed = rendered(profile)[2] != artifact["rendered_sha256"]
-            except OctoflashError as exc:
-                pending.error = str(exc).split("\n")[0]
-        if artifact.get("source_version") == text and hasattr(builder, "source_version"):
-            try:
-                source = await builder.source_version(profile.target)
-                pending.same_build = \
-                    (source.fingerprint or "") == (artifact.get("source_fingerprint") or "")
-            except Exception:
-                pending.same_build = None
-        return pending
-
-    async def start_flash(self, profile: "Profile") -> Any:
-        """Start a build-and-flash job the way the component's own API does."""
-        start = getattr(self.component, "start_flash", None)
-        if start is not None:
-            return await start(profile.name, build=True, origin="update_manager")
-        return await self.runner.start_flash(profile, build=True, origin="update_manager")
-
-    async def board_problem(self, profile: "Profile") -> Optional[str]:
-        """Why the board cannot be reached now, or None (also when it cannot be told)."""
-        pipeline = getattr(self.component, "pipeline", None)
-        scan = getattr(pipeline, "scan", None)
-        if scan is None:
-            return None
-        try:
-            snapshot = await scan()
-            status = snapshot.status_of(profile)
-        except OctoflashError as exc:
-            return str(exc).split("\n")[0]
-        except Exception:
-            log.exception("octoflash: looking for the board failed")
-            return None
-        if status.state == "not_found":
-            return (f"the board of profile '{profile.name}' cannot be reached: {status.detail}. "
-                    "Check that it is connected and powered (CAN: that the interface is up), "
-                    "then try again.")
-        return None
 
 
 # --- all entries of one component ------------------------------------------------
@@ -663,7 +431,7 @@ class FirmwareUpdates:
         if self.host.announcements_enabled():
             for entry in self.entries.values():
                 state = entry.state
-                if state is None or not _conclusive(state):
+                if state is None or not is_conclusive(state):
                     keep.append(entry.profile_name)
                 elif state.update.update_available:
                     wanted[entry.profile_name] = self._notice(entry, state)
@@ -677,7 +445,7 @@ class FirmwareUpdates:
         board = (profile.description or profile.preset.board) if profile else entry.profile_name
         owner, repo = self.source_repo(profile.target if profile else "klipper")
         url = f"https://github.com/{owner}/{repo}/compare/" \
-              f"{_ref(state.running.version)}...{_ref(state.pending.version)}"
+              f"{version_ref(state.running.version)}...{version_ref(state.pending.version)}"
         title = f"Firmware update for {entry.profile_name}"
         description = (
             f"The board of profile '{entry.profile_name}' ({board}) should get new firmware: "
@@ -725,11 +493,11 @@ class FirmwareUpdates:
             raise self.server.error("octoflash's job runner is not available", 503)
         problem = await self.host.board_problem(profile)
         if problem:
-            raise self.server.error(f"Update refused: {problem}", 503)
+            raise self.server.error(plain_error(f"Update refused: {problem}"), 503)
         try:
             job = await self.host.start_flash(profile)
         except OctoflashError as exc:
-            raise self.server.error(f"Update refused: {str(exc).splitlines()[0]}",
+            raise self.server.error(plain_error(f"Update refused: {str(exc).splitlines()[0]}"),
                                     exc.status) from None
         self._active_job = job.id
         self._last_percent = None
@@ -741,7 +509,8 @@ class FirmwareUpdates:
         if job.state != "done":
             detail = (job.error or job.message or job.state).splitlines()[0]
             recovery = f" {job.recovery}" if getattr(job, "recovery", None) else ""
-            raise self.server.error(f"{job.kind} {job.state}: {detail}{recovery}", 500)
+            raise self.server.error(plain_error(f"{job.kind} {job.state}: {detail}{recovery}"),
+                                    500)
 
     def _on_job_update(self, update: Any) -> None:
         """Stream the running update's job into ``notify_update_response``."""
@@ -754,15 +523,16 @@ class FirmwareUpdates:
         helper = entry.cmd_helper
         if update.event == "output":
             if update.message:
-                helper.notify_update_response(update.message)
+                helper.notify_update_response(as_html_text(update.message))
         elif update.event == "step":
             self._last_percent = None
-            helper.notify_update_response(f"[{job.stage}] {update.message or job.message}")
+            helper.notify_update_response(
+                as_html_text(f"[{job.stage}] {update.message or job.message}"))
         elif update.event == "progress" and job.percent is not None:
             last = self._last_percent
             if last is None or job.percent - last >= PROGRESS_STEP or job.percent >= 100:
                 self._last_percent = job.percent
-                helper.notify_update_response(f"[{job.stage}] {job.percent:.0f}%")
+                helper.notify_update_response(as_html_text(f"[{job.stage}] {job.percent:.0f}%"))
 
     # --- "update all" ------------------------------------------------------------
 
@@ -842,15 +612,15 @@ class FirmwareUpdates:
                 try:
                     await self._flash(entry, profile)
                 except Exception as exc:
-                    entry.notify_status(f"FAILED: {exc}")
+                    entry.notify_status(f"FAILED: {plain_error(str(exc))}")
                     failed.append(profile.name)
                 else:
                     ok.append(profile.name)
             await self.refresh_entries(notify=False)
             summary = f"{len(ok)} board(s) flashed" + \
                 (f"; failed: {', '.join(failed)}" if failed else "")
-            helper.notify_update_response(f"Firmware update after 'update all': {summary}",
-                                          is_complete=True)
+            helper.notify_update_response(
+                as_html_text(f"Firmware update after 'update all': {summary}"), is_complete=True)
         finally:
             for entry in chosen:
                 if entry.deferred_since is not None:
@@ -858,6 +628,15 @@ class FirmwareUpdates:
                     entry.store()
             helper.clear_update_info()
             helper.notify_update_refreshed()
+
+    def close(self) -> None:
+        """Moonraker is stopping: no more refreshes (running jobs end with the runner)."""
+        if self._refresh_handle is not None:
+            self._refresh_handle.cancel()
+            self._refresh_handle = None
+        for task in (self._refresh_task, self._deferred_task):
+            if task is not None and not task.done():
+                task.cancel()
 
     async def _wait_for_klipper(self, timeout: float = 120.0) -> None:
         kconn = self.server.lookup_component("klippy_connection")

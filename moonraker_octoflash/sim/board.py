@@ -43,6 +43,7 @@ from .images import FLASH_BASE, classify_image, default_app_start
 MODES = ("dfu", "katapult", "klipper", "klipper-canbridge", "off")
 ENV_DIR = "OCTOFLASH_SIM_DIR"
 ENV_FAULTS = "OCTOFLASH_SIM_FAULTS"
+HISTORY_KEPT = 100
 STOCK_APP_START = FLASH_BASE + 0x8000
 _held = threading.local()      # lock depth per machine folder, for re-entrancy
 
@@ -588,9 +589,10 @@ class SimulatedBoard:
                                     if not (r["address"] < end and r["address"] + r["size"] > address)]
                 state["regions"].append(info)
                 state["regions"].sort(key=lambda r: r["address"])
-            state.setdefault("history", []).append(
+            state["history"] = (state.get("history", []) + [
                 {"time": time.time(), "event": "write", "address": address,
-                 "size": len(data), "name": os.path.basename(name), "complete": complete})
+                 "size": len(data), "name": os.path.basename(name),
+                 "complete": complete}])[-HISTORY_KEPT:]
             _atomic_write_json(self.state_path, state)
 
     # --- what runs ---------------------------------------------------------------
@@ -632,8 +634,8 @@ class SimulatedBoard:
             state["ready_at"] = time.time() + wait
             state["usb_address"] = address
             state["node_assigned"] = False
-            state.setdefault("history", []).append(
-                {"time": time.time(), "event": "mode", "mode": mode})
+            state["history"] = (state.get("history", []) + [
+                {"time": time.time(), "event": "mode", "mode": mode}])[-HISTORY_KEPT:]
         self.update(change)
         self.machine.sync_links()
 

@@ -1,6 +1,7 @@
 """Simulated CAN nodes answering the admin protocol on python-can's virtual bus.
 
-One listener thread per CAN interface of the machine.  On the query
+One listener thread per CAN interface of the machine, and one that keeps
+the by-id links in step with boards that finish rebooting (``boot_delay``).  On the query
 (``[0x00]`` on 0x3f0) every board reachable on that interface and not yet
 given a node id answers on 0x3f1 with ``[0x20, uuid, app]`` — 0x01 when it
 runs Klipper, 0x11 when it runs Katapult — as the real firmware does.  The
@@ -14,6 +15,7 @@ nodes in the process that scans (the tests, the Moonraker demo, the CLI).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, List, Optional
 
 from ..discovery.can import (ADMIN_ID, ADMIN_RESPONSE_ID, APP_KATAPULT, APP_KLIPPER,
@@ -38,6 +40,9 @@ class SimulatedCanNodes:
     def start(self) -> "SimulatedCanNodes":
         import can
         names = self.interfaces or self.machine.all_can_interfaces() or ["can0"]
+        udev = threading.Thread(target=self._udev, name="sim-udev", daemon=True)
+        self._threads.append(udev)
+        udev.start()
         for name in names:
             bus = can.Bus(interface=self.bustype, channel=name, receive_own_messages=False)
             self._buses.append(bus)
@@ -64,6 +69,16 @@ class SimulatedCanNodes:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def _udev(self) -> None:
+        """Like udev: by-id links appear once a rebooting board has enumerated."""
+        while not self._stop.wait(0.1):
+            try:
+                now = time.time()
+                if any(now - 1.0 < float(b.state.get("ready_at", 0)) for b in self.machine.boards()):
+                    self.machine.sync_links()
+            except Exception:   # a half-written state file: try again next tick
+                continue
 
     # --- the protocol -----------------------------------------------------------
     def _serve(self, interface: str, bus: Any) -> None:
