@@ -63,8 +63,10 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _pump(stream: asyncio.StreamReader, name: str, lines: List[str],
-                err_lines: List[str], on_line: Optional[LineCallback]) -> None:
+                err_lines: List[str], on_line: Optional[LineCallback],
+                on_partial: Optional[LineCallback]) -> None:
     buf = b""
+    partial_sent = 0      # bytes of the unfinished line already given to on_partial
     while True:
         chunk = await stream.read(4096)
         if not chunk:
@@ -76,7 +78,12 @@ async def _pump(stream: asyncio.StreamReader, name: str, lines: List[str],
             if cut < 0:
                 break
             raw, buf = buf[:cut], buf[cut + 1:]
+            partial_sent = 0
             _emit(raw, name, lines, err_lines, on_line)
+        if on_partial is not None and len(buf) > partial_sent:
+            # Progress marks written without a line end (flashtool's '#').
+            on_partial(name, buf[partial_sent:].decode("utf-8", errors="replace"))
+            partial_sent = len(buf)
     if buf:
         _emit(buf, name, lines, err_lines, on_line)
 
@@ -97,10 +104,14 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
                    cwd: Optional[str] = None,
                    env: Optional[Mapping[str, str]] = None,
                    on_line: Optional[LineCallback] = None,
+                   on_partial: Optional[LineCallback] = None,
                    nice: int = 0,
                    what: Optional[str] = None) -> ToolResult:
     """Run ``argv`` and return its result; it is an error only if it cannot run.
 
+    ``on_partial(stream, text)`` receives the text of an unfinished line as
+    it arrives (each byte once), for tools that draw progress without
+    ending the line; the whole line still reaches ``on_line`` when it ends.
     A non-zero exit code is returned, not raised: callers judge success by
     the tool's own output where its exit code lies (dfu-util).  A timeout
     raises ``ToolTimeout``; cancelling the awaiting task kills the program.
@@ -128,8 +139,8 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
     err_lines: List[str] = []
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(
-        _pump(proc.stdout, "stdout", lines, err_lines, on_line),
-        _pump(proc.stderr, "stderr", lines, err_lines, on_line))
+        _pump(proc.stdout, "stdout", lines, err_lines, on_line, on_partial),
+        _pump(proc.stderr, "stderr", lines, err_lines, on_line, on_partial))
     try:
         await asyncio.wait_for(asyncio.shield(readers), timeout)
         await proc.wait()

@@ -54,6 +54,8 @@ async def test_bridge_through_katapult_writes_the_image_byte_for_byte(rig, artif
     assert os.path.basename(runs[2][-3]).startswith("usb-katapult_stm32f446xx_")
     write_pcts = [e.percent for e in rig.events if e.kind == "progress" and e.stage == "write"]
     assert write_pcts and write_pcts[-1] == 100.0
+    # the bar is followed as flashtool draws it, not only when its line ends
+    assert len(set(write_pcts)) > 10 and write_pcts == sorted(write_pcts)
     assert any(e.message.startswith("Verification Complete") for e in rig.events)
 
 

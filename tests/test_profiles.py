@@ -42,6 +42,7 @@ def test_json_round_trip():
     ({"preset": BRIDGE, "canbus_uuid": "xyz"}, "canbus_uuid"),
     ({"preset": BRIDGE, "canbus_uuid": "0e1f2a3b4c5d", "serial": "/dev/ttyACM0"}, "not both"),
     ({"preset": BRIDGE, "serial": "/dev/ttyACM0; rm -rf /"}, "serial"),
+    ({"preset": BRIDGE, "serial": "ttyACM0"}, "serial"),
     ({"preset": BRIDGE, "flash_methd": "dfu"}, "flash_methd"),
     ({"preset": "btt-octopus-f446-canbridge-nobootloader", "flash_method": "katapult"}, "cannot be written"),
     ({"preset": "no-such-preset"}, "Unknown preset"),

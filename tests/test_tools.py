@@ -86,3 +86,20 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_unfinished_lines_reach_on_partial_as_they_are_drawn():
+    """flashtool draws '#' marks without a line end; each arrives once, live."""
+    script = ("import sys, time\n"
+              "sys.stdout.write('Flashing x\\n[')\n"
+              "for _ in range(5):\n"
+              "    sys.stdout.write('#'); sys.stdout.flush(); time.sleep(0.05)\n"
+              "sys.stdout.write(']\\nWrite complete\\n')\n")
+    partial = []
+    lines = []
+    await run_tool([PY, "-c", script], timeout=10,
+                   on_partial=lambda s, t: partial.append(t),
+                   on_line=lambda s, l: lines.append(l))
+    assert "".join(partial).count("#") == 5
+    assert len(partial) >= 3          # several chunks: the marks came one by one
+    assert lines == ["Flashing x", "[#####]", "Write complete"]

@@ -17,14 +17,17 @@ from typing import Any, Dict
 import pytest
 
 from fixtures_moonraker import DemoThread
-from moonraker_octoflash.versions import clients_offer_update
+from moonraker_octoflash.moonraker.firmware_state import Pending, Running, assess, is_conclusive
+from moonraker_octoflash.profiles import profile_from_json
+from moonraker_octoflash.versions import clients_offer_update, parse_version
 from updater_helpers import NEW, OLD, Machine, RpcClient, RpcError, make_venv, wait_until
+
+pytestmark = pytest.mark.moonraker
 
 
 # --- the entry's reasoning, without Moonraker ----------------------------------------
 
 def _profile(**kw: Any) -> Any:
-    from moonraker_octoflash.profiles import profile_from_json
     data = {"name": "octopus", "preset": "btt-octopus-f446-canbridge"}
     data.update(kw)
     return profile_from_json(data, source="config")
@@ -32,8 +35,6 @@ def _profile(**kw: Any) -> Any:
 
 def _assess(running: str, pending: str, source: str = "klipper", connected: bool = True,
             klipper_object: Any = "mcu", **profile: Any) -> Any:
-    from moonraker_octoflash.moonraker.firmware_state import Pending, Running, assess
-    from moonraker_octoflash.versions import parse_version
     return assess(_profile(**profile), Running(parse_version(running), source, "", klipper_object),
                   Pending(parse_version(pending)), connected)
 
@@ -60,14 +61,11 @@ def test_notes_for_newer_and_dirty_firmware_and_update_all():
 
 
 def test_announcements_wait_for_klipper_to_report_a_board_it_knows():
-    from moonraker_octoflash.moonraker.firmware_state import is_conclusive
     assert is_conclusive(_assess(OLD, NEW))
     assert not is_conclusive(_assess(OLD, NEW, source="last_flash"))
     assert is_conclusive(_assess(OLD, NEW, source="last_flash", klipper_object=None))
     assert not is_conclusive(_assess("?", NEW, source=""))
 
-
-pytestmark = pytest.mark.moonraker
 
 @pytest.fixture(scope="session")
 def venv_python(tmp_path_factory: Any) -> str:
@@ -329,6 +327,35 @@ async def test_dismissed_announcement_survives_a_moonraker_restart(tmp_path, ven
         entries = (await c.call("server.announcements.list"))["entries"]
         ours = [e for e in entries if e["feed"].startswith("octoflash/")]
         assert [(e["entry_id"], e["dismissed"]) for e in ours] == [(first["entry_id"], True)]
+        await c.close()
+    finally:
+        m.stop()
+
+
+async def test_update_all_flashes_after_a_moonraker_restart(tmp_path, venv_python):
+    # Moonraker restarts at the end of a full update that updated Moonraker
+    # itself; the firmware flashes it deferred run after the restart.
+    m = Machine(str(tmp_path), venv_python).start()
+    try:
+        c = await RpcClient().connect(m.moonraker.url)
+        await entry_when(c, "octoflash_octopus", lambda e: e["octoflash"]["state"] == "behind")
+        m.klipper.call(m.klipper.standin.stop)          # the flashes wait for Klipper
+        start = len(c.notifications)
+        assert await c.call("machine.update.full", timeout=60) == "ok"
+        await c.wait_for("notify_update_response",
+                         lambda r: "will be built and flashed" in r["message"], 10, start=start)
+        await c.close()
+        m.moonraker.stop()
+        assert m.state()["flashed"] == []
+        m.moonraker.start()
+        c = await RpcClient().connect(m.moonraker.url)
+        m.klipper.call(m.klipper.standin.start)
+        done = await c.wait_for("notify_update_response",
+                                lambda r: r["complete"] and "after 'update all'" in r["message"],
+                                60)
+        messages = [r["message"] for r in c.of("notify_update_response")]
+        assert "1 board(s) flashed" in done["message"], messages
+        assert m.state()["flashed"] == ["octopus"]
         await c.close()
     finally:
         m.stop()

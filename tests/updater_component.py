@@ -131,8 +131,9 @@ class StateFilePipeline:
         self.folder = component.settings.simulation
 
     async def scan(self) -> Snapshot:
-        snapshot = Snapshot(klipper_mcus=klipper_mcus(self.component.klipper_status),
-                            klipper_state="ready")
+        # Like the real pipeline: Klipper's MCUs read afresh for every scan.
+        status = await self.component._fresh_klipper_status()
+        snapshot = Snapshot(klipper_mcus=klipper_mcus(status), klipper_state="ready")
         snapshot.reachable = dict(read_state(self.folder).get("reachable", {}))
         return snapshot
 

@@ -131,6 +131,16 @@ class _HashProgress:
         self.on_progress = on_progress
         self.stage = "write"
         self.marks = 0
+        self.live = False
+
+    def feed_partial(self, text: str) -> None:
+        """Marks as they are drawn, before the bar's line ends."""
+        count = text.count("#")
+        if count and set(text.strip()) <= set("[#]"):
+            self.marks = min(50, self.marks + count)
+            self.live = True
+            self.on_progress(Progress(self.stage, f"{self.stage} {self.marks * 2}%",
+                                      float(self.marks * 2), kind="progress"))
 
     def feed(self, text: str) -> None:
         if text.startswith("Flashing '"):
@@ -139,6 +149,10 @@ class _HashProgress:
             self.stage, self.marks = "verify", 0
         count = text.count("#")
         if count and set(text.strip()) <= set("[#]"):
+            if self.live:
+                # The marks were already counted as they were drawn.
+                self.live = False
+                return
             self.marks = min(50, self.marks + count)
             self.on_progress(Progress(self.stage, f"{self.stage} {self.marks * 2}%",
                                       float(self.marks * 2), kind="progress"))
@@ -164,6 +178,7 @@ class KatapultFlasher:
             self.on_progress(Progress(stage if stage != "write" else bars.stage, line, None,
                                       kind="output"))
         result = await run_tool(argv, timeout=timeout, env=self.env, on_line=on_line,
+                                on_partial=lambda _stream, text: bars.feed_partial(text),
                                 what="flashtool.py")
         return read_run(result)
 

@@ -639,10 +639,15 @@ class FirmwareUpdates:
                 task.cancel()
 
     async def _wait_for_klipper(self, timeout: float = 120.0) -> None:
+        """Until Klipper is past its start-up (ready, or in error: an MCU with
+        old firmware is exactly what puts it there), or ``timeout``."""
         kconn = self.server.lookup_component("klippy_connection")
         deadline = time.monotonic() + timeout
-        while not kconn.is_connected() and time.monotonic() < deadline:
-            await asyncio.sleep(1.0)
+        while time.monotonic() < deadline:
+            state = str(getattr(kconn.state, "name", kconn.state)).lower()
+            if kconn.is_connected() and state not in ("startup", "disconnected"):
+                return
+            await asyncio.sleep(0.5)
 
 
 def attach(component: Any) -> Optional[FirmwareUpdates]:
