@@ -212,6 +212,23 @@ async def test_upgrade_is_refused_when_the_board_cannot_be_reached(machine, clie
     machine.set_state(reachable={"octopus": True, "toolhead": True})
 
 
+async def test_upgrade_is_refused_while_printing(machine, client):
+    machine.klipper.call(machine.klipper.standin.set_print_state, "printing", "benchy.gcode")
+    try:
+        await wait_until(lambda: _printing(client), 10, what="Moonraker to see the print")
+        with pytest.raises(RpcError) as err:
+            await client.call("machine.update.upgrade", {"name": "octoflash_octopus"})
+        assert "printing" in err.value.message
+        assert machine.state()["flashed"] == []
+    finally:
+        machine.klipper.call(machine.klipper.standin.set_print_state, "standby")
+
+
+async def _printing(client: RpcClient) -> bool:
+    status = await client.call("printer.objects.query", {"objects": {"print_stats": ["state"]}})
+    return status["status"]["print_stats"]["state"] == "printing"
+
+
 async def test_changed_profile_counts_as_an_update(machine, client):
     # A profile made through the API gets its entry; once flashed, changing
     # its settings makes its firmware outdated although the checkout is not.

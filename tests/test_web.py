@@ -21,7 +21,7 @@ import pytest
 from tornado.websocket import websocket_connect
 
 from moonraker_octoflash.moonraker.web import NAVI_ICON, PAGE_PATH, add_navi_link
-from updater_helpers import NEW, OLD, Machine, make_venv, wait_until
+from updater_helpers import NEW, OLD, Machine, RpcClient, make_venv, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -236,6 +236,27 @@ async def test_refused_flash_says_why(machine, browser):
         assert "toolhead" not in machine.state()["flashed"]
     finally:
         machine.klipper.call(machine.klipper.standin.set_print_state, "standby")
+
+
+async def test_a_job_started_elsewhere_is_followed(machine, browser):
+    # The update manager's Update button, pressed in Mainsail while the page is open.
+    machine.set_state(boards={"mcu": OLD, "toolhead": NEW})
+    machine.restart_klipper()
+    await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'", 30)
+    before = await browser.js("document.getElementById('job-title').textContent")
+    client = await RpcClient().connect(machine.moonraker.url)
+    try:
+        await client.call("machine.update.upgrade", {"name": "octoflash_octopus"}, timeout=120)
+    finally:
+        await client.close()
+    title = await browser.wait_js(
+        "document.getElementById('job-state').textContent === 'done' && "
+        f"document.getElementById('job-title').textContent !== {json.dumps(before)} && "
+        "document.getElementById('job-title').textContent", 30)
+    assert title.startswith("flash octopus")
+    log = await browser.js("document.getElementById('job-log').textContent")
+    assert "[write]" in log
+    await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
 
 
 def test_mainsail_sidebar_link_is_added_once_and_keeps_other_links(tmp_path):

@@ -81,7 +81,8 @@ class StateFileBuilder:
             return f"{version.describe}+config.{sha[:8]}"
         return version.describe
 
-    async def build(self, profile: Any, force: bool = False, on_progress: Any = None) -> BuildResult:
+    async def build(self, profile: Any, force: bool = False,
+                    on_progress: Any = None) -> BuildResult:
         source = await self.source_version(profile.target)
         emit = on_progress or (lambda _e: None)
         emit(Progress("configure", "make olddefconfig"))

@@ -207,7 +207,8 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
             wanted = version_ref(state.pending.version)
             status["current_hash"] = current
             status["remote_hash"] = wanted
-            status["changelog_url"] = f"https://github.com/{owner}/{repo}/compare/{current}...{wanted}"
+            status["changelog_url"] = \
+                f"https://github.com/{owner}/{repo}/compare/{current}...{wanted}"
         status["octoflash"] = dict(state.to_json() if state else {"state": "unknown"},
                                    profile=self.profile_name,
                                    auto_update=bool(profile.auto_update) if profile else False)
@@ -285,6 +286,14 @@ class FirmwareUpdates:
 
     def entry_for(self, profile_name: str) -> Optional[FirmwareUpdater]:
         return self.entries.get(entry_name(profile_name))
+
+    def state_of(self, profile_name: str) -> Optional[Dict[str, Any]]:
+        """The entry's last reading (``EntryState.to_json()``), for the component's
+        own API; None when the profile has no entry or was not read yet."""
+        entry = self.entry_for(profile_name)
+        if entry is None or entry.state is None:
+            return None
+        return entry.state.to_json()
 
     # --- reading versions --------------------------------------------------
 

@@ -251,7 +251,7 @@
     if (!job || job.job_id !== update.job_id) {
       // A job started elsewhere (macro, update manager, another browser): follow it.
       if (update.event === "state" && update.state === "running" && !update.parent) {
-        followJob(update.job_id);
+        followJob(update.job_id, update);
       } else if (update.parent && job && job.job_id === update.parent) {
         appendLog("[" + update.profile + "] " + (update.message || update.stage));
       }
@@ -275,11 +275,35 @@
     }
   }
 
-  function followJob(jobId) {
+  var FINAL = ["done", "failed", "refused", "cancelled", "interrupted"];
+  var LIVE = ["state", "stage", "percent", "message", "error", "recovery"];
+
+  function isFinal(jobState) { return FINAL.indexOf(jobState) >= 0; }
+
+  // Follow a job: shown at once from its first update, completed by its record.
+  // Updates arriving meanwhile apply to it; a record read before the job
+  // ended never takes back the end an update already told.
+  function followJob(jobId, update) {
+    var job = { job_id: jobId, state: "queued" };
+    if (update) {
+      ["kind", "profile"].concat(LIVE).forEach(function (k) { job[k] = update[k]; });
+    }
+    state.job = job;
+    state.jobLog = [];
+    renderJob();
     return rpc.call("server.octoflash.job", { job_id: jobId }).then(function (result) {
-      state.job = result.job;
+      if (state.job !== job) { return; }
+      mergeRecord(job, result.job);
       state.jobLog = (result.job.log || []).slice(-LOG_LINES);
       renderJob();
+    });
+  }
+
+  function mergeRecord(job, record) {
+    var keepLive = isFinal(job.state) && !isFinal(record.state);
+    Object.keys(record).forEach(function (k) {
+      if (k === "log" || (keepLive && LIVE.indexOf(k) >= 0)) { return; }
+      job[k] = record[k];
     });
   }
 
@@ -297,9 +321,12 @@
   function startJob(method, params) {
     show($("action-error"), false);
     return rpc.call(method, params).then(function (result) {
-      state.job = result.job;
-      state.jobLog = [];
-      $("job-log").textContent = "";
+      if (state.job && state.job.job_id === result.job.job_id) {
+        mergeRecord(state.job, result.job);     // its first updates came first
+      } else {
+        state.job = result.job;
+        state.jobLog = [];
+      }
       renderJob();
       loadJobs();
     }).catch(function (err) {
