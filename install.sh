@@ -98,9 +98,15 @@ type: git_repo
 path: $SRC_DIR
 origin: $origin
 primary_branch: main
+virtualenv: $VENV_DIR
+requirements: scripts/octoflash-requirements.txt
+system_dependencies: scripts/system-dependencies.json
 managed_services: moonraker
 CONF
   fi
+  say "Adding the Firmware link to Mainsail's sidebar ($DATA_DIR/config/.theme/navi.json)"
+  [ "$DRY_RUN" = 1 ] || "$PY" -c 'import sys; from moonraker_octoflash.moonraker.web import add_navi_link; add_navi_link(sys.argv[1])' "$DATA_DIR/config" \
+    || say "Could not update navi.json; see docs/web.md to add the link by hand."
 else
   say "No $CONFIG: add an [octoflash] section to your Moonraker config (docs/moonraker.md)."
 fi

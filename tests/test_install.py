@@ -5,6 +5,7 @@ passes everything to this Python except ``pip``, which it records (the
 package is already installed here); ``bin/octoflash`` is the real command
 line.  The link, the config sections and the uninstall are real.
 """
+import json
 import os
 import stat
 import subprocess
@@ -61,11 +62,15 @@ def test_install_links_component_and_adds_sections_once(kiauh_home):
     assert "pip install -q -e " + ROOT in pip_log.read_text()
     conf = (home / "printer_data" / "config" / "moonraker.conf").read_text()
     assert conf.count("[octoflash]") == 1
+    navi = json.loads((home / "printer_data" / "config" / ".theme" / "navi.json").read_text())
+    assert [entry["href"] for entry in navi] == ["/server/octoflash/web"]
     # again: nothing is added twice
     proc = run_install(home)
     assert proc.returncode == 0, proc.stderr
     conf = (home / "printer_data" / "config" / "moonraker.conf").read_text()
     assert conf.count("[octoflash]") == 1
+    navi = json.loads((home / "printer_data" / "config" / ".theme" / "navi.json").read_text())
+    assert len(navi) == 1
 
     proc = run_install(home, "--uninstall")
     assert proc.returncode == 0, proc.stderr

@@ -56,7 +56,15 @@ def free_port() -> int:
 
 
 def make_venv(path: str) -> str:
-    """A virtualenv (no pip) over this Python's packages; returns its python."""
+    """A Python for Moonraker that is a virtualenv; returns its interpreter.
+
+    When the tests already run in one (scripts/test uses .venv), that is it.
+    Otherwise a virtualenv without pip is made at ``path`` over this
+    Python's packages (``--system-site-packages``).
+    """
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix) and \
+            os.path.isfile(os.path.join(sys.prefix, "bin", "activate")):
+        return sys.executable
     python = os.path.join(path, "bin", "python")
     if not os.path.exists(python):
         subprocess.run([sys.executable, "-m", "venv", "--without-pip",
