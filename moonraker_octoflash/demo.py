@@ -257,7 +257,7 @@ class Demo:
 
             moonraker-octoflash demo is running.
 
-              Open:    {base}/server/octoflash/status
+              Open:    {base}/server/octoflash/web   (the octoflash page)
               Moonraker API: {base}  (point Mainsail or Fluidd at it to see the
                        firmware entries in the update panel and the console)
               Profiles: octopus (USB-CAN bridge), toolhead (CAN node), both out of date

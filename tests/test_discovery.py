@@ -14,7 +14,7 @@ from moonraker_octoflash.discovery import scan
 from moonraker_octoflash.discovery.can import (parse_query_answer, query_interface,
                                                send_bootloader_request, system_can_interfaces)
 from moonraker_octoflash.discovery.identity import canbus_uuid_from_chip_id, dfu_serial_from_chip_id
-from moonraker_octoflash.discovery.klipper import klipper_mcus
+from moonraker_octoflash.discovery.klipper import find_mcu, klipper_mcus
 from moonraker_octoflash.discovery.serial import parse_by_id_name
 from moonraker_octoflash.discovery.usb import parse_dfu_layout
 
@@ -168,6 +168,50 @@ def test_klipper_status_gives_each_mcu_and_its_board():
     assert mcus["mcu"].canbus_uuid == "c26f3d91d861" and mcus["mcu"].canbus_interface == "can0"
     assert not mcus["toolhead"].connected and mcus["toolhead"].canbus_interface == "can1"
     assert mcus["extra"].serial.endswith("E66-if00") and mcus["extra"].mcu_version is None
+
+
+# configfile as a real Klipper reports [mcu Toolhead] (tests/test_real_klipper.py):
+# settings lower-cased with the defaults Klipper used, config and objects as written.
+KLIPPER_CONFIGFILE = {
+    "settings": {"mcu": {"canbus_uuid": "c26f3d91d861", "canbus_interface": "can0"},
+                 "mcu toolhead": {"serial": "/dev/serial/by-id/usb-Klipper_x-if00", "baud": 250000}},
+    "config": {"mcu": {"canbus_uuid": "c26f3d91d861"},
+               "mcu Toolhead": {"serial": "/dev/serial/by-id/usb-Klipper_x-if00"}},
+}
+
+
+def _names(status):
+    return [(m.object_name, m.name, m.connected) for m in klipper_mcus(status)]
+
+
+def test_a_klipper_mcu_is_named_after_its_object_not_the_lower_cased_settings():
+    ready = {"mcu": {"mcu_version": "v1"}, "mcu Toolhead": {"mcu_version": "v1"},
+             "configfile": KLIPPER_CONFIGFILE}
+    assert _names(ready) == [("mcu", "mcu", True), ("mcu Toolhead", "Toolhead", True)]
+    toolhead = klipper_mcus(ready)[1]
+    assert toolhead.serial == "/dev/serial/by-id/usb-Klipper_x-if00"
+    # startup, Toolhead unreachable: Klipper lists the object and reports it empty
+    startup = {"mcu": {"mcu_version": "v1"}, "mcu Toolhead": {},
+               "configfile": KLIPPER_CONFIGFILE}
+    assert _names(startup) == [("mcu", "mcu", True), ("mcu Toolhead", "Toolhead", False)]
+    # Klipper gone (only the config kept): config spells the name
+    assert _names({"configfile": KLIPPER_CONFIGFILE}) == \
+        [("mcu", "mcu", False), ("mcu Toolhead", "Toolhead", False)]
+    # settings alone (a reader that asked for no config) cannot know better
+    assert _names({"configfile": {"settings": KLIPPER_CONFIGFILE["settings"]}}) == \
+        [("mcu", "mcu", False), ("mcu toolhead", "toolhead", False)]
+    # a config error: Klipper stops before it builds settings; config still tells the board
+    errored = klipper_mcus({"configfile": {"settings": {}, "config": KLIPPER_CONFIGFILE["config"]}})
+    assert errored[0].canbus_uuid == "c26f3d91d861" and errored[0].canbus_interface == "can0"
+    assert errored[1].serial == "/dev/serial/by-id/usb-Klipper_x-if00"
+
+
+def test_a_profile_names_its_klipper_mcu_in_any_case():
+    mcus = klipper_mcus({"mcu": {}, "mcu Toolhead": {}, "configfile": KLIPPER_CONFIGFILE})
+    for name in ("Toolhead", "toolhead", "TOOLHEAD", "mcu toolhead", "mcu Toolhead"):
+        assert find_mcu(mcus, name).object_name == "mcu Toolhead", name
+    assert find_mcu(mcus, "mcu").object_name == "mcu"
+    assert find_mcu(mcus, "toolhead2") is None and find_mcu(mcus, None) is None
 
 
 async def test_each_profile_is_running_bootloader_dfu_or_not_found(machine, can_nodes):

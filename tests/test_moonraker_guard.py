@@ -3,12 +3,18 @@
 Klipper's side is the stand-in on Moonraker's unix socket: it reports
 ``print_stats``, runs ``docs/macros.cfg`` with Jinja2 as Klipper does and
 sends remote-method calls exactly as Klipper's webhooks do.
+
+A macro's error reaches the user as Klipper words it: wrapped as "Error
+evaluating 'gcode_macro NAME:gcode': gcode.CommandError: ..." and ending in
+a newline.  The newline makes Moonraker's HTTP reason phrase "Unknown"
+(tornado refuses it), so the tests read it where a user reads it: the
+console line and the JSON-RPC error.
 """
 from __future__ import annotations
 
 import pytest
 
-from fixtures_moonraker import MoonrakerProcess, start_standin
+from fixtures_moonraker import MoonrakerProcess, RpcError, start_standin
 from moonraker_octoflash.sim.klippy import SimMcu
 
 pytestmark = pytest.mark.moonraker
@@ -74,12 +80,26 @@ def test_without_service_control_a_flash_of_a_klipper_board_is_refused(idle):
     assert mr.result("GET", "/server/octoflash/jobs")["jobs"] == []
 
 
+def _macro_error(macro: str, message: str) -> str:
+    return f"Error evaluating 'gcode_macro {macro}:gcode': gcode.CommandError: {message}"
+
+
 async def test_flash_macro_while_printing_stops_in_the_macro(idle, ws_factory):
     mr, standin = idle
+    ws = await ws_factory(mr)
     standin.call(standin.standin.set_print_state, "printing", "benchy.gcode")
-    status, payload = mr.post("/printer/gcode/script", {"script": "OCTOFLASH_FLASH PROFILE=octopus"})
+    status, _payload = mr.post("/printer/gcode/script", {"script": "OCTOFLASH_FLASH PROFILE=octopus"})
     assert status == 400
-    assert "OCTOFLASH_FLASH: not while a print is printing" in payload["error"]["message"]
+    wording = _macro_error("OCTOFLASH_FLASH", "OCTOFLASH_FLASH: not while a print is printing")
+    line = await ws.wait_notification(
+        "notify_gcode_response", lambda text: "not while a print is printing" in str(text))
+    assert line == "!! " + wording
+    with pytest.raises(RpcError) as refused:
+        await ws.call("printer.gcode.script", {"script": "OCTOFLASH_FLASH PROFILE=octopus"})
+    assert refused.value.message == wording + "\n"
+    assert mr.result("GET", "/server/octoflash/jobs")["jobs"] == []
+    # the remote method was never called: no refusal of the component's own
+    assert not [t for t in _console(ws) if "octoflash: flash" in str(t)]
 
 
 async def test_a_remote_flash_call_while_printing_is_refused_in_the_console(idle, ws_factory):
@@ -97,8 +117,12 @@ async def test_a_remote_flash_call_while_printing_is_refused_in_the_console(idle
 async def test_macros_report_their_mistakes_in_the_console(idle, ws_factory):
     mr, standin = idle
     ws = await ws_factory(mr)
-    status, payload = mr.post("/printer/gcode/script", {"script": "OCTOFLASH_BUILD"})
-    assert status == 400 and "OCTOFLASH_BUILD needs PROFILE=name" in payload["error"]["message"]
+    status, _payload = mr.post("/printer/gcode/script", {"script": "OCTOFLASH_BUILD"})
+    assert status == 400
+    line = await ws.wait_notification(
+        "notify_gcode_response", lambda text: "needs PROFILE=name" in str(text))
+    assert line == "!! " + _macro_error(
+        "OCTOFLASH_BUILD", "OCTOFLASH_BUILD needs PROFILE=name (see the profiles in moonraker.conf)")
 
     mr.result("POST", "/printer/gcode/script", body={"script": "OCTOFLASH_BUILD PROFILE=nosuch"})
     line = await ws.wait_notification(

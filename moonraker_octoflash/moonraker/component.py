@@ -12,11 +12,16 @@ What other parts of the package may use (the update-manager entries in
 * ``profiles`` (name -> Profile, config and API profiles together),
   ``builder``, ``runner`` (JobRunner), ``settings``;
 * ``klipper_status``: the latest ``mcu`` / ``mcu NAME`` / ``configfile``
-  (settings) / ``webhooks`` status read from Klipper, ``host_version``;
+  (the MCU sections of ``settings`` and ``config``) / ``webhooks`` status
+  read from Klipper, ``host_version``.  It is read when Klipper is ready,
+  and also while it is connected but not ready (startup, error): a board
+  Klipper cannot reach keeps it in startup, and that is when the others'
+  versions and the missing one's "not connected" matter most;
 * ``await profile_status(profile)``: running version, latest build, out of date;
 * Moonraker events sent by this component (``register_event_handler``):
   ``octoflash:klipper_mcus`` (payload: ``klipper_status``) after Klipper is
-  ready and its MCUs were read, ``octoflash:flash_finished`` (payload: the
+  ready and its MCUs were read, and whenever a read while Klipper is not
+  ready finds something changed, ``octoflash:flash_finished`` (payload: the
   job's JSON) after every flash job, whatever its outcome, and
   ``octoflash:profiles_changed`` (payload: list of profile names);
 * ``db``: the ``octoflash`` database namespace (keys ``profiles`` and
@@ -32,6 +37,8 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
                     Optional, Tuple)
 
 from .. import __version__
+from ..discovery.identity import normalize_uuid
+from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
 from ..errors import (ConflictError, NotFoundError, OctoflashError,
                       UnavailableError, ValidationError)
 from ..jobs import (DONE, CoreFlashPipeline, Job, JobRunner,
@@ -55,6 +62,10 @@ CONSOLE_INTERVAL = 2.0          # seconds between progress lines in the console,
 OUTPUT_NOTIFY_INTERVAL = 0.2    # seconds between output-line notifications, per job
 DEVICE_CACHE_SECONDS = 5.0
 KLIPPER_QUERY_TIMEOUT = 5.0
+# While Klipper is in startup (retrying a board it cannot reach, for up to
+# 90 s) its MCUs are read this often: the reachable ones report on their own
+# time, and the state ends without an event when Klipper gives up (error).
+STARTUP_POLL_INTERVAL = 2.0
 
 # Request arguments, checked with JSON Schema like profiles are.  Names and
 # profile names reuse the profile schema's own definitions.
@@ -213,6 +224,7 @@ class OctoFlash:
         self._console_at: Dict[str, float] = {}
         self._notify_at: Dict[str, float] = {}
         self._sim_can: Any = None     # simulated CAN nodes (demo)
+        self._startup_watch: Optional[asyncio.Task] = None
 
         database = self.server.lookup_component("database")
         self.db = database.register_local_namespace("octoflash")
@@ -241,6 +253,9 @@ class OctoFlash:
         self.server.register_remote_method("octoflash_build", self._remote_build)
         self.server.register_remote_method("octoflash_flash", self._remote_flash)
         self.server.register_remote_method("octoflash_update_all", self._remote_update_all)
+        self.server.register_event_handler("server:klippy_identified",
+                                           self._on_klippy_identified)
+        self.server.register_event_handler("server:klippy_started", self._on_klippy_started)
         self.server.register_event_handler("server:klippy_ready", self._on_klippy_ready)
         self.server.register_event_handler("server:klippy_disconnect", self._on_klippy_disconnect)
 
@@ -328,6 +343,8 @@ class OctoFlash:
             self._sim_can = await asyncio.to_thread(machine.can_nodes)
 
     async def on_exit(self) -> None:
+        if self._startup_watch is not None:
+            self._startup_watch.cancel()
         # before the database closes: running jobs are recorded as interrupted
         await self.runner.close()
         if self._sim_can is not None:
@@ -359,25 +376,54 @@ class OctoFlash:
     def klippy_apis(self) -> Any:
         return self.server.lookup_component("klippy_apis")
 
+    def _klippy_state(self) -> str:
+        """Moonraker's view of Klipper: startup, ready, error, shutdown, disconnected."""
+        return str(getattr(self.klippy.state, "name", self.klippy.state)).lower()
+
+    async def _on_klippy_identified(self) -> None:
+        # Klipper answered its first info request.  Moonraker tells nothing
+        # more until Klipper leaves startup, which with an unreachable board
+        # takes up to 90 s: read the MCUs meanwhile.
+        if self._startup_watch is None or self._startup_watch.done():
+            self._startup_watch = self.eventloop.create_task(self._watch_startup())
+
+    async def _watch_startup(self) -> None:
+        while True:
+            await asyncio.sleep(STARTUP_POLL_INTERVAL)
+            if not self.klippy.is_connected() or self._klippy_state() != "startup":
+                return
+            await self._refresh_klipper_status()
+
+    async def _on_klippy_started(self, state: Any = None) -> None:
+        # ready is handled by klippy_ready; error and shutdown end up here only
+        if not self.klippy.is_ready():
+            self.eventloop.create_task(self._refresh_klipper_status())
+
     async def _on_klippy_ready(self) -> None:
         self.eventloop.create_task(self._refresh_klipper_status())
 
     async def _on_klippy_disconnect(self) -> None:
         # What runs on the boards is unknown until Klipper reports again (a
-        # flash happens now); which board is which ([mcu] settings) stays.
+        # flash happens now); which board is which ([mcu] sections) stays.
         self.klipper_status = {k: v for k, v in self.klipper_status.items()
                                if k == "configfile"}
 
     async def _refresh_klipper_status(self) -> Dict[str, Any]:
-        """Read the MCUs, their config sections and the host version from Klipper."""
-        if not self.klippy.is_ready():
+        """Read the MCUs, their config sections and the host version from Klipper.
+
+        Works in every state in which Klipper answers: in startup it lists
+        its objects and reports ``{}`` for a board it has not reached yet.
+        """
+        if not self.klippy.is_connected():
             return self.klipper_status
+        ready = self.klippy.is_ready()
         try:
             objects = await asyncio.wait_for(self.klippy_apis.get_object_list(default=[]),
                                              KLIPPER_QUERY_TIMEOUT)
-            query: Dict[str, Any] = {name: None for name in objects
-                                     if name == "mcu" or name.startswith("mcu ")}
-            query["configfile"] = ["settings"]
+            query: Dict[str, Any] = {name: None for name in objects if is_mcu_section(name)}
+            # settings: typed, with defaults, but keyed in lower case;
+            # config: the section names as printer.cfg writes them
+            query["configfile"] = ["settings", "config"]
             query["webhooks"] = None
             query["print_stats"] = ["state", "filename"]
             status = await asyncio.wait_for(self.klippy_apis.query_objects(query, default={}),
@@ -386,13 +432,16 @@ class OctoFlash:
             log.info("octoflash: could not read Klipper's MCUs: %s", exc)
             return self.klipper_status
         if status:
-            settings = (status.get("configfile") or {}).get("settings") or {}
-            status["configfile"] = {"settings": {k: v for k, v in settings.items()
-                                                 if k == "mcu" or k.startswith("mcu ")}}
+            configfile = status.get("configfile") or {}
+            status["configfile"] = {
+                part: {k: v for k, v in (configfile.get(part) or {}).items() if is_mcu_section(k)}
+                for part in ("settings", "config")}
+            changed = status != self.klipper_status
             self.klipper_status = status
             info = self.klippy.klippy_info or {}
             self.host_version = info.get("software_version") or self.host_version
-            self.server.send_event("octoflash:klipper_mcus", dict(self.klipper_status))
+            if ready or changed:
+                self.server.send_event("octoflash:klipper_mcus", dict(self.klipper_status))
         return self.klipper_status
 
     async def _fresh_klipper_status(self) -> Dict[str, Any]:
@@ -415,14 +464,23 @@ class OctoFlash:
         """Is this profile's board one of Klipper's MCUs (so Klipper must stop to flash it)?"""
         if profile.klipper_mcu:
             return True
-        settings = (self.klipper_status.get("configfile") or {}).get("settings") or {}
-        for section in settings.values():
-            if profile.canbus_uuid and str(section.get("canbus_uuid", "")).lower() == profile.canbus_uuid:
-                return True
-            if profile.serial and os.path.basename(str(section.get("serial", ""))) == \
-                    os.path.basename(profile.serial):
-                return True
-        return False
+        return self._klipper_mcu_of(profile, klipper_mcus(self.klipper_status)) is not None
+
+    @staticmethod
+    def _klipper_mcu_of(profile: Profile, mcus: List[KlipperMcu]) -> Optional[KlipperMcu]:
+        """The MCU that is this profile's board: by its name (any case), else uuid or serial."""
+        if profile.klipper_mcu:
+            found = find_mcu(mcus, profile.klipper_mcu)
+            if found is not None:
+                return found
+        uuid = normalize_uuid(profile.canbus_uuid)
+        for candidate in mcus:
+            if uuid and candidate.canbus_uuid == uuid:
+                return candidate
+            if profile.serial and candidate.serial and \
+                    os.path.basename(candidate.serial) == os.path.basename(profile.serial):
+                return candidate
+        return None
 
     async def _preflight(self, profile: Profile, plan: Optional[Any]) -> None:
         """Refuse a flash while printing, or when Klipper must stop and cannot be stopped."""
@@ -460,15 +518,7 @@ class OctoFlash:
 
     async def profile_status(self, profile: Profile) -> Dict[str, Any]:
         """What the clients show per profile: running version, latest build, out of date."""
-        from ..discovery.klipper import klipper_mcus   # flash engineer's reader
-        mcu = None
-        for candidate in klipper_mcus(self.klipper_status):
-            if candidate.object_name == profile.klipper_object or \
-                    (profile.canbus_uuid and candidate.canbus_uuid == profile.canbus_uuid) or \
-                    (profile.serial and candidate.serial and
-                     os.path.basename(candidate.serial) == os.path.basename(profile.serial)):
-                mcu = candidate
-                break
+        mcu = self._klipper_mcu_of(profile, klipper_mcus(self.klipper_status))
         artifact = await self.latest_artifact(profile)
         running = mcu.mcu_version if mcu is not None else None
         out_of_date: Optional[bool] = None
@@ -827,7 +877,7 @@ class OctoFlash:
             "simulation": bool(s.simulation),
             "klipper": {
                 "connected": bool(self.klippy.is_connected()),
-                "state": str(getattr(self.klippy.state, "name", self.klippy.state)).lower(),
+                "state": self._klippy_state(),
                 "print_state": state, "print_filename": filename,
                 "software_version": self.host_version,
                 "service_control": self.service.control_problem() is None,

@@ -10,13 +10,26 @@ terminated by the byte ``0x03``.  Moonraker sends requests
 remote-method calls (``{"method": NAME, "params": {...}}``).
 
 This stand-in speaks that protocol well enough for Moonraker 0.11 to treat it
-as a ready printer: it answers ``info``, ``list_endpoints``,
-``objects/list|query|subscribe``, ``gcode/script``,
-``gcode/subscribe_output`` and ``register_remote_method``; it reports
-``webhooks``, ``print_stats``, ``configfile`` and an ``mcu`` object per
-simulated MCU; and it runs ``[gcode_macro]`` sections from a Klipper config
-file with Jinja2 the way Klipper does, so ``action_call_remote_method`` in a
-macro reaches Moonraker exactly as from Klipper.
+as a printer: it answers ``info``, ``list_endpoints``,
+``objects/list|query|subscribe``, ``gcode/script``, ``gcode/help``,
+``gcode/subscribe_output``, ``pause_resume/*`` and
+``register_remote_method``; it reports ``webhooks``, ``print_stats``,
+``virtual_sdcard``, ``pause_resume``, ``display_status``, ``configfile`` and
+an ``mcu`` object per simulated MCU; and it runs ``[gcode_macro]`` sections
+from a Klipper config file with Jinja2 the way Klipper does, so
+``action_call_remote_method`` in a macro reaches Moonraker exactly as from
+Klipper.  Where the component depends on it, the wording and shapes follow a
+real Klipper (tests/test_real_klipper.py compares the two):
+
+* errors raised in a macro's template come back wrapped as Klipper's
+  ``TemplateWrapper.render`` wraps them, with its trailing newline;
+* ``configfile.settings`` is keyed by lower-cased section and option names
+  and holds the defaults Klipper records (``baud``, ``canbus_interface``),
+  while ``configfile.config`` and the status objects keep the case written
+  in printer.cfg (``mcu Toolhead``);
+* an MCU that is not ``reachable`` keeps Klipper in ``startup`` (socket
+  open, objects listed, ``{}`` for that MCU, gcode refused with Klipper's
+  multi-line message), as after a flash that left a board in its bootloader.
 
 It is used by the tests (print guard, macros) and by the demo, where a
 small control socket lets the component stop and start the "Klipper
@@ -37,17 +50,28 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from typing import (Any, Callable, Dict, Iterable, List, Optional,
                     Sequence, Union)
 
 log = logging.getLogger("octoflash.sim.klippy")
 
 DEFAULT_VERSION = "v0.13.0-0-g0000000"
-# Endpoints a real Klipper lists; Moonraker registers each as /printer/<path>.
+# Endpoints a real Klipper with [pause_resume] lists, in its order; Moonraker
+# registers each as /printer/<path>.
 ENDPOINTS = ["list_endpoints", "info", "emergency_stop", "register_remote_method",
-             "objects/list", "objects/query", "objects/subscribe", "gcode/help",
-             "gcode/script", "gcode/restart", "gcode/firmware_restart",
-             "gcode/subscribe_output"]
+             "gcode/help", "gcode/script", "gcode/restart", "gcode/firmware_restart",
+             "gcode/subscribe_output", "objects/list", "objects/query", "objects/subscribe",
+             "pause_resume/cancel", "pause_resume/pause", "pause_resume/resume"]
+# Klipper's state messages (klippy/klippy.py), word for word: Moonraker shows
+# them, and the startup one comes back as the error of every refused gcode.
+MESSAGE_READY = "Printer is ready"
+MESSAGE_STARTUP = ("\nPrinter is not ready\nThe klippy host software is attempting to "
+                   "connect.  Please\nretry in a few moments.\n")
+# [mcu] serial ports that Klipper opens without a baud rate (mcu.py)
+NO_BAUD_PREFIXES = ("/dev/rpmsg_", "/tmp/klipper_host_")
+DEFAULT_BAUD = 250000
+DEFAULT_CANBUS_INTERFACE = "can0"
 
 
 class CommandError(Exception):
@@ -57,15 +81,41 @@ class CommandError(Exception):
 @dataclasses.dataclass
 class SimMcu:
     """One ``[mcu]`` / ``[mcu NAME]`` section as Klipper reports it."""
-    name: str = "mcu"                               # "mcu" or NAME of [mcu NAME]
-    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)  # serial / canbus_uuid ...
+    name: str = "mcu"                               # "mcu" or NAME of [mcu NAME], case kept
+    # the section's options as written in printer.cfg: serial (and baud) or
+    # canbus_uuid (and canbus_interface)
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
     version: str = DEFAULT_VERSION                  # mcu_version of the running firmware
     mcu_type: str = "stm32f446xx"
     clock_freq: int = 180000000
+    # False: Klipper cannot open the board (no Klipper firmware answers, e.g.
+    # it sits in its bootloader after a failed flash); Klipper stays in startup.
+    reachable: bool = True
 
     @property
     def object_name(self) -> str:
         return "mcu" if self.name == "mcu" else f"mcu {self.name}"
+
+    def config_options(self) -> Dict[str, str]:
+        """``configfile.config``: the options as written (names lower-cased by configparser)."""
+        return {str(k).lower(): str(v) for k, v in self.settings.items()}
+
+    def klipper_settings(self) -> Dict[str, Any]:
+        """``configfile.settings``: the options Klipper's mcu.py read, typed, defaults added."""
+        options = {str(k).lower(): v for k, v in self.settings.items()}
+        if options.get("canbus_uuid") is not None:
+            return {"canbus_uuid": str(options["canbus_uuid"]),
+                    "canbus_interface": str(options.get("canbus_interface",
+                                                        DEFAULT_CANBUS_INTERFACE))}
+        if options.get("serial") is None:
+            return {}           # real Klipper would refuse such a section; say nothing
+        serial = str(options["serial"])
+        settings: Dict[str, Any] = {"serial": serial}
+        if not serial.startswith(NO_BAUD_PREFIXES):
+            settings["baud"] = int(options.get("baud", DEFAULT_BAUD))
+            if options.get("restart_method") is not None:
+                settings["restart_method"] = str(options["restart_method"])
+        return settings
 
     def status(self) -> Dict[str, Any]:
         return {
@@ -81,16 +131,34 @@ class SimMcu:
 McuSource = Callable[[], List[SimMcu]]
 
 
-def load_macros(paths: Iterable[str]) -> Dict[str, str]:
-    """``[gcode_macro NAME]`` gcode templates from Klipper config files, by NAME in capitals."""
-    macros: Dict[str, str] = {}
+@dataclasses.dataclass
+class SimMacro:
+    """One ``[gcode_macro NAME]`` section."""
+    section: str                    # "gcode_macro NAME" as written (the object's name)
+    gcode: str
+    description: str = "G-Code macro"       # Klipper's default
+    options: Dict[str, str] = dataclasses.field(default_factory=dict)   # as written
+
+    @property
+    def command(self) -> str:
+        """The gcode command: NAME in capitals, as Klipper registers it."""
+        return self.section.split(None, 1)[1].upper()
+
+
+def load_macros(paths: Iterable[str]) -> Dict[str, SimMacro]:
+    """``[gcode_macro NAME]`` sections from Klipper config files, by command (NAME in capitals)."""
+    macros: Dict[str, SimMacro] = {}
     for path in paths:
         parser = configparser.RawConfigParser(strict=False, inline_comment_prefixes=("#", ";"))
         parser.read(path, encoding="utf-8")
         for section in parser.sections():
             parts = section.split()
             if len(parts) == 2 and parts[0] == "gcode_macro" and parser.has_option(section, "gcode"):
-                macros[parts[1].upper()] = parser.get(section, "gcode")
+                options = dict(parser.items(section))
+                macro = SimMacro(section=section, gcode=options["gcode"],
+                                 description=options.get("description", "G-Code macro"),
+                                 options=options)
+                macros[macro.command] = macro
     return macros
 
 
@@ -116,7 +184,11 @@ class _Client:
 
 
 class KlippyStandIn:
-    """Klipper's API server side of the unix socket, with a printer that is always ready."""
+    """Klipper's API server side of the unix socket.
+
+    The printer is ready once every MCU is reachable; until then it stays
+    in startup, as Klipper does while it retries a board's serial port.
+    """
 
     def __init__(self, socket_path: str, *,
                  mcus: Union[Sequence[SimMcu], McuSource] = (),
@@ -137,10 +209,12 @@ class KlippyStandIn:
         self.on_start = on_start      # e.g. the simulated machine learns Klipper runs
         self.on_stop = on_stop
         self.mcus: List[SimMcu] = []
-        self.macros: Dict[str, str] = {}
+        self.macros: Dict[str, SimMacro] = {}
         self.print_stats: Dict[str, Any] = self._idle_print_stats()
+        self.is_paused = False                  # pause_resume.is_paused
+        self.identified: List[str] = []         # MCUs Klipper talked to since it started
         self.state = "ready"
-        self.state_message = "Printer is ready"
+        self.state_message = MESSAGE_READY
         self.gcode_history: List[str] = []      # every script received, in order
         self.console: List[str] = []            # every line sent to gcode output
         self.remote_methods: Dict[str, Dict[_Client, Dict[str, Any]]] = {}
@@ -163,8 +237,13 @@ class KlippyStandIn:
         # Klipper reads its MCUs afresh on every start: a flash shows here.
         self.mcus = list(self._mcu_source())
         self.macros = load_macros(self.macro_files)
-        self.state, self.state_message = "ready", "Printer is ready"
         self.print_stats = self._idle_print_stats()
+        self.is_paused = False
+        self.identified = [m.name for m in self.mcus if m.reachable]
+        if len(self.identified) == len(self.mcus):
+            self.state, self.state_message = "ready", MESSAGE_READY
+        else:
+            self.state, self.state_message = "startup", MESSAGE_STARTUP
         os.makedirs(os.path.dirname(os.path.abspath(self.socket_path)), exist_ok=True)
         if os.path.lexists(self.socket_path):
             os.unlink(self.socket_path)
@@ -200,6 +279,7 @@ class KlippyStandIn:
     def set_print_state(self, state: str, filename: str = "") -> None:
         """Change ``print_stats`` (standby, printing, paused, complete, cancelled, error)."""
         self.print_stats["state"] = state
+        self.is_paused = state == "paused"
         if filename or state in ("standby",):
             self.print_stats["filename"] = filename
         if state == "printing":
@@ -210,6 +290,26 @@ class KlippyStandIn:
         for mcu in self.mcus:
             if mcu.name == name:
                 mcu.version = version
+        self._push_status()
+
+    def set_mcu_reachable(self, name: str, reachable: bool = True) -> None:
+        """A board answers again (or stops answering) while Klipper runs.
+
+        In startup Klipper keeps retrying: once every MCU answers it
+        identifies them and becomes ready.  A ready Klipper that loses a
+        board shuts down with its "Lost communication" message.
+        """
+        mcu = next((m for m in self.mcus if m.name == name), None)
+        if mcu is None:
+            raise CommandError(f"Unknown mcu '{name}'")
+        mcu.reachable = reachable
+        if reachable and name not in self.identified:
+            self.identified.append(name)
+        if self.state == "startup" and all(m.reachable for m in self.mcus):
+            self.state, self.state_message = "ready", MESSAGE_READY
+        elif self.state == "ready" and not reachable:
+            self.state = "shutdown"
+            self.state_message = f"Lost communication with MCU '{name}'"
         self._push_status()
 
     def call_remote_method(self, method: str, **params: Any) -> int:
@@ -240,7 +340,11 @@ class KlippyStandIn:
         self._respond_raw("// " + "\n// ".join(lines))
 
     def respond_error(self, text: str) -> None:
-        self._respond_raw("!! " + text.strip().split("\n")[0])
+        """Klipper's error report: every line as info when there are several, then ``!!`` line 1."""
+        lines = text.strip().split("\n")
+        if len(lines) > 1:
+            self.respond_info("\n".join(lines))
+        self._respond_raw("!! " + lines[0].strip())
 
     async def run_gcode(self, script: str) -> None:
         """Run a gcode script as ``gcode/script`` would (errors raise CommandError)."""
@@ -313,10 +417,14 @@ class KlippyStandIn:
             "objects/query": self._query,
             "objects/subscribe": self._subscribe,
             "gcode/script": self._gcode_script,
-            "gcode/help": lambda c, p: {name: "G-Code macro" for name in self.macros},
+            "gcode/help": lambda c, p: {m.command: m.description for m in self.macros.values()},
             "gcode/restart": lambda c, p: None,
             "gcode/firmware_restart": lambda c, p: None,
             "gcode/subscribe_output": self._subscribe_output,
+            # Klipper's pause_resume runs the same gcode commands
+            "pause_resume/pause": lambda c, p: self._run_script_reporting("PAUSE"),
+            "pause_resume/resume": lambda c, p: self._run_script_reporting("RESUME"),
+            "pause_resume/cancel": lambda c, p: self._run_script_reporting("CANCEL_PRINT"),
         }
 
     def _info(self, client: _Client, params: Dict[str, Any]) -> Dict[str, Any]:
@@ -335,14 +443,12 @@ class KlippyStandIn:
         self._push_status()
 
     def _register_remote_method(self, client: _Client, params: Dict[str, Any]) -> None:
-        template = params.get("response_template")
-        method = params.get("remote_method")
-        if not isinstance(template, dict) or not isinstance(method, str):
-            raise CommandError("Invalid Argument Type [response_template]")
+        template = _argument(params, "response_template", (dict,))
+        method = _argument(params, "remote_method", (str,))
         self.remote_methods.setdefault(method, {})[client] = template
 
     def _subscribe_output(self, client: _Client, params: Dict[str, Any]) -> None:
-        client.gcode_template = dict(params.get("response_template") or {})
+        client.gcode_template = dict(_argument(params, "response_template", (dict,), {}))
 
     # --- status objects -------------------------------------------------------
 
@@ -355,21 +461,50 @@ class KlippyStandIn:
     def _objects(self) -> Dict[str, Dict[str, Any]]:
         objects: Dict[str, Dict[str, Any]] = {
             "webhooks": {"state": self.state, "state_message": self.state_message},
-            "print_stats": copy.deepcopy(self.print_stats),
             "configfile": self._configfile(),
         }
         for mcu in self.mcus:
-            objects[mcu.object_name] = mcu.status()
-        for name in self.macros:
-            objects[f"gcode_macro {name}"] = {}
+            # an MCU Klipper has not identified has no status yet
+            objects[mcu.object_name] = mcu.status() if mcu.name in self.identified else {}
+        objects.update({
+            "print_stats": copy.deepcopy(self.print_stats),
+            # the three Moonraker asks for ([virtual_sdcard], [pause_resume], [display_status])
+            "virtual_sdcard": {"file_path": self.print_stats["filename"] or None,
+                               "progress": 0.0, "is_active": self.print_stats["state"] == "printing",
+                               "file_position": 0, "file_size": 0},
+            "pause_resume": {"is_paused": self.is_paused},
+            "display_status": {"progress": 0.0, "message": None},
+        })
+        for macro in self.macros.values():
+            objects[macro.section] = {}
         return objects
 
+    def _sdcard_path(self) -> Optional[str]:
+        """[virtual_sdcard] path: the gcodes folder beside the config folder, when it exists."""
+        if not self.config_file:
+            return None
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(self.config_file))),
+                            "gcodes")
+        return path if os.path.isdir(path) else None
+
     def _configfile(self) -> Dict[str, Any]:
-        settings: Dict[str, Any] = {}
-        config: Dict[str, Any] = {}
+        """``config`` keeps section names as written; ``settings`` has them lower-cased, as Klipper."""
+        config: Dict[str, Dict[str, Any]] = {}
+        settings: Dict[str, Dict[str, Any]] = {}
         for mcu in self.mcus:
-            settings[mcu.object_name] = dict(mcu.settings)
-            config[mcu.object_name] = {k: str(v) for k, v in mcu.settings.items()}
+            config[mcu.object_name] = mcu.config_options()
+            settings[mcu.object_name.lower()] = mcu.klipper_settings()
+        sdcard_path = self._sdcard_path()
+        config["virtual_sdcard"] = {"path": sdcard_path} if sdcard_path else {}
+        config["pause_resume"] = {}
+        config["display_status"] = {}
+        if sdcard_path:
+            settings["virtual_sdcard"] = {"path": sdcard_path}
+        settings["pause_resume"] = {"recover_velocity": 50.0}
+        for macro in self.macros.values():
+            config[macro.section] = dict(macro.options)
+            settings[macro.section.lower()] = {"gcode": macro.gcode,
+                                               "description": macro.description}
         return {"settings": settings, "config": config, "warnings": [],
                 "save_config_pending": False, "save_config_pending_items": {}}
 
@@ -382,9 +517,7 @@ class KlippyStandIn:
         return status
 
     def _check_objects_arg(self, params: Dict[str, Any]) -> Dict[str, Optional[List[str]]]:
-        objects = params.get("objects")
-        if not isinstance(objects, dict):
-            raise CommandError("Missing Argument [objects]")
+        objects: Dict[str, Any] = _argument(params, "objects", (dict,))
         for key, value in objects.items():
             if value is not None and not (isinstance(value, list)
                                           and all(isinstance(v, str) for v in value)):
@@ -399,7 +532,7 @@ class KlippyStandIn:
         objects = self._check_objects_arg(params)
         status = self._status_for(objects)
         client.subscription = {k: (list(v) if v is not None else None) for k, v in objects.items()}
-        client.status_template = dict(params.get("response_template") or {})
+        client.status_template = dict(_argument(params, "response_template", (dict,), {}))
         client.last_sent = copy.deepcopy(status)
         return {"eventtime": time.monotonic(), "status": status}
 
@@ -433,9 +566,10 @@ class KlippyStandIn:
                 client.send(message)
 
     async def _gcode_script(self, client: _Client, params: Dict[str, Any]) -> None:
-        script = params.get("script")
-        if not isinstance(script, str):
-            raise CommandError("Invalid Argument Type [script]")
+        await self._run_script_reporting(_argument(params, "script", (str,)))
+
+    async def _run_script_reporting(self, script: str) -> None:
+        """Run a script for a request; an error goes to the console too, as in Klipper."""
         try:
             await self.run_gcode(script)
         except CommandError as exc:
@@ -446,16 +580,51 @@ class KlippyStandIn:
         parts = line.split(None, 1)
         command = parts[0].upper()
         raw_params = parts[1] if len(parts) > 1 else ""
+        if command in ("M105", "M21"):
+            return      # Klipper answers these quietly, ready or not
+        if command == "STATUS":
+            if self.state != "ready":
+                raise CommandError(self.state_message.rstrip() + "\nKlipper state: Not ready")
+            self.respond_info("Klipper state: Ready")
+            return
         if self.state != "ready":
+            # only Klipper's base commands exist before ready; macros too are refused
             raise CommandError(self.state_message)
         if command in self.macros:
             self._run_macro(command, raw_params)
+        elif command in ("PAUSE", "RESUME", "CANCEL_PRINT"):
+            self._pause_resume(command)
         elif command in ("M117", "M118", "RESPOND"):
             self.respond_info(raw_params)
-        elif command in ("G28", "G1", "G0", "M104", "M140", "M400", "M105", "M115"):
+        elif command in ("G28", "G1", "G0", "G4", "M104", "M140", "M400", "M115"):
             pass
         else:
             self.respond_info(f'Unknown command:"{command}"')
+
+    def _pause_resume(self, command: str) -> None:
+        """What Klipper's [pause_resume] does to a print from the virtual SD card."""
+        state = self.print_stats["state"]
+        if command == "PAUSE":
+            if self.is_paused:
+                self.respond_info("Print already paused")
+                return
+            self.is_paused = True
+            if state == "printing":
+                self.print_stats["state"] = "paused"
+        elif command == "RESUME":
+            if not self.is_paused:
+                self.respond_info("Print is not paused, resume aborted")
+                return
+            self.is_paused = False
+            if state == "paused":
+                self.print_stats["state"] = "printing"
+        else:
+            self.is_paused = False
+            if state in ("printing", "paused"):
+                self.print_stats["state"] = "cancelled"
+            else:
+                self.respond_info("action:cancel")
+        self._push_status()
 
     def _run_macro(self, name: str, raw_params: str) -> None:
         import jinja2   # Klipper's template engine; installed with Moonraker
@@ -467,9 +636,10 @@ class KlippyStandIn:
         except ValueError:
             raise CommandError(f"Malformed command '{name} {raw_params}'") from None
         env = jinja2.Environment("{%", "%}", "{", "}")
+        macro = self.macros[name]
 
         def raise_error(msg: str) -> str:
-            raise CommandError(msg)
+            raise _KlipperCommandError(msg)
 
         def call_remote_method(method: str, **kwargs: Any) -> str:
             try:
@@ -491,15 +661,42 @@ class KlippyStandIn:
             "action_emergency_stop": lambda msg="": self._estop(None, {}) or "",  # type: ignore[arg-type]
         }
         try:
-            rendered = env.from_string(self.macros[name]).render(context)
-        except CommandError:
-            raise
+            rendered = str(env.from_string(macro.gcode).render(context))
         except Exception as exc:
-            raise CommandError(f"Error evaluating 'gcode_macro {name}:gcode': {exc}") from None
+            # Klipper's TemplateWrapper.render wraps every error of the
+            # template, action_raise_error included, in one message ending
+            # in a newline (the last line of format_exception_only).
+            raise CommandError(f"Error evaluating '{macro.section}:gcode': "
+                               f"{_exception_line(exc)}") from None
         for line in rendered.split("\n"):
             line = line.strip()
             if line:
                 self._run_command(line)
+
+
+class _KlipperCommandError(CommandError):
+    """``action_raise_error`` in a macro: Klipper's gcode.CommandError."""
+
+
+def _exception_line(exc: BaseException) -> str:
+    """The line Python's ``format_exception_only`` ends with, Klipper's classes named as in Klipper."""
+    if isinstance(exc, _KlipperCommandError):
+        return f"gcode.CommandError: {exc}\n"
+    return traceback.format_exception_only(type(exc), exc)[-1]
+
+
+_MISSING = object()
+
+
+def _argument(params: Dict[str, Any], item: str, types: Sequence[type],
+              default: Any = _MISSING) -> Any:
+    """A request argument checked the way Klipper's ``WebRequest.get`` checks it."""
+    value = params.get(item, default)
+    if value is _MISSING:
+        raise CommandError(f"Missing Argument [{item}]")
+    if item in params and type(value) not in types:
+        raise CommandError(f"Invalid Argument Type [{item}]")
+    return value
 
 
 # --- control socket: the "Klipper service" of the simulated machine ----------
@@ -559,9 +756,11 @@ class ControlServer:
             s.set_print_state(request["state"], request.get("filename", ""))
         elif action == "gcode":
             await s.run_gcode(request["script"])
+        elif action == "mcu_reachable":
+            s.set_mcu_reachable(request["name"], bool(request.get("reachable", True)))
         elif action != "status":
             raise CommandError(f"unknown action {action!r}")
-        return {"running": s.running, "print_state": s.print_stats["state"],
+        return {"running": s.running, "state": s.state, "print_state": s.print_stats["state"],
                 "starts": s.starts,
                 "mcus": {m.object_name: m.version for m in s.mcus}}
 
@@ -640,6 +839,8 @@ def _parse_mcu(text: str) -> SimMcu:
             mcu.version = value
         elif key == "mcu_type":
             mcu.mcu_type = value
+        elif key == "reachable":
+            mcu.reachable = value.lower() not in ("0", "no", "false")
         else:
             mcu.settings[key] = value
     return mcu
@@ -650,7 +851,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--socket", required=True, help="unix socket path (klippy_uds_address)")
     parser.add_argument("--control", help="control socket path (stop/start/print state)")
     parser.add_argument("--mcu", action="append", default=[], type=_parse_mcu,
-                        help="NAME[,serial=..|canbus_uuid=..][,version=..] (repeatable)")
+                        help="NAME[,serial=..|canbus_uuid=..][,version=..][,reachable=no] "
+                             "(repeatable)")
     parser.add_argument("--macros", action="append", default=[], help="Klipper cfg with [gcode_macro]")
     parser.add_argument("--software-version", default=DEFAULT_VERSION)
     args = parser.parse_args(argv)
