@@ -72,6 +72,13 @@ def test_component_loads_and_broken_sections_become_warnings(moonraker):
         "Unparsed config option")[1]
 
 
+def test_the_component_serves_its_page(moonraker):
+    import urllib.request
+    with urllib.request.urlopen(moonraker.base_url + "/server/octoflash/web", timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+        assert "octoflash" in r.read().decode().lower()
+
+
 def test_presets_over_http(moonraker):
     presets = moonraker.result("GET", "/server/octoflash/presets")["presets"]
     ids = [p["id"] for p in presets]

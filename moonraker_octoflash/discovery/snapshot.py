@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 
 from .can import CanInterface, CanNode
 from .identity import dfu_serial_from_chip_id, normalize_uuid
-from .klipper import KlipperMcu
+from .klipper import KlipperMcu, same_mcu
 from .serial import SerialPort, parse_by_id_name
 from .usb import UsbDevice, parse_dfu_layout
 
@@ -104,11 +104,16 @@ class DeviceSnapshot:
     def can_interface_up(self, name: str) -> bool:
         return any(i.name == name and i.up for i in self.can_interfaces)
 
-    def klipper_mcu(self, object_name: Optional[str]) -> Optional[KlipperMcu]:
-        if not object_name:
+    def klipper_mcu(self, name: Optional[str]) -> Optional[KlipperMcu]:
+        """The MCU ``name`` means (``mcu``, ``NAME`` or ``mcu NAME``, in any case).
+
+        Klipper matches section names whatever their case, so a profile's
+        ``klipper_mcu: toolhead`` is the board printer.cfg calls ``[mcu Toolhead]``.
+        """
+        if not name:
             return None
         for m in self.klipper_mcus:
-            if m.object_name == object_name or m.name == object_name:
+            if same_mcu(m.object_name, name):
                 return m
         return None
 

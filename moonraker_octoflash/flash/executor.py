@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any, Awaitable, Callable, List, Mapping, Optional, Sequence, Set
 
+from ..discovery.klipper import find_mcu, klipper_mcus
 from ..discovery.serial import list_serial_ports
 from ..discovery.snapshot import DeviceSnapshot
 from ..errors import OctoflashError
@@ -488,7 +489,10 @@ async def _check_version(plan: FlashPlan, ctx: FlashContext, result: FlashResult
             status = await ctx.klipper_status()
         except Exception:   # Klipper not connected yet
             status = {}
-        reported = ((status or {}).get(obj) or {}).get("mcu_version") or None
+        # Klipper keeps printer.cfg's case (``mcu Toolhead``); the profile may
+        # not (``toolhead``): look the board up the way Klipper matches names.
+        found = find_mcu(klipper_mcus(status or {}), obj)
+        reported = found.mcu_version if found is not None else None
         if reported or time.monotonic() >= deadline:
             break
         await asyncio.sleep(plan.config.poll_interval)
@@ -498,6 +502,7 @@ async def _check_version(plan: FlashPlan, ctx: FlashContext, result: FlashResult
         result.warnings.append(f"Klipper did not report {obj} within {timeout:g} s, so the new "
                                "version could not be confirmed.")
         return
+    obj = found.object_name if found is not None else obj   # as Klipper spells it
     result.version_matches = reported == expected
     record.status = "done" if result.version_matches else "failed"
     record.message = f"{obj} reports {reported}"

@@ -219,6 +219,17 @@ def _chip_serial(profile: Any, devices: Optional[DeviceSnapshot]) -> Optional[st
     return None
 
 
+def _klipper_object_name(profile: Any, devices: Optional[DeviceSnapshot]) -> str:
+    """The profile's MCU as Klipper spells it (``mcu Toolhead``) when the scan saw it.
+
+    A profile may say ``klipper_mcu: toolhead`` for printer.cfg's ``[mcu
+    Toolhead]``; the version check matches either way, but the plan names
+    the object the user sees in Klipper.
+    """
+    known = devices.klipper_mcu(profile.klipper_object) if devices is not None else None
+    return known.object_name if known is not None else str(profile.klipper_object)
+
+
 def _return_step(profile: Any, transport: str, config: FlashConfig,
                  dfu_serial: Optional[str] = None) -> FlashStep:
     uuid = normalize_uuid(profile.canbus_uuid)
@@ -367,10 +378,11 @@ def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
     if needs_stop:
         steps.append(FlashStep("start_klipper", "Start Klipper", timeout=t.start_klipper))
         if profile.target == "klipper" and profile.klipper_object:
+            obj = _klipper_object_name(profile, devices)
             steps.append(FlashStep(
-                "check_version", f"Check that Klipper's {profile.klipper_object} reports "
+                "check_version", f"Check that Klipper's {obj} reports "
                 f"{artifact.version}", timeout=t.version_check,
-                params={"object": profile.klipper_object, "expected": artifact.version}))
+                params={"object": obj, "expected": artifact.version}))
     return FlashPlan(profile=profile, artifact=artifact, method=chosen, transport=transport,
                      file_name=file_name, address=address, steps=steps,
                      needs_klipper_stop=needs_stop, config=config, warnings=warnings,

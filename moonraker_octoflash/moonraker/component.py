@@ -269,6 +269,11 @@ class OctoFlash:
                 self.updater = _updater.attach(self)
             except Exception as exc:
                 self._warn(f"octoflash: update-manager entries unavailable: {exc}", "updater")
+        try:   # the octoflash page (web/), served by Moonraker
+            from . import web as _web
+            _web.register(self)
+        except Exception as exc:
+            self._warn(f"octoflash: the web page is unavailable: {exc}", "web")
 
     # --- configuration ------------------------------------------------------
 
@@ -522,8 +527,14 @@ class OctoFlash:
         artifact = await self.latest_artifact(profile)
         running = mcu.mcu_version if mcu is not None else None
         out_of_date: Optional[bool] = None
-        if profile.target == "klipper" and running and self.host_version:
-            out_of_date = running != self.host_version
+        # The update-manager entry orders versions as the clients do and
+        # knows a changed profile; without it, compare with Klipper's host.
+        update = self.updater.state_of(profile.name) if self.updater is not None else None
+        if profile.target == "klipper":
+            if update is not None and update.get("state") not in (None, "unknown"):
+                out_of_date = update["state"] in ("behind", "differs")
+            elif running and self.host_version:
+                out_of_date = running != self.host_version
         holder = self.runner.job_holding(profile.name)
         return {
             "klipper_mcu": mcu.object_name if mcu is not None else profile.klipper_object,
@@ -532,6 +543,7 @@ class OctoFlash:
             "connected": bool(mcu is not None and mcu.connected),
             "host_version": self.host_version,
             "out_of_date": out_of_date,
+            "update": update,
             "latest_build": artifact.to_json() if artifact is not None else None,
             "job_id": holder.id if holder is not None else None,
         }

@@ -38,6 +38,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from ..discovery.klipper import is_mcu_section, same_mcu
 from ..errors import OctoflashError
 from ..versions import UNKNOWN, parse_version
 from .announcer import FirmwareAnnouncer, Notice
@@ -218,7 +219,12 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
         if profile is None:
             return f"{self.profile_name} firmware (profile removed)"
         what = profile.description or profile.preset.board
-        mcu = profile.klipper_object or (self.state.running.klipper_object if self.state else None)
+        # Klipper's spelling (``mcu Toolhead``) once it was read, whatever
+        # case the profile's klipper_mcu uses
+        mcu = profile.klipper_object
+        known = self.state.running.klipper_object if self.state else None
+        if known and (mcu is None or same_mcu(known, mcu)):
+            mcu = known
         where = f", [{mcu}]" if mcu else ""
         return f"{profile.name} firmware ({what}{where})"
 
@@ -308,8 +314,11 @@ class FirmwareUpdates:
                                            KLIPPER_QUERY_TIMEOUT)
             if names is None:
                 raise LookupError("no object list")
-            query: Dict[str, Any] = {n: None for n in names if n == "mcu" or n.startswith("mcu ")}
-            query["configfile"] = ["settings"]
+            query: Dict[str, Any] = {n: None for n in names if is_mcu_section(n)}
+            # settings for the boards (lower-cased names, Klipper's defaults);
+            # config for the names as printer.cfg writes them, which the
+            # objects also use, when Klipper has no object for a section yet
+            query["configfile"] = ["settings", "config"]
             status = await asyncio.wait_for(kapis.query_objects(query, default=None),
                                             KLIPPER_QUERY_TIMEOUT)
             if status is None:
