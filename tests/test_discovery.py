@@ -16,6 +16,7 @@ from moonraker_octoflash.discovery.can import (parse_query_answer, query_interfa
 from moonraker_octoflash.discovery.identity import canbus_uuid_from_chip_id, dfu_serial_from_chip_id
 from moonraker_octoflash.discovery.klipper import find_mcu, klipper_mcus
 from moonraker_octoflash.discovery.serial import parse_by_id_name
+from moonraker_octoflash.discovery.snapshot import DeviceSnapshot
 from moonraker_octoflash.discovery.usb import parse_dfu_layout
 
 CHIP = "2C0033000851363131363530"
@@ -212,6 +213,23 @@ def test_a_profile_names_its_klipper_mcu_in_any_case():
         assert find_mcu(mcus, name).object_name == "mcu Toolhead", name
     assert find_mcu(mcus, "mcu").object_name == "mcu"
     assert find_mcu(mcus, "toolhead2") is None and find_mcu(mcus, None) is None
+
+
+def test_the_snapshot_finds_a_profiles_board_by_name_in_any_case():
+    # printer.cfg says [mcu Toolhead]; the profile says klipper_mcu: toolhead
+    # and nothing else that would identify the board (no uuid, no serial).
+    status = {"mcu": {"mcu_version": "v1", "mcu_constants": {"MCU": "stm32f446xx"}},
+              "mcu Toolhead": {"mcu_version": "v2", "mcu_constants": {"MCU": "stm32h723xx"}},
+              "configfile": KLIPPER_CONFIGFILE}
+    snap = DeviceSnapshot(klipper_mcus=klipper_mcus(status))
+    toolhead = octopus_profile("toolhead", "btt-octopus-h723-canbridge", klipper_mcu="toolhead")
+    assert snap.klipper_mcu_for(toolhead).object_name == "mcu Toolhead"
+    state = snap.status_of(toolhead)
+    assert state.state == "running"
+    assert state.detail == "Klipper reports mcu Toolhead running v2 (stm32h723xx)"
+    assert snap.klipper_mcu("TOOLHEAD").mcu_version == "v2"
+    assert snap.klipper_mcu("mcu").mcu_version == "v1"
+    assert snap.status_of(octopus_profile("other", klipper_mcu="toolhead2")).state == "not_found"
 
 
 async def test_each_profile_is_running_bootloader_dfu_or_not_found(machine, can_nodes):

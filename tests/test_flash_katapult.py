@@ -182,6 +182,55 @@ async def test_version_mismatch_after_restart_is_a_failure(rig, artifact_dir):
     assert "v0.12.0-1-gold" in result.message
 
 
+def _klipper_names_it(board_status, uuid):
+    """Klipper's status for printer.cfg's [mcu Toolhead]: objects and config keep the
+    case, settings lower-case it."""
+    return {"mcu Toolhead": board_status,
+            "configfile": {"settings": {"mcu toolhead": {"canbus_uuid": uuid,
+                                                         "canbus_interface": "can0"}},
+                           "config": {"mcu Toolhead": {"canbus_uuid": uuid}}}}
+
+
+async def test_version_check_finds_the_mcu_whatever_case_the_profile_uses(rig, artifact_dir):
+    board = _bridge(rig)
+    profile = octopus_profile(canbus_uuid=board.canbus_uuid, klipper_mcu="toolhead")
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
+    # Klipper's status before the flash: the plan names the object as Klipper does
+    rig.klipper_status = _klipper_names_it(rig.machine.klipper_mcu_status("octopus"),
+                                           board.canbus_uuid)
+    plan = make_plan(profile, art, devices=await rig.scan(), config=rig.config)
+    assert plan.step("check_version").title == \
+        "Check that Klipper's mcu Toolhead reports v0.13.0-5-gabc"
+
+    async def klipper_status():      # after the flash, as Klipper reports it then
+        return _klipper_names_it(rig.machine.klipper_mcu_status("octopus"), board.canbus_uuid)
+    result = await execute_plan(plan, rig.context(klipper_status=klipper_status))
+    assert result.ok, result.summary()
+    assert result.version_reported == "v0.13.0-5-gabc" and result.version_matches
+    assert not any("did not report" in w for w in result.warnings)
+    check = result.steps[-1]
+    assert (check.kind, check.status, check.message) == \
+        ("check_version", "done", "mcu Toolhead reports v0.13.0-5-gabc")
+
+
+async def test_version_check_of_a_plan_made_without_klipper_still_finds_the_mcu(rig, artifact_dir):
+    # No Klipper status at plan time: the plan says "mcu toolhead" as the
+    # profile does; Klipper then reports "mcu Toolhead" (objects only).
+    board = _bridge(rig)
+    profile = octopus_profile(canbus_uuid=board.canbus_uuid, klipper_mcu="toolhead")
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
+    plan = make_plan(profile, art, devices=await rig.scan(), config=rig.config)
+    assert plan.step("check_version").params["object"] == "mcu toolhead"
+
+    async def stale_status():
+        return {"mcu Toolhead": {"mcu_version": "v0.12.0-1-gold"}}
+    result = await execute_plan(plan, rig.context(klipper_status=stale_status))
+    # found at once (not after the timeout), and the old version is a failure
+    assert result.version_reported == "v0.12.0-1-gold" and result.version_matches is False
+    assert result.state == "failed"
+    assert "Klipper reports mcu Toolhead running v0.12.0-1-gold" in result.message
+
+
 def test_katapult_sha_is_over_whole_blocks():
     data = b"\x01" * 100
     assert katapult_sha1(data) == hashlib.sha1(data + b"\xff" * 28).hexdigest().upper()

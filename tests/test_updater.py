@@ -378,6 +378,42 @@ async def test_update_all_flashes_after_a_moonraker_restart(tmp_path, venv_pytho
         m.stop()
 
 
+class CapitalizedToolhead(Machine):
+    """printer.cfg says [mcu Toolhead]; the profile says klipper_mcu: toolhead."""
+
+    def _mcus(self) -> Any:
+        mcus = super()._mcus()
+        for mcu in mcus:
+            if mcu.name == "toolhead":
+                mcu.name = "Toolhead"
+        return mcus
+
+
+async def test_an_entry_reads_a_board_whose_klipper_name_differs_in_case(tmp_path, venv_python):
+    # The toolhead profile has no uuid or serial: only the name finds its board.
+    m = CapitalizedToolhead(str(tmp_path), venv_python)
+    m.set_state(boards={"mcu": NEW, "toolhead": OLD})
+    m.start()
+    c = await RpcClient().connect(m.moonraker.url)
+    try:
+        head = await entry_when(c, "octoflash_toolhead",
+                                lambda e: e["octoflash"]["running_source"] == "klipper")
+        assert head["version"] == "v0.13.0-730+g84104bbbd"
+        assert head["octoflash"]["klipper_object"] == "mcu Toolhead"
+        assert head["octoflash"]["state"] == "behind"
+        assert head["info_tags"][0].endswith(", [mcu Toolhead])")     # as Klipper spells it
+        # The Update button finds the board too (no "cannot be reached").
+        start = len(c.notifications)
+        assert await c.call("machine.update.upgrade", {"name": "octoflash_toolhead"},
+                            timeout=120) == "ok"
+        final = await final_response(c, "octoflash_toolhead", start)
+        assert final["message"].endswith(f"firmware updated, the board runs {NEW}")
+        assert m.state()["flashed"] == ["toolhead"]
+    finally:
+        await c.close()
+        m.stop()
+
+
 # --- the real build and flash, on the demo's simulated machine ------------------------
 
 def with_update_manager(env: DemoThread, python: str) -> DemoThread:
