@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import shutil
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
@@ -108,7 +109,9 @@ class ProgressPrinter:
         if self.tty:
             width = shutil.get_terminal_size((80, 20)).columns
             pct = f"{event.percent:5.1f}%" if event.percent is not None else "      "
-            text = f"{self.label}: {event.stage:<9} {pct} {event.message}"
+            # Long absolute paths would push the step off the line: keep their tail.
+            message = re.sub(r"/\S+/(\S+/\S+)", r"…/\1", event.message.strip())
+            text = f"{self.label}: {event.stage:<9} {pct} {message}"
             self.out.write("\r" + text[:width - 1].ljust(width - 1))
             self.out.flush()
             return

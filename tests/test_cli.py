@@ -1,5 +1,6 @@
 """The octoflash command line, as an SSH user runs it (a real subprocess)."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -152,3 +153,39 @@ def test_build_without_a_checkout_names_the_option(tmp_path):
                      "btt-octopus-f446-canbridge", "--klipper-path", str(tmp_path / "klipper"))
     assert proc.returncode != 0
     assert str(tmp_path / "klipper") in proc.stderr
+
+
+def test_build_on_a_terminal_redraws_one_progress_line(moonraker_conf, checkouts):
+    """On a terminal the build shows one line that is redrawn, with a percentage."""
+    import pty
+    import select
+    klipper, _ = checkouts
+    conf = moonraker_conf
+    conf.write_text(conf.read_text() + f"\n[octoflash]\nklipper_path: {klipper}\n")
+    # a first build teaches octoflash how long a build of this profile is
+    octoflash("--config", str(conf), "build", "octopus", check=True)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moonraker_octoflash.cli", "--config", str(conf),
+         "build", "octopus", "--force"],
+        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+        env=dict(os.environ, PYTHONPATH=ROOT, COLUMNS="100"))
+    os.close(follower)
+    output = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    text = output.decode(errors="replace")
+    assert text.count("\r") > 5                     # redrawn in place, not scrolled
+    assert re.search(r"octopus: compile\s+\d+\.\d% .*Compiling …/src/\w+\.o", text)
+    assert "octopus: built:" in text
