@@ -48,6 +48,7 @@ from ..profiles import Profile, profile_from_json, profile_from_options
 from ..schemas import load_schema
 from ..service import KlipperService
 from ..settings import Settings
+from ..versions import parse_version, update_state
 
 if TYPE_CHECKING:
     from moonraker.common import WebRequest
@@ -532,7 +533,14 @@ class OctoFlash:
         update = self.updater.state_of(profile.name) if self.updater is not None else None
         if profile.target == "klipper":
             if update is not None and update.get("state") not in (None, "unknown"):
-                out_of_date = update["state"] in ("behind", "differs")
+                if running and update.get("running_version") != running:
+                    # The reading predates the firmware the board runs now (it
+                    # was just flashed): judge that firmware against the same build.
+                    judged = update_state(parse_version(running),
+                                          parse_version(update.get("pending_version") or ""))
+                    out_of_date = judged.update_available
+                else:
+                    out_of_date = update["state"] in ("behind", "differs")
             elif running and self.host_version:
                 out_of_date = running != self.host_version
         holder = self.runner.job_holding(profile.name)
