@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import os
 from typing import Any, Dict, List, Optional
 
+from ..artifacts import file_sha256
 from ..discovery.snapshot import DeviceSnapshot
 from ..discovery.usb import parse_dfu_layout
 from ..errors import CheckFailed
@@ -59,14 +59,6 @@ class KatapultStatus:
         if self.app_start is not None:
             data["app_start"] = f"0x{self.app_start:08x}"
         return data
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _flash_size(plan: FlashPlan) -> Optional[int]:
@@ -233,7 +225,7 @@ def check_dfu_choice(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> Chec
 async def run_checks(plan: FlashPlan, devices: Optional[DeviceSnapshot] = None) -> List[CheckResult]:
     """Every check that needs no tool; raises ``CheckRefused`` on the first refusal."""
     path = plan.file_path
-    actual = await asyncio.to_thread(lambda: _sha256(path) if os.path.isfile(path) else None)
+    actual = await asyncio.to_thread(lambda: file_sha256(path) if os.path.isfile(path) else None)
     results = [check_artifact_file(plan, actual), check_artifact_profile(plan)]
     results.append(check_size(plan, plan.artifact.file(plan.file_name).size))
     results.append(check_board_mcu(plan, devices))
