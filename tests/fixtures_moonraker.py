@@ -5,6 +5,12 @@ The component is installed exactly as a user installs it:
 importable from this Python.  Each test module starts its own Moonraker
 (one per module keeps the suite fast) on a free port with a data folder in
 tmp; ``MoonrakerProcess.restart()`` stops and starts it on the same data.
+
+Moonraker's update manager loads only when the Python running Moonraker is
+a virtualenv; ``moonraker_python`` gives one (``make_venv``).
+``SimulatedPrinter`` assembles what the demo runs — the real component on a
+simulated machine (boards, tool doubles, source trees, Klipper stand-in) —
+with the boards and profiles a test module chooses.
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from moonraker_octoflash.discovery.serial import klipper_by_id_name  # noqa: E402
+from moonraker_octoflash.sim.board import SimulatedMachine, make_klipper_image  # noqa: E402
 from moonraker_octoflash.sim.klippy import KlippyStandIn, SimMcu, StandInThread  # noqa: E402
+from moonraker_octoflash.sim.trees import change_source, install_tree  # noqa: E402
 
 MACROS_FILE = os.path.join(REPO, "docs", "macros.cfg")
 
@@ -37,6 +46,43 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_venv(path: str) -> str:
+    """A Python for Moonraker that is a virtualenv; returns its interpreter.
+
+    Moonraker's update manager refuses to load when the Python running
+    Moonraker is not a virtualenv ("Invalid virtualenv at path ..."), as it
+    is with a plain pip install.  When the tests already run in one
+    (scripts/test uses .venv), that is it.  Otherwise a virtualenv without
+    pip is made at ``path`` over this Python's packages
+    (``--system-site-packages``), so it imports the same Moonraker, with the
+    component linked in, and this checkout's package.
+    """
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix) and \
+            os.path.isfile(os.path.join(sys.prefix, "bin", "activate")):
+        return sys.executable
+    python = os.path.join(path, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip",
+                        "--system-site-packages", path], check=True, timeout=60)
+    return python
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = 30.0,
+                     interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll an async or plain callable until it returns something truthy (without
+    blocking the test's event loop, which reads the websockets)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached in {timeout} s (last: {last!r})")
 
 
 class MoonrakerClient:
@@ -115,13 +161,19 @@ class MoonrakerClient:
 
 
 class MoonrakerProcess(MoonrakerClient):
-    """A Moonraker 0.11 subprocess with its own data folder."""
+    """A Moonraker 0.11 subprocess with its own data folder.
 
-    def __init__(self, data_dir: str, extra_config: str = "", provider: str = "none") -> None:
+    ``python``: the interpreter running Moonraker (default this one; the
+    ``moonraker_python`` fixture's virtualenv for the update manager).
+    """
+
+    def __init__(self, data_dir: str, extra_config: str = "", provider: str = "none",
+                 python: Optional[str] = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_config = extra_config
         self.provider = provider
+        self.python = python or sys.executable
         self.proc: Optional[subprocess.Popen] = None
         self.klippy_socket = os.path.join(data_dir, "comms", "klippy.sock")
         self.output_path = os.path.join(data_dir, "moonraker-output.txt")
@@ -155,13 +207,14 @@ class MoonrakerProcess(MoonrakerClient):
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         out = open(self.output_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moonraker", "-d", self.data_dir, "-n"],
+            [self.python, "-m", "moonraker", "-d", self.data_dir, "-n"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"Moonraker exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
+                raise RuntimeError(
+                    f"Moonraker exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
             try:
                 status, _ = self.get("/server/info", timeout=1)
                 if status == 200:
@@ -219,7 +272,8 @@ class MoonrakerWebsocket:
 
     async def __aenter__(self) -> "MoonrakerWebsocket":
         from tornado.websocket import websocket_connect
-        self.conn = await websocket_connect(self.url)
+        # update-manager status notifications carry every entry: allow big ones
+        self.conn = await websocket_connect(self.url, max_message_size=50 * 1024 * 1024)
         self._reader = asyncio.get_running_loop().create_task(self._read())
         await self.call("server.connection.identify", {
             "client_name": "octoflash-tests", "version": "1", "type": "other",
@@ -236,6 +290,9 @@ class MoonrakerWebsocket:
         while True:
             message = await self.conn.read_message()
             if message is None:
+                for fut in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(ConnectionError("websocket closed"))
                 break
             data = json.loads(message)
             if "id" in data and data["id"] in self._pending:
@@ -263,11 +320,18 @@ class MoonrakerWebsocket:
                 for n in self.notifications if n["method"] == name]
 
     async def wait_notification(self, name: str, predicate: Callable[[Any], bool] = lambda p: True,
-                                timeout: float = 30.0) -> Any:
+                                timeout: float = 30.0, start: int = 0) -> Any:
+        """The first ``name`` notification matching ``predicate`` among those received
+        from index ``start`` of ``notifications`` on (``len(ws.notifications)``
+        taken before an action: only what followed it)."""
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
-            matches = [p for p in self.of(name)[seen:]]
+            # Cleared before looking (nothing runs in between on this loop): a
+            # notification arriving after the look wakes the wait below.
+            self._arrived.clear()
+            matches = [n["params"][0] if n.get("params") else None
+                       for n in self.notifications[start:] if n["method"] == name][seen:]
             for payload in matches:
                 if predicate(payload):
                     return payload
@@ -276,7 +340,6 @@ class MoonrakerWebsocket:
             if remaining <= 0:
                 raise AssertionError(f"no {name} notification matched within {timeout} s; "
                                      f"got {self.of(name)[-5:]}")
-            self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
@@ -302,6 +365,253 @@ def start_standin(moonraker: MoonrakerProcess, mcus: Optional[List[SimMcu]] = No
                             config_file=printer_cfg, klipper_path=klipper_dir,
                             log_file=os.path.join(data, "logs", "klippy.log"))
     return StandInThread(standin, control_path).start()
+
+
+class SimulatedPrinter(MoonrakerProcess):
+    """The demo's parts, assembled with the boards and profiles a test chooses.
+
+    The real component in a real Moonraker (run by ``python``: pass the
+    ``moonraker_python`` virtualenv to have the update manager) on a
+    simulated machine: boards behind Katapult whose flash the ``dfu-util``
+    and ``flashtool.py`` doubles write, small Klipper-like and
+    Katapult-like git checkouts built with real ``make`` and Kconfig, and a
+    Klipper stand-in whose MCUs report what each board's flash runs (read
+    afresh whenever it starts, as Klipper does).  The component stops and
+    starts the stand-in through its control socket around a flash.
+
+        printer = SimulatedPrinter(root, moonraker_python)
+        octopus = printer.add_board("octopus", "mcu", version=OLD, bridge=True)
+        printer.profiles = f"[octoflash octopus]\\ncanbus_uuid: {octopus.canbus_uuid}..."
+        printer.start()
+
+    Situations are made with the real means: ``set_firmware`` (a board
+    flashed by other means), ``commit_to_source`` (the checkout moves on),
+    ``set_print_state``, ``stop_klipper``/``start_klipper``, board modes
+    (``board(name).set_mode("off")``), profiles through the API.
+    """
+
+    def __init__(self, root: str, python: Optional[str] = None, *,
+                 update_manager: bool = True, tool_delay: float = 0.05) -> None:
+        super().__init__(os.path.join(root, "data"), python=python)
+        self.sim_dir = os.path.join(self.data_dir, "sim")
+        self.klipper_tree = str(install_tree("klipper", os.path.join(self.sim_dir, "klipper")))
+        self.katapult_tree = str(install_tree("katapult", os.path.join(self.sim_dir, "katapult")))
+        self.machine = SimulatedMachine(os.path.join(self.sim_dir, "machine"))
+        self.machine.tool_delay = tool_delay
+        self.machine.set_klipper_running(False)
+        self.update_manager = update_manager
+        self.octoflash_options: Dict[str, str] = {}   # more [octoflash] options (announcements)
+        self.profiles = ""                            # the [octoflash NAME] sections
+        # printer.cfg's [mcu] sections: (name, board, options)
+        self.klipper_sections: List[Tuple[str, str, Dict[str, Any]]] = []
+        self.installed: Dict[str, str] = {}     # the version each board got in add_board
+        self.klipper: Optional[StandInThread] = None
+        # Klipper's own (host) folder, which Moonraker's update manager looks
+        # at: not a git checkout, so its "klipper" entry has nothing to update
+        # (a checkout there could not be fetched without network).
+        self.klipper_host_dir = os.path.join(self.data_dir, "klipper")
+
+    # --- setting up ---------------------------------------------------------
+
+    def add_board(self, name: str, klipper_name: Optional[str], *, version: str,
+                  transport: str = "usb", bridge: bool = False,
+                  mcu: str = "stm32f446xx") -> Any:
+        """A board behind Katapult running Klipper ``version``; ``klipper_name``: its
+        ``[mcu]`` (``mcu``) or ``[mcu NAME]`` (NAME) in printer.cfg, None if
+        Klipper does not use it."""
+        board = self.machine.add_board(name, mcu, transport=transport, bootloader="katapult",
+                                       firmware={"version": version, "bridge": bridge})
+        self.installed[name] = version
+        if klipper_name is not None:
+            if bridge or transport == "can":
+                options: Dict[str, Any] = {"canbus_uuid": board.canbus_uuid,
+                                           "canbus_interface": board.can_interface}
+            else:
+                options = {"serial": os.path.join(self.machine.by_id_dir,
+                                                  klipper_by_id_name(mcu, board.chip_id))}
+            self.klipper_sections.append((klipper_name, name, options))
+        return board
+
+    def _klipper_mcus(self) -> List[SimMcu]:
+        """What a starting Klipper finds: each board's running firmware, or no answer."""
+        mcus = []
+        for klipper_name, board_name, options in self.klipper_sections:
+            status = self.machine.klipper_mcu_status(board_name)
+            mcus.append(SimMcu(
+                name=klipper_name, settings=dict(options),
+                version=status["mcu_version"] if status else "",
+                mcu_type=(status or {}).get("mcu_constants", {}).get(
+                    "MCU", self.machine.board(board_name).mcu),
+                reachable=status is not None))
+        return mcus
+
+    def write_config(self) -> str:
+        tools = self.machine.tool_paths()
+        options = {
+            "klipper_path": self.klipper_tree, "katapult_path": self.katapult_tree,
+            "dfu_util_path": tools["dfu_util"], "flashtool_path": tools["flashtool"],
+            "serial_by_id_path": self.machine.by_id_dir, "device_wait_timeout": "20",
+            "reconnect_timeout": "20", "simulation": self.machine.directory}
+        options.update(self.octoflash_options)
+        text = ""
+        if self.update_manager:
+            text += textwrap.dedent("""\
+                [update_manager]
+                enable_auto_refresh: False
+                enable_system_updates: False
+
+                [announcements]
+                enable_moonlight: False
+
+                """)
+        text += "[octoflash]\n" + "".join(f"{k}: {v}\n" for k, v in options.items()) + "\n"
+        self.extra_config = text + textwrap.dedent(self.profiles)
+        return super().write_config()
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.klipper is None:
+            self._start_klipper_standin()
+        super().start(timeout)
+
+    def _start_klipper_standin(self) -> None:
+        for sub in ("config", "docs"):
+            os.makedirs(os.path.join(self.klipper_host_dir, sub), exist_ok=True)
+        for sub in ("config", "logs"):
+            os.makedirs(os.path.join(self.data_dir, sub), exist_ok=True)
+        printer_cfg = os.path.join(self.data_dir, "config", "printer.cfg")
+        with open(printer_cfg, "w", encoding="utf-8") as f:
+            f.write("[include octoflash-macros.cfg]\n")
+        machine = self.machine
+        standin = KlippyStandIn(
+            self.klippy_socket, mcus=self._klipper_mcus,
+            software_version=self.describe(), macro_files=[MACROS_FILE],
+            config_file=printer_cfg, klipper_path=self.klipper_host_dir,
+            log_file=os.path.join(self.data_dir, "logs", "klippy.log"),
+            on_start=lambda: machine.set_klipper_running(True),
+            on_stop=lambda: machine.set_klipper_running(False))
+        # The component's simulation mode stops and starts Klipper here.
+        control = os.path.join(machine.directory, "klippy-control.sock")
+        self.klipper = StandInThread(standin, control).start()
+
+    def close(self) -> None:
+        self.stop()
+        if self.klipper is not None:
+            self.klipper.close()
+            self.klipper = None
+
+    # --- situations ---------------------------------------------------------
+
+    @property
+    def standin(self) -> KlippyStandIn:
+        assert self.klipper is not None
+        return self.klipper.standin
+
+    def board(self, name: str) -> Any:
+        return self.machine.board(name)
+
+    def set_firmware(self, board_name: str, version: str) -> None:
+        """The board gets Klipper ``version`` by other means (another host, an SD
+        card) and is reset; Klipper notices when it next starts."""
+        board = self.machine.board(board_name)
+        app_start = board.katapult_app_start()
+        # the same kind of Klipper as in flash now (USB-CAN bridge or not)
+        bridge = bool((board.region_at(app_start) or {}).get("bridge"))
+        image = make_klipper_image(board.mcu, version, bridge=bridge,
+                                   canbus=bridge or board.transport == "can")
+        board.write_flash(app_start, image, name="klipper.bin")
+        board.reset(delay=0.0)
+
+    def running_version(self, board_name: str) -> Optional[str]:
+        fw = self.machine.board(board_name).running_firmware()
+        return fw["version"] if fw else None
+
+    def written_boards(self, since: float) -> List[str]:
+        """Boards whose application area was written after ``since`` (time.time())."""
+        written = []
+        for board in self.machine.boards():
+            app = board.katapult_app_start()
+            if any(e["event"] == "write" and e["time"] > since and e.get("address") == app
+                   for e in board.state.get("history", [])):
+                written.append(board.name)
+        return written
+
+    def commit_to_source(self, note: str = "tweak") -> str:
+        """A commit lands in the Klipper checkout; returns its new ``git describe``."""
+        return change_source(self.klipper_tree, note=note)
+
+    def describe(self, revision: str = "HEAD") -> str:
+        """``git describe`` of the Klipper checkout (at ``revision``)."""
+        result = subprocess.run(["git", "-C", self.klipper_tree, "describe", "--tags", "--long",
+                                 revision], stdout=subprocess.PIPE, check=True, timeout=30)
+        return result.stdout.decode().strip()
+
+    def stop_klipper(self) -> None:
+        assert self.klipper is not None
+        self.klipper.call(self.standin.stop)
+
+    def start_klipper(self) -> None:
+        assert self.klipper is not None
+        self.klipper.call(self.standin.start)
+
+    def restart_klipper(self) -> None:
+        """Klipper restarts and reads its MCUs again (as after ``set_firmware``)."""
+        self.stop_klipper()
+        self.start_klipper()
+
+    def set_print_state(self, state: str, filename: str = "") -> None:
+        assert self.klipper is not None
+        self.klipper.call(self.standin.set_print_state, state, filename)
+
+
+# A CAN node of the Octopus presets (as the demo's toolhead): CAN on PD0/PD1
+# instead of the USB-CAN bridge.
+CAN_NODE_OVERRIDES = {"CONFIG_STM32_USBCANBUS_PA11_PA12": "n",
+                      "CONFIG_STM32_CMENU_CANBUS_PD0_PD1": "n",
+                      "CONFIG_STM32_MMENU_CANBUS_PD0_PD1": "y"}
+CAN_NODE_KCONFIG = "kconfig:\n" + "".join(f"  {k}={v}\n" for k, v in CAN_NODE_OVERRIDES.items())
+
+
+def octopus_printer(root: str, python: Optional[str], *,
+                    tool_delay: float = 0.05) -> SimulatedPrinter:
+    """The machine of the update-manager and page tests (not started yet).
+
+    * ``octopus``: STM32F446 USB-CAN bridge behind Katapult, Klipper's
+      ``[mcu]``, ``auto_update: True``; it runs the checkout's version of two
+      commits ago;
+    * ``toolhead``: a CAN node behind Katapult that printer.cfg calls
+      ``[mcu Toolhead]`` while its profile says ``klipper_mcu: toolhead``;
+      it runs the checkout's version;
+    * ``bootloader``: a Katapult profile (no board of its own).
+    """
+    printer = SimulatedPrinter(root, python, tool_delay=tool_delay)
+    octopus = printer.add_board("octopus", "mcu", version=printer.describe("HEAD~2"),
+                                bridge=True)
+    toolhead = printer.add_board("toolhead", "Toolhead", version=printer.describe(),
+                                 transport="can")
+    printer.profiles = textwrap.dedent(f"""\
+        [octoflash octopus]
+        preset: btt-octopus-f446-canbridge
+        description: Octopus main board
+        klipper_mcu: mcu
+        canbus_uuid: {octopus.canbus_uuid}
+        auto_update: True
+
+        [octoflash toolhead]
+        preset: btt-octopus-f446-canbridge
+        description: CAN toolhead
+        klipper_mcu: toolhead
+        canbus_uuid: {toolhead.canbus_uuid}
+        """) + CAN_NODE_KCONFIG + textwrap.dedent("""
+        [octoflash bootloader]
+        preset: btt-octopus-f446-katapult
+        """)
+    return printer
+
+
+@pytest.fixture(scope="session")
+def moonraker_python(tmp_path_factory: Any) -> str:
+    """A virtualenv Python for Moonraker (its update manager needs one); see make_venv."""
+    return make_venv(str(tmp_path_factory.mktemp("moonraker-venv")))
 
 
 @pytest.fixture(scope="session")

@@ -1,31 +1,39 @@
 """Firmware entries in a real Moonraker 0.11 update manager.
 
-Most tests run Moonraker with the octoflash component whose builder and
-flash pipeline are replaced by doubles driven by a state file (see
-updater_component.py), so each situation (versions, unreachable board,
-changed profile) is set up directly; a Klipper stand-in on Moonraker's unix
-socket reports the MCUs' firmware versions.  The last tests run the demo's
-simulated machine instead: the real component, builder, planner, checks and
-executor, with the source-tree, flashtool.py and board doubles.
+The Moonraker tests run the real component on the demo's simulated machine
+(``octopus_printer`` in fixtures_moonraker.py): the real builder on a small
+Klipper-like git checkout, the real planner, checks and executor with the
+``flashtool.py`` double writing into the simulated boards' flash, and a
+Klipper stand-in reporting what each board runs.  Situations are made as
+they happen on a printer: a board gets other firmware (``set_firmware``),
+a commit lands in the checkout (``commit_to_source``), a print starts,
+Klipper stops, a board goes dark, a profile changes through the API.
+
+The module shares one Moonraker; the tests run in file order and each
+sets up the board versions it needs.  What one test leaves behind and the
+next relies on is said where it happens.
 """
 from __future__ import annotations
 
-import sys
-import textwrap
-from typing import Any, Dict
+import asyncio
+import time
+from typing import Any, Dict, List
 
 import pytest
 
-from fixtures_moonraker import DemoThread
+from fixtures_moonraker import (CAN_NODE_OVERRIDES, MoonrakerWebsocket, RpcError,
+                                SimulatedPrinter, octopus_printer, wait_until)
 from moonraker_octoflash.moonraker.firmware_state import Pending, Running, assess, is_conclusive
 from moonraker_octoflash.profiles import profile_from_json
 from moonraker_octoflash.versions import clients_offer_update, parse_version
-from updater_helpers import NEW, OLD, Machine, RpcClient, RpcError, make_venv, wait_until
 
 pytestmark = pytest.mark.moonraker
 
-
 # --- the entry's reasoning, without Moonraker ----------------------------------------
+
+A_OLD = "v0.13.0-730-g84104bbbd"
+A_NEW = "v0.13.0-1004-g0a1b2c3d"
+
 
 def _profile(**kw: Any) -> Any:
     data = {"name": "octopus", "preset": "btt-octopus-f446-canbridge"}
@@ -40,83 +48,122 @@ def _assess(running: str, pending: str, source: str = "klipper", connected: bool
 
 
 def test_unknown_firmware_says_what_to_do():
-    down = _assess("", NEW, source="", connected=False)
+    down = _assess("", A_NEW, source="", connected=False)
     assert down.update.state == "unknown"
     assert down.warnings == ["The firmware on this board is unknown: Klipper is not connected "
                              "and octoflash has not written this board yet."]
-    unmapped = _assess("", NEW, source="", klipper_object=None)
+    unmapped = _assess("", A_NEW, source="", klipper_object=None)
     assert "set klipper_mcu in [octoflash octopus]" in unmapped.warnings[0]
 
 
 def test_notes_for_newer_and_dirty_firmware_and_update_all():
-    ahead = _assess(NEW, OLD)
+    ahead = _assess(A_NEW, A_OLD)
     assert ahead.update.state == "ahead" and not ahead.update.update_available
     assert any("newer than a build" in a for a in ahead.anomalies)
-    dirty = _assess(OLD + "-dirty-20260101_120000-host", NEW, auto_update=True)
+    dirty = _assess(A_OLD + "-dirty-20260101_120000-host", A_NEW, auto_update=True)
     assert dirty.update.state == "behind"
-    assert dirty.anomalies == [f"The running firmware {OLD}-dirty was built from a checkout "
+    assert dirty.anomalies == [f"The running firmware {A_OLD}-dirty was built from a checkout "
                                "with uncommitted changes."]
-    skipped = _assess(OLD, NEW)
+    skipped = _assess(A_OLD, A_NEW)
     assert any("'Update all' leaves this board alone" in a for a in skipped.anomalies)
 
 
 def test_announcements_wait_for_klipper_to_report_a_board_it_knows():
-    assert is_conclusive(_assess(OLD, NEW))
-    assert not is_conclusive(_assess(OLD, NEW, source="last_flash"))
-    assert is_conclusive(_assess(OLD, NEW, source="last_flash", klipper_object=None))
-    assert not is_conclusive(_assess("?", NEW, source=""))
+    assert is_conclusive(_assess(A_OLD, A_NEW))
+    assert not is_conclusive(_assess(A_OLD, A_NEW, source="last_flash"))
+    assert is_conclusive(_assess(A_OLD, A_NEW, source="last_flash", klipper_object=None))
+    assert not is_conclusive(_assess("?", A_NEW, source=""))
 
 
-@pytest.fixture(scope="session")
-def venv_python(tmp_path_factory: Any) -> str:
-    return make_venv(str(tmp_path_factory.mktemp("moonraker-venv")))
-
+# --- a real Moonraker, the real component, the simulated machine -----------------------
 
 @pytest.fixture(scope="module")
-def machine(tmp_path_factory: Any, venv_python: str) -> Any:
-    m = Machine(str(tmp_path_factory.mktemp("updater")), venv_python).start()
-    yield m
-    m.stop()
+def printer(tmp_path_factory: Any, linked_component: str, moonraker_python: str) -> Any:
+    p = octopus_printer(str(tmp_path_factory.mktemp("updater")), moonraker_python)
+    # A third CAN node Klipper uses ([mcu spare]) without a profile yet: one
+    # is made through the API below.
+    p.add_board("spare", "spare", version=p.installed["octopus"], transport="can")
+    p.start()
+    yield p
+    p.close()
 
 
 @pytest.fixture
-async def client(machine: Machine) -> Any:
-    c = await RpcClient().connect(machine.moonraker.url)
-    yield c
-    await c.close()
+async def client(printer: SimulatedPrinter, ws_factory: Any) -> MoonrakerWebsocket:
+    return await ws_factory(printer)
 
 
-async def versions(client: RpcClient) -> Dict[str, Any]:
+def old(printer: SimulatedPrinter) -> str:
+    """The firmware the octopus came with: the checkout's version two commits back."""
+    return printer.installed["octopus"]
+
+
+def new(printer: SimulatedPrinter) -> str:
+    """The checkout's version when the module started (what the toolhead came with)."""
+    return printer.installed["toolhead"]
+
+
+def as_published(describe: str) -> str:
+    """How the entry publishes a git describe: ``v0.13.0-3-gabc`` -> ``v0.13.0-3+gabc``."""
+    release, commit = describe.rsplit("-g", 1)
+    return f"{release}+g{commit}"
+
+
+async def versions(client: MoonrakerWebsocket) -> Dict[str, Any]:
     return (await client.call("machine.update.status"))["version_info"]
 
 
-async def entry_when(client: RpcClient, name: str, check: Any, timeout: float = 30.0) -> Any:
+async def entry_when(client: MoonrakerWebsocket, name: str, check: Any,
+                     timeout: float = 30.0) -> Any:
     async def probe() -> Any:
         entry = (await versions(client)).get(name)
         return entry if entry is not None and check(entry) else None
     return await wait_until(probe, timeout, what=f"{name} state")
 
 
-async def our_announcements(client: RpcClient) -> Dict[str, Any]:
+def state_is(state: str, read_after: float = 0.0) -> Any:
+    """The entry is in ``state`` by what Klipper reports, read after ``read_after``
+    (after a Moonraker restart the entry first shows its saved state)."""
+    return lambda e: e["octoflash"]["state"] == state and \
+        e["octoflash"]["running_source"] == "klipper" and \
+        e["octoflash"].get("checked", 0.0) > read_after
+
+
+async def our_announcements(client: MoonrakerWebsocket) -> Dict[str, Any]:
     entries = (await client.call("server.announcements.list"))["entries"]
     return {e["feed"]: e for e in entries if e["feed"].startswith("octoflash/")}
 
 
-async def final_response(client: RpcClient, app: str, start: int) -> Dict[str, Any]:
+def update_messages(client: MoonrakerWebsocket, start: int, app: str = "") -> List[str]:
+    return [n["params"][0]["message"] for n in client.notifications[start:]
+            if n["method"] == "notify_update_response"
+            and (not app or n["params"][0]["application"] == app)]
+
+
+async def final_response(client: MoonrakerWebsocket, app: str, start: int,
+                         timeout: float = 30.0) -> Dict[str, Any]:
     """The ``complete`` update response of ``app`` (it may follow the call's answer)."""
-    return await client.wait_for("notify_update_response",
-                                 lambda r: r["application"] == app and r["complete"],
-                                 30, start=start)
+    return await client.wait_notification(
+        "notify_update_response", lambda r: r["application"] == app and r["complete"],
+        timeout, start=start)
 
 
-async def refresh_after_klipper_restart(machine: Machine, client: RpcClient) -> None:
-    machine.restart_klipper()
-    await client.wait_for("notify_klippy_ready", lambda _p: True, 30)
+async def restart_klipper(printer: SimulatedPrinter, client: MoonrakerWebsocket) -> None:
+    """Klipper restarts and reads its boards again (after ``set_firmware``)."""
+    start = len(client.notifications)
+    printer.restart_klipper()
+    await client.wait_notification("notify_klippy_ready", start=start)
 
 
-async def test_one_entry_per_firmware_profile_with_what_the_clients_read(machine, client):
-    entry = await entry_when(client, "octoflash_octopus",
-                             lambda e: e["version"] != "?" and e["remote_version"] != "?")
+async def restart_moonraker(printer: SimulatedPrinter) -> None:
+    """Stop and start Moonraker on the same data.  In a thread: on shutdown
+    Moonraker waits for its websocket clients to answer the close, and the
+    test's clients answer on this event loop."""
+    await asyncio.to_thread(printer.restart)
+
+
+async def test_one_entry_per_firmware_profile_with_what_the_clients_read(printer, client):
+    entry = await entry_when(client, "octoflash_octopus", state_is("behind"))
     info = await versions(client)
     assert "octoflash_toolhead" in info
     assert "octoflash_bootloader" not in info          # a bootloader is never an "update"
@@ -126,130 +173,178 @@ async def test_one_entry_per_firmware_profile_with_what_the_clients_read(machine
     assert entry["corrupt"] is False and entry["detached"] is False
     assert entry["channel"] == "dev" and entry["commits_behind"] == []
     assert entry["info_tags"] == ["desc=octopus firmware (Octopus main board, [mcu])"]
-    assert entry["version"] == "v0.13.0-730+g84104bbbd"
-    assert entry["remote_version"] == "v0.13.0-1004+g0a1b2c3d"
-    assert entry["current_hash"] == "84104bbbd" and entry["remote_hash"] == "0a1b2c3d"
-    assert entry["changelog_url"].endswith("/Klipper3d/klipper/compare/84104bbbd...0a1b2c3d")
+    assert entry["version"] == as_published(old(printer))
+    assert entry["remote_version"] == as_published(new(printer))
+    old_commit, new_commit = old(printer).rsplit("-g", 1)[1], new(printer).rsplit("-g", 1)[1]
+    assert entry["current_hash"] == old_commit and entry["remote_hash"] == new_commit
+    assert entry["changelog_url"].endswith(
+        f"/Klipper3d/klipper/compare/{old_commit}...{new_commit}")
     assert entry["octoflash"]["running_source"] == "klipper"
-    assert entry["octoflash"]["running_version"] == OLD
+    assert entry["octoflash"]["running_version"] == old(printer)
     # The clients' semver rule offers exactly this update.
     assert clients_offer_update(entry["version"], entry["remote_version"])
-    head = info["octoflash_toolhead"]
-    assert head["version"] == head["remote_version"] == "v0.13.0-1004+g0a1b2c3d"
+    head = await entry_when(client, "octoflash_toolhead", state_is("up_to_date"))
+    assert head["version"] == head["remote_version"] == as_published(new(printer))
     assert not clients_offer_update(head["version"], head["remote_version"])
-    # Only the outdated board that 'update all' skips says so.
-    assert head["anomalies"] == []
-    assert entry["anomalies"] == []
+    # printer.cfg says [mcu Toolhead], the profile klipper_mcu: toolhead;
+    # the entry names the section as Klipper spells it.
+    assert head["octoflash"]["klipper_object"] == "mcu Toolhead"
+    assert head["info_tags"] == ["desc=toolhead firmware (CAN toolhead, [mcu Toolhead])"]
+    # Only an outdated board that 'update all' skips has a note.
+    assert head["anomalies"] == [] and entry["anomalies"] == []
 
 
-async def test_announcement_names_the_profile_and_both_versions(machine, client):
+async def test_a_profile_naming_only_its_klipper_mcu_finds_it_in_any_case(printer, client):
+    # No canbus_uuid or serial: only the name (in another case) finds the board.
+    await client.call("server.octoflash.post_profile", {
+        "name": "head", "preset": "btt-octopus-f446-canbridge", "klipper_mcu": "TOOLHEAD"})
+    try:
+        entry = await entry_when(client, "octoflash_head", state_is("up_to_date"))
+        assert entry["octoflash"]["klipper_object"] == "mcu Toolhead"
+        assert entry["version"] == as_published(new(printer))
+    finally:
+        await client.call("server.octoflash.delete_profile", {"name": "head"})
+    await wait_until(lambda: _entry_gone(client, "octoflash_head"), 10, what="entry removed")
+
+
+async def test_announcement_names_the_profile_and_both_versions(printer, client):
     notes = await wait_until(lambda: our_announcements(client), 20,
                              what="an octoflash announcement")
     assert list(notes) == ["octoflash/octopus"]
     note = notes["octoflash/octopus"]
     assert "octopus" in note["title"]
-    assert OLD in note["description"] and NEW in note["description"]
+    assert old(printer) in note["description"] and new(printer) in note["description"]
     assert note["priority"] == "normal" and note["source"] == "internal"
 
 
-async def test_upgrade_builds_flashes_and_streams_to_the_end(machine, client):
-    machine.set_state(checkout=NEW, boards={"mcu": OLD, "toolhead": NEW}, flashed=[])
-    await entry_when(client, "octoflash_octopus", lambda e: e["octoflash"]["state"] == "behind")
+async def test_update_button_builds_flashes_and_streams_to_the_end(printer, client):
+    # Leaves: the octopus flashed by octoflash with new(printer).
+    await entry_when(client, "octoflash_octopus", state_is("behind"))
     start = len(client.notifications)
+    since = time.time()
     assert await client.call("machine.update.upgrade", {"name": "octoflash_octopus"},
-                             timeout=120) == "ok"
-    await final_response(client, "octoflash_octopus", start)
+                             timeout=180) == "ok"
+    final = await final_response(client, "octoflash_octopus", start)
+    assert final["message"].endswith(f"firmware updated, the board runs {new(printer)}")
     responses = [n["params"][0] for n in client.notifications[start:]
-                 if n["method"] == "notify_update_response"]
-    responses = [r for r in responses
-                 if r["application"] == "octoflash_octopus"]
-    messages = [r["message"] for r in responses]
+                 if n["method"] == "notify_update_response"
+                 and n["params"][0]["application"] == "octoflash_octopus"]
     assert responses[-1]["complete"] is True
     assert all(not r["complete"] for r in responses[:-1])
-    text = "\n".join(messages)
-    for expected in ("[build]", "Compiling out/src/sched.o", "[write]", "100%",
-                     "firmware updated, the board runs " + NEW):
-        assert expected in text
-    assert machine.state()["flashed"] == ["octopus"]
+    text = "\n".join(r["message"] for r in responses)
+    for expected in ("[build]", "src/sched.o", f"Built klipper.bin for octopus",
+                     "[stop_klipper]", "[write_katapult]", "100%", "Programming Complete",
+                     "[start_klipper]"):
+        assert expected in text, expected
+    assert printer.written_boards(since) == ["octopus"]
+    assert printer.running_version("octopus") == new(printer)
     entry = (await versions(client))["octoflash_octopus"]
-    assert entry["version"] == entry["remote_version"] == "v0.13.0-1004+g0a1b2c3d"
+    assert entry["version"] == entry["remote_version"] == as_published(new(printer))
     assert entry["octoflash"]["state"] == "up_to_date"
     # The clients were told to read the new state, and the announcement went.
-    await client.wait_for("notify_update_refreshed", lambda p: p["version_info"]
-                          ["octoflash_octopus"]["octoflash"]["state"] == "up_to_date",
-                          start=start)
+    await client.wait_notification(
+        "notify_update_refreshed",
+        lambda p: p["version_info"]["octoflash_octopus"]["octoflash"]["state"] == "up_to_date",
+        start=start)
     await wait_until(lambda: _no_announcements(client), 10, what="announcement removed")
 
 
-async def _no_announcements(client: RpcClient) -> bool:
+async def _no_announcements(client: MoonrakerWebsocket) -> bool:
     return not await our_announcements(client)
 
 
-async def test_upgrade_of_an_up_to_date_board_writes_nothing(machine, client):
-    machine.set_state(boards={"mcu": NEW, "toolhead": NEW}, flashed=[])
-    await refresh_after_klipper_restart(machine, client)
-    await entry_when(client, "octoflash_toolhead",
-                     lambda e: e["octoflash"]["state"] == "up_to_date")
+async def test_update_of_an_up_to_date_board_writes_nothing(printer, client):
+    await entry_when(client, "octoflash_toolhead", state_is("up_to_date"))
     start = len(client.notifications)
+    since = time.time()
     assert await client.call("machine.update.client", {"name": "octoflash_toolhead"}) == "ok"
     last = await final_response(client, "octoflash_toolhead", start)
     assert "already up to date" in last["message"]
-    assert machine.state()["flashed"] == []
+    assert printer.written_boards(since) == []
 
 
-async def test_upgrade_is_refused_when_the_board_cannot_be_reached(machine, client):
-    machine.set_state(boards={"mcu": OLD, "toolhead": NEW}, flashed=[],
-                      reachable={"octopus": False, "toolhead": True})
-    await refresh_after_klipper_restart(machine, client)
-    await entry_when(client, "octoflash_octopus", lambda e: e["octoflash"]["state"] == "behind")
-    start = len(client.notifications)
-    with pytest.raises(RpcError) as err:
-        await client.call("machine.update.upgrade", {"name": "octoflash_octopus"})
-    assert "cannot be reached" in err.value.message
-    last = await final_response(client, "octoflash_octopus", start)
-    assert "cannot be reached" in last["message"]
-    assert machine.state()["flashed"] == []
-    machine.set_state(reachable={"octopus": True, "toolhead": True})
+async def test_klipper_down_shows_the_last_flashed_firmware(printer, client):
+    # The octopus was flashed by the Update button above; the toolhead never was.
+    printer.stop_klipper()
+    try:
+        entry = await entry_when(client, "octoflash_octopus",
+                                 lambda e: e["octoflash"]["running_source"] == "last_flash")
+        assert entry["octoflash"]["running_version"] == new(printer)
+        assert any("octoflash wrote " + new(printer) in a for a in entry["anomalies"])
+        head = await entry_when(client, "octoflash_toolhead",
+                                lambda e: e["octoflash"]["running_source"] == "")
+        assert head["version"] == "?"
+        assert any("Klipper is not connected" in w for w in head["warnings"])
+        assert not clients_offer_update(head["version"], head["remote_version"])
+    finally:
+        start = len(client.notifications)
+        printer.start_klipper()
+        await client.wait_notification("notify_klippy_ready", start=start)
 
 
-async def test_upgrade_is_refused_while_printing(machine, client):
-    machine.klipper.call(machine.klipper.standin.set_print_state, "printing", "benchy.gcode")
+async def test_update_is_refused_while_printing(printer, client):
+    printer.set_firmware("octopus", old(printer))
+    await restart_klipper(printer, client)
+    await entry_when(client, "octoflash_octopus", state_is("behind"))
+    printer.set_print_state("printing", "benchy.gcode")
+    since = time.time()
     try:
         await wait_until(lambda: _printing(client), 10, what="Moonraker to see the print")
         with pytest.raises(RpcError) as err:
             await client.call("machine.update.upgrade", {"name": "octoflash_octopus"})
+        # Moonraker's update manager refuses first ("Klippy is printing").
         assert "printing" in err.value.message
-        assert machine.state()["flashed"] == []
+        assert printer.written_boards(since) == []
     finally:
-        machine.klipper.call(machine.klipper.standin.set_print_state, "standby")
+        printer.set_print_state("standby")
 
 
-async def _printing(client: RpcClient) -> bool:
+async def _printing(client: MoonrakerWebsocket) -> bool:
     status = await client.call("printer.objects.query", {"objects": {"print_stats": ["state"]}})
     return status["status"]["print_stats"]["state"] == "printing"
 
 
-async def test_changed_profile_counts_as_an_update(machine, client):
+async def test_a_can_node_klipper_names_in_other_case_is_updated(printer, client):
+    # Leaves: the toolhead flashed by octoflash with new(printer).
+    printer.set_firmware("toolhead", old(printer))
+    await restart_klipper(printer, client)
+    head = await entry_when(client, "octoflash_toolhead", state_is("behind"))
+    assert head["version"] == as_published(old(printer))
+    assert head["octoflash"]["klipper_object"] == "mcu Toolhead"
+    start = len(client.notifications)
+    since = time.time()
+    assert await client.call("machine.update.upgrade", {"name": "octoflash_toolhead"},
+                             timeout=180) == "ok"
+    final = await final_response(client, "octoflash_toolhead", start)
+    assert final["message"].endswith(f"firmware updated, the board runs {new(printer)}")
+    text = "\n".join(update_messages(client, start, "octoflash_toolhead"))
+    assert "[request_bootloader]" in text and "Programming Complete" in text
+    assert printer.written_boards(since) == ["toolhead"]
+    assert printer.running_version("toolhead") == new(printer)
+
+
+async def test_changed_profile_counts_as_an_update(printer, client):
     # A profile made through the API gets its entry; once flashed, changing
     # its settings makes its firmware outdated although the checkout is not.
-    machine.set_state(boards={"mcu": NEW, "toolhead": NEW, "spare": OLD}, flashed=[])
-    await refresh_after_klipper_restart(machine, client)
+    spare = printer.board("spare")
+    profile: Dict[str, Any] = {
+        "name": "spare", "preset": "btt-octopus-f446-canbridge", "klipper_mcu": "spare",
+        "canbus_uuid": spare.canbus_uuid, "kconfig": dict(CAN_NODE_OVERRIDES)}
     start = len(client.notifications)
-    profile = {"name": "spare", "preset": "btt-octopus-f446-canbridge", "klipper_mcu": "spare",
-               "serial": "/dev/serial/by-id/usb-Klipper_stm32f446xx_2-if00"}
     await client.call("server.octoflash.post_profile", profile)
-    await entry_when(client, "octoflash_spare", lambda e: e["octoflash"]["state"] == "behind")
+    await entry_when(client, "octoflash_spare", state_is("behind"))
     assert await client.call("machine.update.upgrade", {"name": "octoflash_spare"},
-                             timeout=120) == "ok"
+                             timeout=180) == "ok"
     await final_response(client, "octoflash_spare", start)
-    await entry_when(client, "octoflash_spare", lambda e: e["octoflash"]["state"] == "up_to_date")
+    await entry_when(client, "octoflash_spare", state_is("up_to_date"))
+    assert printer.running_version("spare") == new(printer)
 
-    profile["kconfig"] = {"CONFIG_USB_SERIAL_NUMBER_CHIPID": "n"}
+    profile["kconfig"]["CONFIG_WANT_NEOPIXEL"] = "n"
     await client.call("server.octoflash.post_profile", profile)
-    entry = await entry_when(client, "octoflash_spare",
-                             lambda e: e["octoflash"]["state"] == "differs")
-    assert entry["version"] == "v0.13.0-1004+g0a1b2c3d"
-    assert entry["remote_version"] == "v0.13.0-1004.profile-changed+g0a1b2c3d"
+    entry = await entry_when(client, "octoflash_spare", state_is("differs"))
+    assert entry["version"] == as_published(new(printer))
+    release, commit = new(printer).rsplit("-g", 1)
+    assert entry["remote_version"] == f"{release}.profile-changed+g{commit}"
     assert clients_offer_update(entry["version"], entry["remote_version"])
     assert any("auto_update: True" in a for a in entry["anomalies"])
     notes = await wait_until(lambda: our_announcements(client), 10, what="announcement")
@@ -262,236 +357,133 @@ async def test_changed_profile_counts_as_an_update(machine, client):
                      what="announcement removed")
 
 
-async def _entry_gone(client: RpcClient, name: str) -> bool:
+async def _entry_gone(client: MoonrakerWebsocket, name: str) -> bool:
     return name not in await versions(client)
 
 
-async def _no_announcement(client: RpcClient, feed: str) -> bool:
+async def _no_announcement(client: MoonrakerWebsocket, feed: str) -> bool:
     return feed not in await our_announcements(client)
 
 
-async def test_update_all_flashes_only_auto_update_profiles(machine, client):
-    machine.set_state(checkout=NEW, boards={"mcu": OLD, "toolhead": OLD}, flashed=[])
-    await refresh_after_klipper_restart(machine, client)
-    await entry_when(client, "octoflash_toolhead", lambda e: e["octoflash"]["state"] == "behind")
-    await entry_when(client, "octoflash_octopus", lambda e: e["octoflash"]["state"] == "behind")
+async def test_update_all_flashes_only_auto_update_profiles(printer, client):
+    printer.set_firmware("octopus", old(printer))
+    printer.set_firmware("toolhead", old(printer))
+    await restart_klipper(printer, client)
+    await entry_when(client, "octoflash_toolhead", state_is("behind"))
+    await entry_when(client, "octoflash_octopus", state_is("behind"))
     start = len(client.notifications)
-    assert await client.call("machine.update.full", timeout=120) == "ok"
+    since = time.time()
+    assert await client.call("machine.update.full", timeout=180) == "ok"
     # The firmware is built after the full update (Klipper's own update first).
-    done = await client.wait_for(
+    done = await client.wait_notification(
         "notify_update_response",
-        lambda r: r["complete"] and "after 'update all'" in r["message"], 90, start=start)
+        lambda r: r["complete"] and "after 'update all'" in r["message"], 120, start=start)
     assert "1 board(s) flashed" in done["message"]
-    assert machine.state()["flashed"] == ["octopus"]
-    messages = [n["params"][0]["message"] for n in client.notifications[start:]
-                if n["method"] == "notify_update_response"]
+    assert printer.written_boards(since) == ["octopus"]
+    messages = update_messages(client, start)
     assert any("octoflash_toolhead: skipped by 'update all'" in m for m in messages)
-    # Moonraker's full update (Klipper last) ends before the build starts.
+    # Moonraker's full update ends before the build starts.
     complete = messages.index("Full Update Complete")
     assert complete < next(i for i, m in enumerate(messages) if m.startswith("[build]"))
-    head = await entry_when(client, "octoflash_toolhead",
-                            lambda e: e["octoflash"]["state"] == "behind")
-    assert head["version"] == "v0.13.0-730+g84104bbbd"
-    await entry_when(client, "octoflash_octopus",
-                     lambda e: e["octoflash"]["state"] == "up_to_date")
+    head = await entry_when(client, "octoflash_toolhead", state_is("behind"))
+    assert head["version"] == as_published(old(printer))
+    await entry_when(client, "octoflash_octopus", state_is("up_to_date"))
+    # Only the board left behind is still announced.
+    await wait_until(lambda: _announced(client, ["octoflash/toolhead"]), 10,
+                     what="only the toolhead announced")
 
 
-async def test_klipper_down_shows_the_last_flashed_firmware(machine, client):
-    # octopus was flashed by the earlier tests; toolhead never was.
-    machine.klipper.call(machine.klipper.standin.stop)
+async def _announced(client: MoonrakerWebsocket, feeds: List[str]) -> bool:
+    return sorted(await our_announcements(client)) == feeds
+
+
+async def test_update_is_refused_when_the_board_cannot_be_reached(printer, client):
+    # The toolhead was last written by octoflash (above) with new(printer);
+    # then the checkout moves on and the board goes dark: Klipper waits for
+    # it in startup, the entry offers the update from octoflash's record,
+    # and the Update button says why nothing can be written.
+    printer.commit_to_source("src/sched.c: a fix")
+    toolhead = printer.board("toolhead")
+    toolhead.set_mode("off")
     try:
-        entry = await entry_when(client, "octoflash_octopus",
-                                 lambda e: e["octoflash"]["running_source"] == "last_flash")
-        assert entry["octoflash"]["running_version"] == NEW
-        assert any("octoflash wrote " + NEW in a for a in entry["anomalies"])
-        head = await entry_when(client, "octoflash_toolhead",
-                                lambda e: e["octoflash"]["running_source"] == "")
-        assert head["version"] == "?"
-        assert any("Klipper is not connected" in w for w in head["warnings"])
-        assert not clients_offer_update(head["version"], head["remote_version"])
+        printer.restart_klipper()
+        entry = await entry_when(
+            client, "octoflash_toolhead",
+            lambda e: e["octoflash"]["running_source"] == "last_flash"
+            and e["octoflash"]["state"] == "behind")
+        assert entry["octoflash"]["running_version"] == new(printer)
+        start = len(client.notifications)
+        since = time.time()
+        with pytest.raises(RpcError) as err:
+            await client.call("machine.update.upgrade", {"name": "octoflash_toolhead"})
+        assert "cannot be reached" in err.value.message
+        last = await final_response(client, "octoflash_toolhead", start)
+        assert "cannot be reached" in last["message"]
+        assert printer.written_boards(since) == []
     finally:
-        machine.klipper.call(machine.klipper.standin.start)
-    await client.wait_for("notify_klippy_ready", lambda _p: True, 30)
+        toolhead.reset()
+        await restart_klipper(printer, client)
 
 
-async def test_announcements_can_be_turned_off(tmp_path, venv_python):
-    quiet = Machine(str(tmp_path), venv_python, announcements=False).start()
-    c = await RpcClient().connect(quiet.moonraker.url)
+async def test_dismissed_announcement_survives_a_moonraker_restart(printer, client,
+                                                                    ws_factory):
+    # The octopus runs new(printer); the commit above made it outdated.
+    notes = await wait_until(lambda: _announcement(client, "octoflash/octopus"), 20,
+                             what="the octopus announcement")
+    start = len(client.notifications)
+    await client.call("server.announcements.dismiss", {"entry_id": notes["entry_id"]})
+    # Restart once the bell shows it dismissed, as a user would (Moonraker
+    # queues the database write without waiting for it).
+    await client.wait_notification("notify_announcement_dismissed",
+                                   lambda p: p["entry_id"] == notes["entry_id"], 10, start=start)
+    restarted = time.time()
+    await restart_moonraker(printer)
+    again = await ws_factory(printer)
+    await entry_when(again, "octoflash_octopus", state_is("behind", restarted))
+    await again.call("machine.update.refresh", {"name": "octoflash_octopus"})
+    after = await _announcement(again, "octoflash/octopus")
+    assert (after["entry_id"], after["dismissed"]) == (notes["entry_id"], True)
+
+
+async def _announcement(client: MoonrakerWebsocket, feed: str) -> Any:
+    return (await our_announcements(client)).get(feed)
+
+
+async def test_announcements_can_be_turned_off(printer, client, ws_factory):
+    await wait_until(lambda: our_announcements(client), 20, what="an announcement")
+    printer.octoflash_options["announcements"] = "False"
     try:
-        entry = await entry_when(c, "octoflash_octopus",
-                                 lambda e: e["octoflash"]["state"] == "behind")
+        restarted = time.time()
+        await restart_moonraker(printer)
+        quiet = await ws_factory(printer)
+        entry = await entry_when(quiet, "octoflash_octopus", state_is("behind", restarted))
         assert clients_offer_update(entry["version"], entry["remote_version"])
-        assert await our_announcements(c) == {}
+        await wait_until(lambda: _no_announcements(quiet), 10, what="announcements removed")
     finally:
-        await c.close()
-        quiet.stop()
+        del printer.octoflash_options["announcements"]
+        await restart_moonraker(printer)
 
 
-async def test_dismissed_announcement_survives_a_moonraker_restart(tmp_path, venv_python):
-    m = Machine(str(tmp_path), venv_python).start()
-    try:
-        c = await RpcClient().connect(m.moonraker.url)
-        notes = await wait_until(lambda: our_announcements(c), 20, what="announcement")
-        first = notes["octoflash/octopus"]
-        await c.call("server.announcements.dismiss", {"entry_id": first["entry_id"]})
-        await c.close()
-        m.moonraker.stop()
-        m.moonraker.start()
-        c = await RpcClient().connect(m.moonraker.url)
-        await entry_when(c, "octoflash_octopus", lambda e: e["octoflash"]["state"] == "behind"
-                         and e["octoflash"]["running_source"] == "klipper")
-        await c.call("machine.update.refresh", {"name": "octoflash_octopus"})
-        entries = (await c.call("server.announcements.list"))["entries"]
-        ours = [e for e in entries if e["feed"].startswith("octoflash/")]
-        assert [(e["entry_id"], e["dismissed"]) for e in ours] == [(first["entry_id"], True)]
-        await c.close()
-    finally:
-        m.stop()
-
-
-async def test_update_all_flashes_after_a_moonraker_restart(tmp_path, venv_python):
+async def test_update_all_flashes_after_a_moonraker_restart(printer, ws_factory):
     # Moonraker restarts at the end of a full update that updated Moonraker
     # itself; the firmware flashes it deferred run after the restart.
-    m = Machine(str(tmp_path), venv_python).start()
-    try:
-        c = await RpcClient().connect(m.moonraker.url)
-        await entry_when(c, "octoflash_octopus", lambda e: e["octoflash"]["state"] == "behind")
-        m.klipper.call(m.klipper.standin.stop)          # the flashes wait for Klipper
-        start = len(c.notifications)
-        assert await c.call("machine.update.full", timeout=60) == "ok"
-        await c.wait_for("notify_update_response",
-                         lambda r: "will be built and flashed" in r["message"], 10, start=start)
-        await c.close()
-        m.moonraker.stop()
-        assert m.state()["flashed"] == []
-        m.moonraker.start()
-        c = await RpcClient().connect(m.moonraker.url)
-        m.klipper.call(m.klipper.standin.start)
-        done = await c.wait_for("notify_update_response",
-                                lambda r: r["complete"] and "after 'update all'" in r["message"],
-                                60)
-        messages = [r["message"] for r in c.of("notify_update_response")]
-        assert "1 board(s) flashed" in done["message"], messages
-        assert m.state()["flashed"] == ["octopus"]
-        await c.close()
-    finally:
-        m.stop()
-
-
-class CapitalizedToolhead(Machine):
-    """printer.cfg says [mcu Toolhead]; the profile says klipper_mcu: toolhead."""
-
-    def _mcus(self) -> Any:
-        mcus = super()._mcus()
-        for mcu in mcus:
-            if mcu.name == "toolhead":
-                mcu.name = "Toolhead"
-        return mcus
-
-
-async def test_an_entry_reads_a_board_whose_klipper_name_differs_in_case(tmp_path, venv_python):
-    # The toolhead profile has no uuid or serial: only the name finds its board.
-    m = CapitalizedToolhead(str(tmp_path), venv_python)
-    m.set_state(boards={"mcu": NEW, "toolhead": OLD})
-    m.start()
-    c = await RpcClient().connect(m.moonraker.url)
-    try:
-        head = await entry_when(c, "octoflash_toolhead",
-                                lambda e: e["octoflash"]["running_source"] == "klipper")
-        assert head["version"] == "v0.13.0-730+g84104bbbd"
-        assert head["octoflash"]["klipper_object"] == "mcu Toolhead"
-        assert head["octoflash"]["state"] == "behind"
-        assert head["info_tags"][0].endswith(", [mcu Toolhead])")     # as Klipper spells it
-        # The Update button finds the board too (no "cannot be reached").
-        start = len(c.notifications)
-        assert await c.call("machine.update.upgrade", {"name": "octoflash_toolhead"},
-                            timeout=120) == "ok"
-        final = await final_response(c, "octoflash_toolhead", start)
-        assert final["message"].endswith(f"firmware updated, the board runs {NEW}")
-        assert m.state()["flashed"] == ["toolhead"]
-    finally:
-        await c.close()
-        m.stop()
-
-
-# --- the real build and flash, on the demo's simulated machine ------------------------
-
-def with_update_manager(env: DemoThread, python: str) -> DemoThread:
-    """The demo adds [update_manager] only when Moonraker runs from a virtualenv."""
-    demo = env.demo
-    demo._update_manager_section = lambda: textwrap.dedent("""
-        [update_manager]
-        enable_auto_refresh: False
-        enable_system_updates: False
-        """)
-    start = demo._start_moonraker
-
-    def start_in_venv() -> None:
-        real = sys.executable
-        sys.executable = python
-        try:
-            start()
-        finally:
-            sys.executable = real
-    demo._start_moonraker = start_in_venv
-    return env
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: Any, linked_component: str, venv_python: str) -> Any:
-    env = with_update_manager(DemoThread(str(tmp_path_factory.mktemp("updater-demo"))),
-                              venv_python)
-    env.start()
-    env.wait_klippy_ready()
-    yield env
-    env.close()
-
-
-async def test_update_button_runs_the_real_build_and_flash(demo):
-    c = await RpcClient().connect(demo.base_url)
-    try:
-        entry = await entry_when(c, "octoflash_toolhead",
-                                 lambda e: e["octoflash"]["state"] == "behind")
-        built_from = entry["octoflash"]["pending_version"]
-        assert clients_offer_update(entry["version"], entry["remote_version"])
-        start = len(c.notifications)
-        assert await c.call("machine.update.client", {"name": "octoflash_toolhead"},
-                            timeout=300) == "ok"
-        final = await final_response(c, "octoflash_toolhead", start)
-        assert final["message"].endswith(f"firmware updated, the board runs {built_from}")
-        text = "\n".join(n["params"][0]["message"] for n in c.notifications[start:]
-                         if n["method"] == "notify_update_response")
-        for expected in ("Built klipper.bin for toolhead", "[write_katapult]",
-                         "Programming Complete", "[start_klipper]"):
-            assert expected in text
-        entry = (await versions(c))["octoflash_toolhead"]
-        assert entry["octoflash"]["state"] == "up_to_date"
-        assert entry["octoflash"]["running_version"] == built_from
-        assert demo.machine.klipper_mcu_status("toolhead")["mcu_version"] == built_from
-    finally:
-        await c.close()
-
-
-async def test_update_all_flashes_the_bridge_after_the_full_update(demo):
-    c = await RpcClient().connect(demo.base_url)
-    try:
-        await entry_when(c, "octoflash_octopus", lambda e: e["octoflash"]["state"] == "behind")
-        start = len(c.notifications)
-        try:
-            await c.call("machine.update.full", timeout=120)
-        except RpcError as err:
-            # Moonraker's own entry for the simulated Klipper checkout cannot
-            # be refreshed without network, so its part of the full update
-            # fails; the firmware is flashed when the full update has ended,
-            # whichever way it ended.
-            assert "octoflash" not in err.message, err.message
-        done = await c.wait_for(
-            "notify_update_response",
-            lambda r: r["complete"] and "after 'update all'" in r["message"], 300, start=start)
-        assert "1 board(s) flashed" in done["message"]     # the toolhead was up to date
-        entry = await entry_when(c, "octoflash_octopus",
-                                 lambda e: e["octoflash"]["state"] == "up_to_date")
-        assert entry["octoflash"]["running_source"] == "klipper"
-        assert await our_announcements(c) == {}
-    finally:
-        await c.close()
+    client = await ws_factory(printer)
+    await entry_when(client, "octoflash_octopus", state_is("behind"))
+    printer.stop_klipper()                       # the flashes wait for Klipper
+    start = len(client.notifications)
+    since = time.time()
+    assert await client.call("machine.update.full", timeout=60) == "ok"
+    await client.wait_notification("notify_update_response",
+                                   lambda r: "will be built and flashed" in r["message"], 10,
+                                   start=start)
+    await asyncio.to_thread(printer.stop)     # see restart_moonraker
+    assert printer.written_boards(since) == []
+    await asyncio.to_thread(printer.start)
+    client = await ws_factory(printer)
+    printer.start_klipper()
+    done = await client.wait_notification(
+        "notify_update_response",
+        lambda r: r["complete"] and "after 'update all'" in r["message"], 120)
+    assert "1 board(s) flashed" in done["message"], update_messages(client, 0)
+    assert printer.written_boards(since) == ["octopus"]
+    assert printer.running_version("octopus") == printer.describe()

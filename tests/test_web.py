@@ -2,8 +2,11 @@
 
 Chromium is driven over the Chrome DevTools protocol (its websocket, with
 tornado); the page talks to Moonraker exactly as in a user's browser.  The
-machine behind it is the one of the update-manager tests (component with a
-builder and flash double, Klipper stand-in).
+machine behind it is the one of the update-manager tests
+(``octopus_printer``): the real component building from a Klipper-like
+checkout and flashing simulated boards through the ``flashtool.py``
+double, with a Klipper stand-in.  The module shares one Moonraker; the
+tests run in file order.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 from tornado.websocket import websocket_connect
 
+from fixtures_moonraker import SimulatedPrinter, octopus_printer, wait_until
 from moonraker_octoflash.moonraker.web import NAVI_ICON, PAGE_PATH, add_navi_link
-from updater_helpers import NEW, OLD, Machine, RpcClient, make_venv, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -125,17 +128,28 @@ pytestmark = [pytest.mark.browser, pytest.mark.moonraker,
 
 
 @pytest.fixture(scope="module")
-def machine(tmp_path_factory: Any) -> Any:
-    python = make_venv(str(tmp_path_factory.mktemp("moonraker-venv")))
-    m = Machine(str(tmp_path_factory.mktemp("web")), python).start()
-    yield m
-    m.stop()
+def printer(tmp_path_factory: Any, linked_component: str, moonraker_python: str) -> Any:
+    p = octopus_printer(str(tmp_path_factory.mktemp("web")), moonraker_python)
+    p.start()
+    p.wait_klippy_ready()
+    yield p
+    p.close()
+
+
+def old(printer: SimulatedPrinter) -> str:
+    """The firmware the octopus came with: the checkout's version two commits back."""
+    return printer.installed["octopus"]
+
+
+def new(printer: SimulatedPrinter) -> str:
+    """The checkout's version (what the toolhead came with)."""
+    return printer.installed["toolhead"]
 
 
 @pytest.fixture
-async def browser(tmp_path: Any, machine: Machine) -> Any:
+async def browser(tmp_path: Any, printer: SimulatedPrinter) -> Any:
     b = await Browser(str(tmp_path / "chromium")).start()
-    await b.open(machine.moonraker.url + PAGE_PATH)
+    await b.open(printer.base_url + PAGE_PATH)
     await b.wait_js("document.querySelectorAll('#profiles tbody tr').length === 3",
                     what="the profiles table")
     yield b
@@ -148,22 +162,23 @@ def row_text(name: str, column: str) -> str:
     return f"document.querySelector('tr[data-profile=\"{name}\"] td.{column}').textContent"
 
 
-def test_page_files_are_served_with_their_types(machine):
+def test_page_files_are_served_with_their_types(printer):
     for suffix, kind in (("", "text/html"), ("/script", "application/javascript"),
                          ("/style", "text/css")):
-        with urllib.request.urlopen(machine.moonraker.url + PAGE_PATH + suffix, timeout=5) as r:
+        with urllib.request.urlopen(printer.base_url + PAGE_PATH + suffix, timeout=5) as r:
             assert r.status == 200
             assert r.headers["Content-Type"].startswith(kind)
             assert "attachment" not in (r.headers.get("Content-Disposition") or "")
             assert len(r.read()) > 500
 
 
-async def test_page_lists_boards_with_versions_and_state(machine, browser):
+async def test_page_lists_boards_with_versions_and_state(printer, browser):
     await browser.wait_js("document.getElementById('connection').textContent === 'connected'")
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'")
-    assert await browser.js(row_text("octopus", "running")) == OLD
-    assert await browser.js(row_text("octopus", "pending")) == NEW
-    assert (await browser.js(row_text("octopus", "connection"))).startswith("CAN 0e1f2a3b4c5d")
+    assert await browser.js(row_text("octopus", "running")) == old(printer)
+    assert await browser.js(row_text("octopus", "pending")) == new(printer)
+    uuid = printer.board("octopus").canbus_uuid
+    assert (await browser.js(row_text("octopus", "connection"))).startswith(f"CAN {uuid}")
     await browser.wait_js(f"{row_text('toolhead', 'state')} === 'up to date'")
     assert "Katapult" in await browser.js(
         "document.querySelector('tr[data-profile=\"bootloader\"]').textContent")
@@ -171,8 +186,7 @@ async def test_page_lists_boards_with_versions_and_state(machine, browser):
         == "Klipper: ready"
 
 
-async def test_flash_from_the_page_shows_live_progress(machine, browser):
-    machine.set_state(boards={"mcu": OLD, "toolhead": NEW}, flashed=[])
+async def test_flash_from_the_page_shows_live_progress(printer, browser):
     # Record what the job panel shows while the job runs.
     await browser.js("""
         window.__seen = [];
@@ -186,27 +200,40 @@ async def test_flash_from_the_page_shows_live_progress(machine, browser):
                      "button[data-action=flash]').click()")
     text = await browser.wait_js("!document.getElementById('confirm').hidden && "
                                  "document.getElementById('confirm-text').textContent")
-    assert "octopus" in text and NEW in text
-    assert machine.state()["flashed"] == []          # nothing before confirming
-    await browser.js("document.getElementById('confirm-yes').click()")
-    await browser.wait_js("document.getElementById('job-state').textContent === 'done'", 60,
-                          what="the flash job to finish")
-    assert machine.state()["flashed"] == ["octopus"]
+    assert "octopus" in text and new(printer) in text
+    assert printer.result("GET", "/server/octoflash/jobs")["jobs"] == []   # not before "yes"
+    since = time.time()
+    # Katapult's write takes half a second here, long enough to watch it move.
+    printer.machine.tool_delay = 0.5
+    try:
+        await browser.js("document.getElementById('confirm-yes').click()")
+        await browser.wait_js("document.getElementById('job-state').textContent === 'done'",
+                              90, what="the flash job to finish")
+    finally:
+        printer.machine.tool_delay = 0.05
+    assert printer.written_boards(since) == ["octopus"]
     seen = await browser.js("window.__seen")
-    assert any(s.startswith("write|") and s.endswith("%") for s in seen), seen
+    between = [s for s in seen if s.startswith("write|") and s.endswith(" %")
+               and 0 < int(s.split("|")[1][:-2]) < 100]
+    assert between, seen
     assert "write|100 %" in seen
     log = await browser.js("document.getElementById('job-log').textContent")
-    assert "Compiling out/src/sched.o" in log
+    # Every step, and the tools' output as it came (sampled: the page gets an
+    # output line at most every 0.2 s; the history keeps them all).
+    for step in ("[build] building octopus", "[compile] make", "[stop_klipper] Stop Klipper",
+                 "[write_katapult] Write klipper.bin through Katapult", "[start_klipper]"):
+        assert step in log, (step, log)
+    assert "  Compiling " in log, log
     # The board's row follows: Klipper restarted with the new firmware.
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
-    assert await browser.js(row_text("octopus", "running")) == NEW
+    assert await browser.js(row_text("octopus", "running")) == new(printer)
     first = await browser.wait_js(
         "document.querySelector('#history tbody tr') && "
         "document.querySelector('#history tbody tr').textContent")
     assert "flash" in first and "octopus" in first and "done" in first
 
 
-async def test_history_shows_a_job_with_its_steps(machine, browser):
+async def test_history_shows_a_job_with_its_steps(printer, browser):
     await browser.wait_js("document.querySelectorAll('#history tbody tr').length > 0")
     await browser.js("document.querySelector('#history tbody tr').click()")
     steps = await browser.wait_js(
@@ -216,15 +243,19 @@ async def test_history_shows_a_job_with_its_steps(machine, browser):
     assert any(s.startswith("write: done") for s in steps), steps
 
 
-async def test_devices_are_listed(machine, browser):
+async def test_devices_are_listed(printer, browser):
     await browser.js("document.getElementById('scan').click()")
     items = await browser.wait_js(
         "Array.from(document.querySelectorAll('#device-list li')).map(l => l.textContent)")
-    assert any(i.startswith("Klipper [mcu]: ") for i in items), items
+    for section, board in (("mcu", "octopus"), ("mcu Toolhead", "toolhead")):
+        expected = f"Klipper [{section}]: {printer.running_version(board)} (stm32f446xx)"
+        assert expected in items, items
+    assert "CAN interface can0 up" in items, items
 
 
-async def test_refused_flash_says_why(machine, browser):
-    machine.klipper.call(machine.klipper.standin.set_print_state, "printing", "benchy.gcode")
+async def test_refused_flash_says_why(printer, browser):
+    printer.set_print_state("printing", "benchy.gcode")
+    since = time.time()
     try:
         await browser.js("document.querySelector('tr[data-profile=\"toolhead\"] "
                          "button[data-action=flash]').click()")
@@ -233,29 +264,26 @@ async def test_refused_flash_says_why(machine, browser):
         message = await browser.wait_js("!document.getElementById('action-error').hidden && "
                                         "document.getElementById('action-error').textContent")
         assert "printing" in message and "benchy.gcode" in message
-        assert "toolhead" not in machine.state()["flashed"]
+        assert printer.written_boards(since) == []
     finally:
-        machine.klipper.call(machine.klipper.standin.set_print_state, "standby")
+        printer.set_print_state("standby")
 
 
-async def test_a_job_started_elsewhere_is_followed(machine, browser):
+async def test_a_job_started_elsewhere_is_followed(printer, browser, ws_factory):
     # The update manager's Update button, pressed in Mainsail while the page is open.
-    machine.set_state(boards={"mcu": OLD, "toolhead": NEW})
-    machine.restart_klipper()
+    printer.set_firmware("octopus", old(printer))
+    printer.restart_klipper()
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'", 30)
     before = await browser.js("document.getElementById('job-title').textContent")
-    client = await RpcClient().connect(machine.moonraker.url)
-    try:
-        await client.call("machine.update.upgrade", {"name": "octoflash_octopus"}, timeout=120)
-    finally:
-        await client.close()
+    client = await ws_factory(printer)
+    await client.call("machine.update.upgrade", {"name": "octoflash_octopus"}, timeout=180)
     title = await browser.wait_js(
         "document.getElementById('job-state').textContent === 'done' && "
         f"document.getElementById('job-title').textContent !== {json.dumps(before)} && "
         "document.getElementById('job-title').textContent", 30)
     assert title.startswith("flash octopus")
     log = await browser.js("document.getElementById('job-log').textContent")
-    assert "[write]" in log
+    assert "[write_katapult] Write klipper.bin through Katapult" in log, log
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
 
 
