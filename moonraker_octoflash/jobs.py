@@ -216,6 +216,23 @@ class FlashPipeline:
         return bool(getattr(plan, "needs_klipper_stop", True))
 
 
+def with_address_from_klipper(profile: "Profile", snapshot: Any) -> "Profile":
+    """The profile, with the board's CAN uuid or serial from Klipper's config when it names none.
+
+    A profile may say only ``klipper_mcu: toolhead``; printer.cfg already
+    tells how that board is reached, so the flash need not be refused for it.
+    """
+    if profile.canbus_uuid or profile.serial or not profile.klipper_mcu:
+        return profile
+    mcu = snapshot.klipper_mcu(profile.klipper_mcu) if snapshot is not None else None
+    if mcu is None or not (mcu.canbus_uuid or mcu.serial):
+        return profile
+    if mcu.canbus_uuid:
+        return dataclasses.replace(profile, canbus_uuid=mcu.canbus_uuid,
+                                   canbus_interface=mcu.canbus_interface or "can0")
+    return dataclasses.replace(profile, serial=mcu.serial)
+
+
 class CoreFlashPipeline(FlashPipeline):
     """Wires discovery, the planner and the executor (flash engineer's modules).
 
@@ -265,6 +282,7 @@ class CoreFlashPipeline(FlashPipeline):
         from .flash.plan import make_plan
         snapshot = await self.scan()
         config = await asyncio.to_thread(self.flash_config)
+        profile = with_address_from_klipper(profile, snapshot)
         return make_plan(profile, artifact, method=options.get("method"), devices=snapshot,
                          config=config)
 
