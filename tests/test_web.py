@@ -217,9 +217,12 @@ async def test_flash_from_the_page_shows_live_progress(printer, browser):
                and 0 < int(s.split("|")[1][:-2]) < 100]
     assert between, seen
     assert "write|100 %" in seen
-    log = await browser.js("document.getElementById('job-log').textContent")
-    # Every step, and the tools' output as it came (sampled: the page gets an
-    # output line at most every 0.2 s; the history keeps them all).
+    # Live, the page gets an output line at most every 0.2 s; once the job
+    # ends it shows the job's whole log, the tool's last line included.
+    log = await browser.wait_js(
+        "document.getElementById('job-log').textContent.indexOf('Programming Complete') >= 0"
+        " && document.getElementById('job-log').textContent", 15,
+        what="the whole log after the job ended")
     for step in ("[build] building octopus", "[compile] make", "[stop_klipper] Stop Klipper",
                  "[write_katapult] Write klipper.bin through Katapult", "[start_klipper]"):
         assert step in log, (step, log)

@@ -269,6 +269,12 @@
     }
     renderJob();
     if (update.final) {
+      // Output lines are sent at most every 0.2 s: the job's record has them all.
+      rpc.call("server.octoflash.job", { job_id: job.job_id }).then(function (result) {
+        if (state.job !== job) { return; }
+        state.jobLog = (result.job.log || []).slice(-LOG_LINES);
+        renderJob();
+      }).catch(function () { /* the live lines stay */ });
       loadJobs();
       loadProfiles();
       loadEntries();
