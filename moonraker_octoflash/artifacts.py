@@ -141,14 +141,14 @@ def read_data_dictionary_file(path: str) -> Optional[Dict[str, Any]]:
 
 # --- keeping artifacts ------------------------------------------------------------
 
-_SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 RECORD_NAME = "artifact.json"
 CONFIG_NAME = "config"
 LOG_NAME = "build.log"
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not _SAFE_NAME_RE.match(name or "") or ".." in name:
+    if not isinstance(name, str) or not _SAFE_NAME_RE.fullmatch(name) or ".." in name:
         raise ValidationError(f"Invalid {kind} name {name!r}")
 
 
@@ -284,7 +284,7 @@ class ArtifactStore:
             names = sorted(os.listdir(self.root))
         except FileNotFoundError:
             return []
-        return [n for n in names if _SAFE_NAME_RE.match(n)
+        return [n for n in names if _SAFE_NAME_RE.fullmatch(n)
                 and os.path.isdir(os.path.join(self.root, n, "artifacts"))]
 
     def prune(self, profile: str) -> List[str]:

@@ -29,7 +29,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from .artifacts import Artifact, ArtifactStore, file_sha256, read_data_dictionary_file
 from .errors import BuildError, NotFoundError, UnavailableError, ValidationError
 from .events import Progress, ProgressCallback, null_progress
-from .kconfig import config_int, config_value, render_config, resolve_config
+from .kconfig import (SymbolInfo, check_against_kconfig, config_int, config_value,
+                      read_symbol_table, render_config, resolve_config)
+from .settings import check_make_path
 from .tools import ToolTimeout, find_program, run_tool
 
 # A simulated tree (sim/trees) carries this file and needs no cross compiler.
@@ -198,6 +200,8 @@ class Builder:
         self.make_timeout = make_timeout
         self.make = make
         self._locks: Dict[str, asyncio.Lock] = {}
+        # checkout -> ((describe, fingerprint), its Kconfig symbol table)
+        self._tables: Dict[str, Tuple[Tuple[str, str], Dict[str, SymbolInfo]]] = {}
 
     # --- the checkout ----------------------------------------------------------
 
@@ -221,7 +225,31 @@ class Builder:
             raise NotFoundError(
                 f"No {name} checkout at {path}: {' and '.join(missing)} not found there",
                 hint=f"Point {option} at the folder {name} was cloned into ({flag} DIR).")
+        check_make_path(path, f"{name} checkout")
         return path
+
+    async def check_kconfig(self, profile: object,
+                            version: Optional[SourceVersion] = None) -> None:
+        """Refuse, before make runs, a profile whose symbols the checkout does not
+        have or cannot set, or whose values do not fit the symbols' types.
+
+        The checkout's symbol table is read once per checkout state (git
+        describe and the fingerprint of uncommitted changes).
+        """
+        target: str = profile.target  # type: ignore[attr-defined]
+        source_dir = self.checkout(target)
+        requested, _text, _sha = self.rendered(profile)
+        if version is None:
+            version = await self.source_version(target)
+        state = (version.describe, version.fingerprint)
+        cached = self._tables.get(source_dir)
+        if cached is None or cached[0] != state:
+            table = await read_symbol_table(source_dir, timeout=OLDDEFCONFIG_TIMEOUT)
+            self._tables[source_dir] = (state, table)
+        else:
+            table = cached[1]
+        check_against_kconfig(requested, table,
+                              f"profile '{profile.name}'")  # type: ignore[attr-defined]
 
     def is_simulated(self, target: str) -> bool:
         return os.path.isfile(os.path.join(self.checkout(target), SIMULATED_TREE_MARKER))
@@ -345,6 +373,8 @@ class Builder:
             return BuildResult(last, True, last.path(last.log_file))
 
         self._check_toolchain(source_dir, target)
+        check_make_path(self.build_root, "The build folder (build_path)")
+        await self.check_kconfig(profile, version)
         pdir = self.store.profile_dir(name)
         config_path = os.path.join(pdir, "config")
         out_dir = os.path.join(pdir, "out")

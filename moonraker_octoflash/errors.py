@@ -9,6 +9,14 @@ from __future__ import annotations
 from typing import List, Optional
 
 
+def clip_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    dropped = len(text) - limit
+    return text[:limit] + f" … ({dropped} more characters left out)"
+
+
 class OctoflashError(Exception):
     status = 500
 

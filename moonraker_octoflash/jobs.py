@@ -33,7 +33,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
                     Optional, Sequence)
 
 from .errors import (CheckFailed, ConflictError, FlashError, NotFoundError,
-                     OctoflashError, ValidationError)
+                     OctoflashError, ValidationError, clip_text)
 from .events import Progress
 
 if TYPE_CHECKING:
@@ -54,6 +54,12 @@ UNSAFE_STAGES = frozenset({"write_dfu", "write_katapult", "erase", "write", "fla
 
 DEFAULT_HISTORY_SIZE = 50
 DEFAULT_LOG_LINES = 500
+# What one job record, and so one notification or database entry, may carry:
+# the last lines of a log, and messages of a bounded length.  A build's
+# whole log stays on disk (``log_path``).
+MAX_LINE_CHARS = 1000           # one log line
+MAX_MESSAGE_CHARS = 4000        # error, recovery, message
+DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024   # the whole history, as stored
 
 
 # --- records ---------------------------------------------------------------
@@ -155,8 +161,8 @@ class JobUpdate:
         return {
             "job_id": job.id, "kind": job.kind, "profile": job.profile, "event": self.event,
             "state": job.state, "stage": job.stage, "percent": job.percent,
-            "message": self.message or job.message, "final": self.final,
-            "error": job.error, "recovery": job.recovery, "parent": job.parent,
+            "message": clip_text(self.message or job.message, MAX_MESSAGE_CHARS),
+            "final": self.final, "error": job.error, "recovery": job.recovery, "parent": job.parent,
             "duration": job.duration, "time": time.time(),
         }
 
@@ -343,7 +349,8 @@ class JobRunner:
                  preflight: Optional[Preflight] = None,
                  find_artifact: Optional[ArtifactLookup] = None,
                  history_size: int = DEFAULT_HISTORY_SIZE,
-                 log_lines: int = DEFAULT_LOG_LINES) -> None:
+                 log_lines: int = DEFAULT_LOG_LINES,
+                 history_bytes: int = DEFAULT_HISTORY_BYTES) -> None:
         self.builder = builder
         self.pipeline = pipeline
         self.storage = storage or MemoryJobStorage()
@@ -351,6 +358,8 @@ class JobRunner:
         self.find_artifact = find_artifact
         self.history_size = max(1, history_size)
         self.log_lines = max(10, log_lines)
+        self.history_bytes = max(64 * 1024, history_bytes)
+        self._sizes: Dict[str, int] = {}          # id -> stored size of a finished job
         self._jobs: Dict[str, Job] = {}           # id -> job, oldest first
         self._tasks: Dict[str, asyncio.Task] = {}
         self._listeners: List[JobListener] = []
@@ -378,6 +387,10 @@ class JobRunner:
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("octoflash: dropping an unreadable job record: %s", exc)
                 continue
+            # Records from before the size limits may carry huge texts.
+            if job.error:
+                job.error = clip_text(job.error, MAX_MESSAGE_CHARS)
+            job.log = [clip_text(str(line), MAX_LINE_CHARS) for line in job.log[-self.log_lines:]]
             if job.state in ACTIVE_STATES:
                 job.state = INTERRUPTED
                 job.finished = job.finished or time.time()
@@ -388,6 +401,8 @@ class JobRunner:
                         step.state = INTERRUPTED
                         step.finished = job.finished
                 await self._save(job)
+            else:
+                self._sizes[job.id] = _record_size(record)
             loaded.append(job)
         loaded.sort(key=lambda j: (j.created, j.id))
         for job in loaded:
@@ -602,10 +617,10 @@ class JobRunner:
         job.state = state
         job.finished = time.time()
         if error:
-            job.error = error
-            self._add_log(job, ("error: " if state != CANCELLED else "") + error)
+            job.error = clip_text(error, MAX_MESSAGE_CHARS)
+            self._add_log(job, ("error: " if state != CANCELLED else "") + job.error)
         if recovery:
-            job.recovery = recovery
+            job.recovery = clip_text(recovery, MAX_MESSAGE_CHARS)
         step_state = {DONE: DONE, CANCELLED: CANCELLED, INTERRUPTED: INTERRUPTED}.get(state, FAILED)
         for step in job.steps:
             if step.state == RUNNING:
@@ -660,7 +675,7 @@ class JobRunner:
         if job.steps:
             job.steps[-1].percent = event.percent
         if event.message:
-            job.message = event.message
+            job.message = clip_text(event.message, MAX_MESSAGE_CHARS)
         self._emit(job, "progress", event.message)
 
     def _begin_step(self, job: Job, stage: str, message: str = "") -> JobStep:
@@ -672,7 +687,7 @@ class JobRunner:
         step = JobStep(stage=stage, message=message, started=now)
         job.steps.append(step)
         job.stage = stage
-        job.message = message or stage
+        job.message = clip_text(message or stage, MAX_MESSAGE_CHARS)
         self._add_log(job, f"[{stage}] {message}".rstrip())
         return step
 
@@ -689,7 +704,7 @@ class JobRunner:
             step.result.update(result)
 
     def _add_log(self, job: Job, line: str) -> None:
-        job.log.append(line)
+        job.log.append(clip_text(line, MAX_LINE_CHARS))
         excess = len(job.log) - self.log_lines
         if excess > 0:
             # Keep the first lines (what was run) and the last (how it ended).
@@ -719,23 +734,29 @@ class JobRunner:
         asyncio.get_running_loop().create_task(save())
 
     async def _save(self, job: Job) -> None:
+        record = job.to_json()
+        if not job.active:
+            self._sizes[job.id] = _record_size(record)
         try:
-            await self.storage.save(job.to_json())
+            await self.storage.save(record)
         except Exception:
             log.exception("octoflash: could not save job %s", job.id)
+        if not job.active and sum(self._sizes.values()) > self.history_bytes:
+            await self._prune()
 
     async def _prune(self) -> None:
-        """Keep at most ``history_size`` jobs; running ones are never dropped."""
+        """Keep at most ``history_size`` jobs and ``history_bytes`` of finished
+        records, oldest dropped first; running ones are never dropped."""
         excess = len(self._jobs) - self.history_size
-        if excess <= 0:
-            return
+        size = sum(self._sizes.values())
         for job in list(self._jobs.values()):
-            if excess <= 0:
+            if excess <= 0 and size <= self.history_bytes:
                 break
             if job.active or (job.parent and self._jobs.get(job.parent, job).active):
                 continue
             del self._jobs[job.id]
             excess -= 1
+            size -= self._sizes.pop(job.id, 0)
             try:
                 await self.storage.delete(job.id)
             except Exception:
@@ -866,6 +887,11 @@ class JobRunner:
         if ok != len(results):
             failed = ", ".join(n for n, s in results.items() if s != DONE)
             raise OctoflashError(f"{ok} of {len(results)} boards updated; failed: {failed}")
+
+
+def _record_size(record: Dict[str, Any]) -> int:
+    import json
+    return len(json.dumps(record, default=str))
 
 
 def _plan_summary(plan: Dict[str, Any]) -> str:

@@ -21,18 +21,33 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import BuildError, ValidationError
 from .tools import LineCallback, ToolTimeout, run_tool
 
-SYMBOL_RE = re.compile(r"^CONFIG_[A-Za-z0-9_]+$")
-_SET_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
-_NOT_SET_RE = re.compile(r"^#\s*(CONFIG_[A-Za-z0-9_]+) is not set\s*$")
+SYMBOL_RE = re.compile(r"CONFIG_[A-Z0-9_]{1,64}")
+_SET_RE = re.compile(r"(CONFIG_[A-Za-z0-9_]+)=(.*)")
+_NOT_SET_RE = re.compile(r"#\s*(CONFIG_[A-Za-z0-9_]+) is not set\s*")
 _UNDEFINED_RE = re.compile(
     r"attempt to assign the value '(.*)' to the undefined symbol ([A-Za-z0-9_]+)")
-_HEX_RE = re.compile(r"^0[xX][0-9a-fA-F]+$")
-_INT_RE = re.compile(r"^-?[0-9]+$")
+_HEX_RE = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
+_INT_RE = re.compile(r"-?[0-9]{1,20}")
+
+# What a value in a profile may be.  A .config is read by make (Klipper's
+# and Katapult's Makefiles include it), and make expands "$(...)" and the
+# shell runs backquotes in any value that reaches a recipe, before Kconfig
+# ever sees the file.  So a value is one of four plain forms, and a string
+# holds only characters that neither make nor a shell gives a meaning to.
+STRING_CHARS = "A-Za-z0-9 _.,:/+!-"
+MAX_STRING_LENGTH = 128
+_STRING_RE = re.compile(f'"[{STRING_CHARS}]{{0,{MAX_STRING_LENGTH}}}"')
+_TRISTATE = ("y", "n", "m")
+# The same rule as a JSON Schema pattern (schemas/profile.schema.json holds a
+# copy; a test keeps the two equal).
+VALUE_PATTERN = (f'^(?:y|n|m|-?[0-9]{{1,20}}|0[xX][0-9a-fA-F]{{1,16}}|'
+                 f'"[{STRING_CHARS}]{{0,{MAX_STRING_LENGTH}}}")$')
+MAX_SYMBOLS = 128       # symbols one profile may ask for (a preset sets about a dozen)
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,38 +81,38 @@ class Mismatch:
 
 # --- rendering and parsing ----------------------------------------------------
 
-def check_symbol(name: str, value: str) -> None:
-    """Refuse a symbol name or value that could not be one line of a .config."""
-    if not SYMBOL_RE.match(name):
+def value_problem(value: object) -> Optional[str]:
+    """Why ``value`` cannot be a .config value, or None when it can."""
+    if not isinstance(value, str):
+        return "the value must be text such as y, n, 1000000, 0x8000 or \"PA13\""
+    v = value.strip()
+    if v == "":
+        return "empty value; use n to unset it or \"\" for an empty string"
+    if v in _TRISTATE or _INT_RE.fullmatch(v) or _HEX_RE.fullmatch(v) or _STRING_RE.fullmatch(v):
+        return None
+    if v.startswith('"') and v.endswith('"') and len(v) >= 2:
+        inner = v[1:-1]
+        if len(inner) > MAX_STRING_LENGTH:
+            return f"a text value may hold at most {MAX_STRING_LENGTH} characters"
+        bad = sorted({c for c in inner if not re.fullmatch(f"[{STRING_CHARS}]", c)})
+        shown = " ".join(repr(c) for c in bad[:8])
+        return (f"a text value may hold letters, digits, spaces and _ . , : / + ! - only "
+                f"(not {shown}): make and the shell would read the others as commands")
+    if any(ord(c) < 32 or c == "\x7f" for c in v):
+        return "the value must be one line of printable text"
+    return ('not a .config value: use y or n, a decimal number, a hexadecimal number '
+            '(0x...), or text in double quotes such as "PA13"')
+
+
+def check_symbol(name: object, value: object) -> None:
+    """Refuse a symbol name or value that could not be one safe line of a .config."""
+    if not isinstance(name, str) or not SYMBOL_RE.fullmatch(name):
         raise ValidationError(
             f"Kconfig symbol {name!r} is not a valid name: it must look like "
-            "CONFIG_NAME (letters, digits and underscores)")
-    if not isinstance(value, str):
-        raise ValidationError(f"{name}: the value must be text such as y, n, 1000000 or \"PA13\"")
-    if any(c in value for c in "\r\n\0"):
-        raise ValidationError(f"{name}: the value must be a single line")
-    stripped = value.strip()
-    if stripped == "":
-        raise ValidationError(f"{name}: empty value; use n to unset it or \"\" for an empty string")
-    if '"' in stripped and not _is_quoted_string(stripped):
-        raise ValidationError(
-            f"{name}: unbalanced quotes in {value!r}; a string value is written "
-            "in double quotes, with \\\" for a quote inside it")
-
-
-def _is_quoted_string(value: str) -> bool:
-    """True for one double-quoted string whose inner quotes are escaped."""
-    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
-        return False
-    escaped = False
-    for ch in value[1:-1]:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            return False
-    return not escaped
+            "CONFIG_NAME (capital letters, digits and underscores, at most 64 after CONFIG_)")
+    problem = value_problem(value)
+    if problem:
+        raise ValidationError(f"{name}: {problem}")
 
 
 def render_config(symbols: Mapping[str, str]) -> str:
@@ -106,6 +121,9 @@ def render_config(symbols: Mapping[str, str]) -> str:
     Values are .config right-hand sides: ``y``, numbers, hex, ``"quoted"``
     strings; ``n`` is written the way Kconfig writes an unset option.
     """
+    if len(symbols) > MAX_SYMBOLS:
+        raise ValidationError(f"{len(symbols)} Kconfig symbols asked for; at most "
+                              f"{MAX_SYMBOLS} may be set by one profile")
     lines = []
     for name, value in symbols.items():
         check_symbol(name, value)
@@ -122,11 +140,11 @@ def parse_config(text: str) -> Dict[str, str]:
     symbols: Dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.strip()
-        m = _SET_RE.match(line)
+        m = _SET_RE.fullmatch(line)
         if m:
             symbols[m.group(1)] = m.group(2).strip()
             continue
-        m = _NOT_SET_RE.match(line)
+        m = _NOT_SET_RE.fullmatch(line)
         if m:
             symbols[m.group(1)] = "n"
     return symbols
@@ -165,9 +183,9 @@ def _canonical(value: Optional[str]) -> object:
         return ("bool", v)
     if len(v) >= 2 and v[0] == v[-1] == '"':
         return ("str", _unescape(v[1:-1]))
-    if _HEX_RE.match(v):
+    if _HEX_RE.fullmatch(v):
         return ("num", int(v, 16))
-    if _INT_RE.match(v):
+    if _INT_RE.fullmatch(v):
         return ("num", int(v))
     return ("raw", v)
 
@@ -273,8 +291,7 @@ async def explain_mismatches(source_dir: str, config_path: str, mismatches: Sequ
     """
     if not mismatches:
         return
-    env = {"PYTHONPATH": os.pathsep.join(
-        p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")) if p)}
+    env = kconfig_child_env(source_dir)
     argv = [sys.executable, "-m", "moonraker_octoflash.kconfig", "explain",
             os.path.join("src", "Kconfig"), config_path, json.dumps(dict(requested))]
     argv += [m.symbol for m in mismatches]
@@ -294,6 +311,117 @@ async def explain_mismatches(source_dir: str, config_path: str, mismatches: Sequ
         if info:
             m.kind = info.get("kind", m.kind)
             m.reason = info.get("reason", m.reason)
+
+
+# --- the checkout's own Kconfig: which symbols exist, their types ------------
+
+@dataclasses.dataclass(frozen=True)
+class SymbolInfo:
+    """One Kconfig symbol as the checkout declares it."""
+    type: str            # bool, tristate, int, hex, string (or unknown)
+    settable: bool       # it has a prompt, so a .config may set it
+
+
+def kconfig_child_env(source_dir: str) -> Dict[str, str]:
+    """PYTHONPATH for a child that reads ``source_dir``'s Kconfig.
+
+    Klipper and Katapult carry their own kconfiglib in ``lib/kconfiglib``,
+    the copy their ``make olddefconfig`` runs; it is put first so that the
+    child reads the tree exactly as make will.  A tree without one (the
+    simulated trees) is read with the kconfiglib package octoflash depends on.
+    """
+    paths = [os.path.join(source_dir, "lib", "kconfiglib")]
+    paths = [p for p in paths if os.path.isfile(os.path.join(p, "kconfiglib.py"))]
+    paths += [PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+async def read_symbol_table(source_dir: str, *, timeout: float = 60.0
+                            ) -> Dict[str, SymbolInfo]:
+    """Every symbol of ``source_dir/src/Kconfig`` with its type and whether it can be set.
+
+    Runs kconfiglib in a child process inside the tree (Kconfig files are
+    read relative to it), so nothing here blocks an event loop.
+    """
+    argv = [sys.executable, "-m", "moonraker_octoflash.kconfig", "symbols",
+            os.path.join("src", "Kconfig")]
+    try:
+        result = await run_tool(argv, timeout=timeout, cwd=source_dir,
+                                env=kconfig_child_env(source_dir), what="kconfig symbols")
+    except ToolTimeout:
+        raise BuildError(f"Reading the Kconfig of {source_dir} took longer than "
+                         f"{timeout:g} s") from None
+    if result.returncode != 0 or not result.lines:
+        raise BuildError(f"The Kconfig of {source_dir} could not be read",
+                         log_tail=(result.stderr_lines or result.lines)[-10:])
+    try:
+        raw = json.loads(result.lines[-1])
+    except ValueError:
+        raise BuildError(f"The Kconfig of {source_dir} could not be read",
+                         log_tail=result.lines[-10:]) from None
+    return {"CONFIG_" + name: SymbolInfo(str(kind), bool(settable))
+            for name, (kind, settable) in raw.items()}
+
+
+def type_problem(value: str, info: SymbolInfo) -> Optional[str]:
+    """Why ``value`` does not fit a symbol of this type, or None."""
+    v = value.strip()
+    if info.type == "bool" and v not in ("y", "n"):
+        return "a yes/no option takes y or n"
+    if info.type == "tristate" and v not in _TRISTATE:
+        return "this option takes y, m or n"
+    if info.type == "int" and not _INT_RE.fullmatch(v):
+        return "the value must be a decimal number"
+    if info.type == "hex" and not _HEX_RE.fullmatch(v):
+        return "the value must be a hexadecimal number (0x...)"
+    if info.type == "string" and not _STRING_RE.fullmatch(v):
+        return 'a text option needs its value in double quotes, e.g. "PA13"'
+    return None
+
+
+def check_against_kconfig(requested: Mapping[str, str], table: Mapping[str, SymbolInfo],
+                          where: str) -> None:
+    """Refuse, before make runs, symbols the checkout does not have or cannot set,
+    and values that do not fit the symbol's type."""
+    import difflib
+
+    problems: List[str] = []
+    for name, value in requested.items():
+        info = table.get(name)
+        if info is None:
+            close = difflib.get_close_matches(name, list(table), n=2, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            problems.append(f"{name}: no such symbol in this firmware's Kconfig{hint}")
+            continue
+        if not info.settable:
+            problems.append(f"{name}: Kconfig sets this symbol itself from other options "
+                            "(it has no prompt); change the options it follows from instead")
+            continue
+        problem = type_problem(value, info)
+        if problem:
+            article = "an" if info.type[0] in "aeiou" else "a"
+            problems.append(f"{name}: {problem} (it is {article} {info.type} option), "
+                            f"not {value}")
+    if problems:
+        raise ValidationError(
+            f"{where}: {len(problems)} Kconfig setting{'s' if len(problems) != 1 else ''} "
+            "cannot be used with this checkout; nothing was run:\n  " + "\n  ".join(problems),
+            hint="Change or remove these symbols in the profile's kconfig overrides.")
+
+
+def _symbols(kconfig_file: str) -> Dict[str, Tuple[str, bool]]:
+    import kconfiglib  # type: ignore[import-not-found]
+
+    kconf = kconfiglib.Kconfig(kconfig_file, warn=False)
+    names = {kconfiglib.BOOL: "bool", kconfiglib.TRISTATE: "tristate", kconfiglib.INT: "int",
+             kconfiglib.HEX: "hex", kconfiglib.STRING: "string"}
+    table: Dict[str, Tuple[str, bool]] = {}
+    for name, sym in kconf.syms.items():
+        if not sym.nodes:
+            continue
+        table[name] = (names.get(sym.orig_type, "unknown"),
+                       any(node.prompt for node in sym.nodes))
+    return table
 
 
 # --- the explanation, run inside the firmware tree by explain_mismatches -------
@@ -424,6 +552,9 @@ def _explain(kconfig_file: str, config_path: str, requested: Mapping[str, str],
 
 
 def _main(argv: Sequence[str]) -> int:
+    if len(argv) == 2 and argv[0] == "symbols":
+        sys.stdout.write(json.dumps(_symbols(argv[1])) + "\n")
+        return 0
     if len(argv) < 4 or argv[0] != "explain":
         sys.stderr.write("usage: python -m moonraker_octoflash.kconfig explain "
                          "KCONFIG CONFIG REQUESTED_JSON SYMBOL...\n")

@@ -12,7 +12,7 @@ import dataclasses
 import glob
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import NotFoundError, OctoflashError, ValidationError
 from .presets import Preset, get_preset
@@ -23,7 +23,12 @@ SECTION_OPTIONS = (
     "preset", "description", "kconfig", "klipper_mcu", "canbus_uuid",
     "canbus_interface", "serial", "dfu_serial", "flash_method", "auto_update",
 )
-_NOT_SET_RE = re.compile(r"^#\s*(CONFIG_[A-Za-z0-9_]+) is not set$")
+# "# CONFIG_X is not set" as make menuconfig writes it; in moonraker.conf
+# Moonraker's own parser drops that line as a comment before octoflash sees
+# it, so "CONFIG_X=n" (or "CONFIG_X is not set" without the #) is the form
+# to use there.
+_NOT_SET_RE = re.compile(r"(?:#\s*)?(CONFIG_[A-Za-z0-9_]+) is not set")
+_KCONFIG_LINES_MAX = 128
 
 
 @dataclasses.dataclass
@@ -147,11 +152,12 @@ def parse_kconfig_lines(text: str, where: str) -> Dict[str, str]:
     the rendered file.
     """
     symbols: Dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        m = _NOT_SET_RE.match(line)
+    lines = [raw.strip() for raw in text.splitlines() if raw.strip()]
+    if len(lines) > _KCONFIG_LINES_MAX:
+        raise ValidationError(f"{where}: {len(lines)} kconfig lines; at most "
+                              f"{_KCONFIG_LINES_MAX} are allowed")
+    for line in lines:
+        m = _NOT_SET_RE.fullmatch(line)
         if m:
             symbols[m.group(1)] = "n"
             continue
@@ -161,8 +167,19 @@ def parse_kconfig_lines(text: str, where: str) -> Dict[str, str]:
         key, value = (part.strip() for part in line.split("=", 1))
         if not key.startswith("CONFIG_"):
             key = "CONFIG_" + key
+        if key in symbols:
+            raise ValidationError(f"{where}: {key} is set twice in kconfig")
         symbols[key] = value
     return symbols
+
+
+def name_clash(name: str, names: "Iterable[str]") -> Optional[str]:
+    """Another profile name that differs from ``name`` only in letter case."""
+    folded = name.casefold()
+    for other in names:
+        if other != name and other.casefold() == folded:
+            return other
+    return None
 
 
 def _parse_bool(value: str, where: str) -> bool:
@@ -272,6 +289,12 @@ def load_profiles_from_config(path: str) -> Tuple[Dict[str, Profile], List[str],
         if not section.startswith("octoflash "):
             continue
         name = section[len("octoflash "):].strip()
+        other = name_clash(name, profiles)
+        if other is not None:
+            warnings.append(f"[{section}]: a profile named '{other}' exists already; names "
+                            "that differ only in letter case are not allowed. This profile "
+                            "is not loaded.")
+            continue
         try:
             profiles[name] = profile_from_options(name, dict(parser.items(section)))
         except OctoflashError as exc:

@@ -8,10 +8,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import ValidationError
+
+
+# Paths that reach make: the checkouts (make's working folder, which its
+# recipes use unquoted) and the build folder (OUT= and KCONFIG_CONFIG=).
+# make expands "$(...)" in them and its recipes hand them to a shell, so
+# they may hold only characters that mean nothing to either.
+_MAKE_SAFE_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
+MAKE_PATH_OPTIONS = ("klipper_path", "katapult_path", "build_path")
+_INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+def check_make_path(path: str, what: str) -> None:
+    """Refuse a path make would misread (spaces, ``$``, quotes, ``;`` ...)."""
+    if not _MAKE_SAFE_PATH.fullmatch(path) or "/../" in path + "/":
+        bad = sorted({c for c in path if not re.fullmatch(r"[A-Za-z0-9_./+@-]", c)})
+        shown = " ".join(repr(c) for c in bad[:8]) or "'..'"
+        raise ValidationError(
+            f"{what}: {path!r} cannot be handed to make: a path used for builds may hold "
+            f"letters, digits and _ . / + @ - only (not {shown})",
+            hint="Choose a folder whose name has none of those characters.")
 
 
 @dataclasses.dataclass
@@ -86,6 +107,12 @@ class Settings:
             self.flashtool_python = sys.executable
         if self.build_jobs == 0:
             self.build_jobs = os.cpu_count() or 1
+        for name in MAKE_PATH_OPTIONS:
+            check_make_path(getattr(self, name), f"[octoflash] {name}")
+        for interface in self.can_interfaces:
+            if not _INTERFACE_RE.fullmatch(interface):
+                raise ValidationError(f"[octoflash] can_interfaces: {interface!r} is not a "
+                                      "network interface name such as can0")
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

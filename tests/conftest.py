@@ -7,3 +7,10 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 pytest_plugins = ["fixtures_build", "fixtures_flash", "fixtures_moonraker"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+    import hostile
+    if hostile.CASES["count"]:
+        terminalreporter.write_line(
+            f"hostile-input cases run: {hostile.CASES['count']}")

@@ -1,13 +1,16 @@
 """Rendering, parsing and checking .config files; olddefconfig on the simulated trees."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from moonraker_octoflash.errors import BuildError, ValidationError
-from moonraker_octoflash.kconfig import (compare_config, config_int, config_value,
-                                         parse_config, render_config, resolve_config)
+from moonraker_octoflash.kconfig import (SymbolInfo, check_against_kconfig, compare_config,
+                                         config_int, config_value, kconfig_child_env,
+                                         parse_config, read_symbol_table, render_config,
+                                         resolve_config)
 
 F446_CANBRIDGE = {
     "CONFIG_LOW_LEVEL_OPTIONS": "y",
@@ -38,11 +41,22 @@ def test_render_writes_dotconfig_lines_in_order():
 
 
 @pytest.mark.parametrize("name, value, words", [
-    ("CONFIG_INITIAL_PINS", '"PA1"\nCONFIG_EVIL=y', "single line"),
-    ("CONFIG_STATUS_LED_PIN", '"PA13', "unbalanced quotes"),
-    ("CONFIG_STATUS_LED_PIN", '"PA"13"', "unbalanced quotes"),
-    ("CONFIG_STATUS_LED_PIN", 'PA13"', "unbalanced quotes"),
-    ("CONFIG_STATUS_LED_PIN", '"PA13\\"', "unbalanced quotes"),
+    ("CONFIG_INITIAL_PINS", '"PA1"\nCONFIG_EVIL=y', "one line"),
+    ("CONFIG_STATUS_LED_PIN", '"PA13', "text in double quotes"),
+    ("CONFIG_STATUS_LED_PIN", '"PA"13"', "not '\"'"),
+    ("CONFIG_STATUS_LED_PIN", 'PA13"', "text in double quotes"),
+    ("CONFIG_STATUS_LED_PIN", '"PA13\\"', "not '\\\\'"),
+    # make expands $(...) and the shell runs backquotes in a value that
+    # reaches a recipe, before Kconfig ever reads the file
+    ("CONFIG_USB_SERIAL_NUMBER", '"$(shell touch /tmp/x)"', "not '$' '(' ')'"),
+    ("CONFIG_USB_SERIAL_NUMBER", '"`touch /tmp/x`"', "not '`'"),
+    ("CONFIG_USB_SERIAL_NUMBER", '"a;b|c&d"', "not '&' ';' '|'"),
+    ("CONFIG_USB_SERIAL_NUMBER", '"# x"', "not '#'"),
+    ("CONFIG_USB_SERIAL_NUMBER", '"a\tb"', "not '\\t'"),
+    ("CONFIG_USB_SERIAL_NUMBER", "$(shell id)", "not a .config value"),
+    ("CONFIG_FLASH_SIZE", "0x", "not a .config value"),
+    ("CONFIG_USB_SERIAL_NUMBER", '"' + "A" * 129 + '"', "at most 128 characters"),
+    ("CONFIG_MACH_STM32\n", "y", "not a valid name"),
     ("CONFIG_ENABLE_LED", "", "empty value"),
     ("MACH_STM32", "y", "not a valid name"),
     ("CONFIG_MACH-STM32", "y", "not a valid name"),
@@ -51,12 +65,21 @@ def test_render_refuses_what_could_inject_or_break_a_line(name, value, words):
     with pytest.raises(ValidationError) as info:
         render_config({name: value})
     assert words in str(info.value)
-    assert name in str(info.value)
+    assert name.strip() in str(info.value)
 
 
-def test_render_accepts_escaped_quotes():
-    assert render_config({"CONFIG_USB_SERIAL_NUMBER": '"a\\"b"'}) == \
-        'CONFIG_USB_SERIAL_NUMBER="a\\"b"\n'
+def test_render_accepts_plain_text_values():
+    text = render_config({"CONFIG_INITIAL_PINS": '"!PA14,PB3"',
+                          "CONFIG_USB_SERIAL_NUMBER": '"Octopus Pro 1.1_a-b+c:d/e."'})
+    assert text == ('CONFIG_INITIAL_PINS="!PA14,PB3"\n'
+                    'CONFIG_USB_SERIAL_NUMBER="Octopus Pro 1.1_a-b+c:d/e."\n')
+
+
+def test_schema_pattern_is_the_same_rule_as_the_renderer():
+    from moonraker_octoflash.kconfig import VALUE_PATTERN
+    from moonraker_octoflash.schemas import load_schema
+    schema = load_schema("profile")["properties"]["kconfig"]["additionalProperties"]
+    assert schema["pattern"] == VALUE_PATTERN
 
 
 def test_parse_reads_values_and_not_set_lines():
@@ -180,13 +203,42 @@ async def test_derived_symbol_cannot_be_set(klipper_checkout, tmp_path):
     assert "no prompt" in str(info.value)
 
 
-async def test_bad_value_shapes_are_explained(klipper_checkout, tmp_path):
-    symbols = dict(F446_CANBRIDGE, CONFIG_CANBUS_FREQUENCY="fast", CONFIG_INITIAL_PINS="PA1")
+async def test_values_are_checked_against_the_checkouts_symbol_types(klipper_checkout):
+    table = await read_symbol_table(str(klipper_checkout))
+    assert table["CONFIG_CANBUS_FREQUENCY"] == SymbolInfo("int", True)
+    assert table["CONFIG_BOARD_DIRECTORY"] == SymbolInfo("string", False)
+    symbols = dict(F446_CANBRIDGE, CONFIG_CANBUS_FREQUENCY='"fast"', CONFIG_INITIAL_PINS="1",
+                   CONFIG_MACH_STM32="5", CONFIG_USB_VENDOR_ID="1234",
+                   CONFIG_BOARD_DIRECTORY='"stm32"', CONFIG_CANBUS_FREQENCY="500000")
     with pytest.raises(ValidationError) as info:
-        await resolve(klipper_checkout, tmp_path, symbols)
+        check_against_kconfig(symbols, table, "profile 'p'")
     text = str(info.value)
-    assert "CONFIG_CANBUS_FREQUENCY: asked for fast" in text and "decimal number" in text
-    assert "CONFIG_INITIAL_PINS: asked for PA1" in text and "double quotes" in text
+    assert "6 Kconfig settings cannot be used with this checkout; nothing was run" in text
+    assert "CONFIG_CANBUS_FREQUENCY: the value must be a decimal number (it is an int option)" in text
+    assert "CONFIG_INITIAL_PINS: a text option needs its value in double quotes" in text
+    assert "CONFIG_MACH_STM32: a yes/no option takes y or n" in text
+    assert "CONFIG_USB_VENDOR_ID: the value must be a hexadecimal number" in text
+    assert "CONFIG_BOARD_DIRECTORY: Kconfig sets this symbol itself" in text
+    assert ("CONFIG_CANBUS_FREQENCY: no such symbol in this firmware's Kconfig; did you mean "
+            "CONFIG_CANBUS_FREQUENCY") in text
+    check_against_kconfig(F446_CANBRIDGE, table, "profile 'p'")     # a good one passes
+
+
+async def test_the_checkouts_own_kconfiglib_reads_the_tree(klipper_checkout):
+    """A checkout with lib/kconfiglib (as Klipper and Katapult have) is read with that copy."""
+    import kconfiglib
+    lib = klipper_checkout / "lib" / "kconfiglib"
+    lib.mkdir(parents=True)
+    source = Path(kconfiglib.__file__).read_text(encoding="utf-8")
+    # A copy that marks itself, so the test sees which one was used.
+    (lib / "kconfiglib.py").write_text(
+        source.replace("class Kconfig(object):",
+                       "import sys\nsys.stderr.write('checkout kconfiglib\\n')\n"
+                       "class Kconfig(object):", 1), encoding="utf-8")
+    env = kconfig_child_env(str(klipper_checkout))
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(lib)
+    table = await read_symbol_table(str(klipper_checkout))
+    assert table["CONFIG_INITIAL_PINS"] == SymbolInfo("string", True)
 
 
 @pytest.mark.parametrize("mach, offsets, refused", [

@@ -20,7 +20,7 @@ USB_ID_KATAPULT = (0x1D50, 0x6177)     # Katapult, USB serial
 _MASK64 = (1 << 64) - 1
 _FASTHASH_M = 0x880355F21E6D1965
 _KLIPPER_UUID_SEED = 0xA16231A7
-_HEX_RE = re.compile(r"^[0-9A-Fa-f]+$")
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
 
 
 def _mix(h: int) -> int:
@@ -54,7 +54,7 @@ def normalize_uuid(uuid: Optional[str]) -> Optional[str]:
     text = uuid.strip().lower()
     if text.startswith("0x"):
         text = text[2:]
-    if len(text) != 12 or not _HEX_RE.match(text):
+    if len(text) != 12 or not _HEX_RE.fullmatch(text):
         return None
     return text
 
@@ -66,7 +66,7 @@ def canbus_uuid_from_chip_id(chip_id: str) -> Optional[str]:
     little-endian result; Katapult does the same, so the uuid survives a
     switch between them.  Returns None for a serial that is not hex.
     """
-    if not chip_id or len(chip_id) % 2 or not _HEX_RE.match(chip_id):
+    if not chip_id or len(chip_id) % 2 or not _HEX_RE.fullmatch(chip_id):
         return None
     digest = fasthash64(bytes.fromhex(chip_id), _KLIPPER_UUID_SEED)
     return digest.to_bytes(8, "little")[:6].hex()
@@ -79,7 +79,7 @@ def dfu_serial_from_chip_id(chip_id: str) -> Optional[str]:
     ``%08X`` of word0 + word2, then the top 16 bits of word1 as ``%04X``.
     Used only as a hint for matching; a profile's ``dfu_serial`` wins.
     """
-    if not chip_id or len(chip_id) != 24 or not _HEX_RE.match(chip_id):
+    if not chip_id or len(chip_id) != 24 or not _HEX_RE.fullmatch(chip_id):
         return None
     raw = bytes.fromhex(chip_id)
     w0, w1, w2 = (int.from_bytes(raw[i:i + 4], "little") for i in (0, 4, 8))

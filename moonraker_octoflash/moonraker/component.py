@@ -40,12 +40,12 @@ from .. import __version__
 from ..discovery.identity import normalize_uuid
 from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
 from ..errors import (ConflictError, NotFoundError, OctoflashError,
-                      UnavailableError, ValidationError)
+                      UnavailableError, ValidationError, clip_text)
 from ..jobs import (DONE, CoreFlashPipeline, Job, JobRunner,
                     JobStorage, JobUpdate)
 from ..presets import list_presets
-from ..profiles import Profile, profile_from_json, profile_from_options
-from ..schemas import load_schema
+from ..profiles import Profile, name_clash, profile_from_json, profile_from_options
+from ..schemas import load_schema, validator_for
 from ..service import KlipperService
 from ..settings import Settings
 from ..versions import parse_version, update_state
@@ -77,10 +77,18 @@ def _request_schema(properties: Dict[str, Any], required: List[str]) -> Dict[str
     return {"type": "object", "properties": properties, "required": required}
 
 
+# A flash request's arguments, from the API and from a macro alike.
+_FLASH_ARGS = _request_schema(
+    {"profile": _NAME, "build": {"type": "boolean"}, "force": {"type": "boolean"},
+     "method": {"enum": ["dfu", "katapult"]},
+     "artifact_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
+    ["profile"])
+
+
 def _one_line(text: str) -> str:
     """A message fit for an HTTP reason phrase (one line, printable, no '<')."""
     text = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-    text = text.replace("<", "(").replace(">", ")")
+    text = clip_text(text.replace("<", "(").replace(">", ")"), 2000)
     return "".join(ch if 32 <= ord(ch) < 127 or 160 <= ord(ch) < 256 else "?" for ch in text)
 
 
@@ -222,6 +230,8 @@ class OctoFlash:
         self.last_devices: Optional[Dict[str, Any]] = None
         self._devices_at = 0.0
         self._devices_lock = asyncio.Lock()
+        self._profiles_lock = asyncio.Lock()
+        self._config_check: Optional[asyncio.Task] = None
         self._console_at: Dict[str, float] = {}
         self._notify_at: Dict[str, float] = {}
         self._sim_can: Any = None     # simulated CAN nodes (demo)
@@ -279,6 +289,7 @@ class OctoFlash:
     # --- configuration ------------------------------------------------------
 
     def _warn(self, message: str, key: str) -> None:
+        message = clip_text(message, 2000)
         self.config_warnings.append(message)
         self.server.add_warning(message, warn_id=f"octoflash_{key}")
 
@@ -308,6 +319,12 @@ class OctoFlash:
             section = config.getsection(section_name)
             name = section_name[len("octoflash "):].strip()
             options = {opt: section.get(opt) for opt in section.get_options()}
+            other = name_clash(name, profiles)
+            if other is not None:
+                self._warn(f"[{section_name}]: a profile named '{other}' exists already; "
+                           "names that differ only in letter case are not allowed. This "
+                           "profile is not loaded; rename the section.", f"profile_{name}")
+                continue
             try:
                 profiles[name] = profile_from_options(name, options)
             except OctoflashError as exc:
@@ -335,11 +352,17 @@ class OctoFlash:
                 self._warn(f"octoflash: profile '{name}' saved through the API cannot be "
                            f"used any more: {_one_line(str(exc))}", f"stored_{name}")
                 continue
-            if name in self.config_profiles:
-                self._warn(f"octoflash: profile '{name}' exists in moonraker.conf and in the "
-                           "database; the moonraker.conf section is used", f"shadow_{name}")
+            other = name if name in self.config_profiles else \
+                name_clash(name, self.config_profiles)
+            if other is not None:
+                self._warn(f"octoflash: profile '{name}' saved through the API has the name of "
+                           f"[octoflash {other}] in moonraker.conf; the moonraker.conf "
+                           "section is used", f"shadow_{name}")
                 continue
             self.api_profiles[name] = profile
+        # Reading the checkouts' Kconfig takes a child process each: not at
+        # Moonraker's start, but right after it.
+        self._config_check = self.eventloop.create_task(self._check_config_profiles())
         await self.runner.load()
         if self.settings.simulation:
             # python-can's virtual bus reaches only this process: the
@@ -348,9 +371,29 @@ class OctoFlash:
             machine = SimulatedMachine(self.settings.simulation)
             self._sim_can = await asyncio.to_thread(machine.can_nodes)
 
+    async def _check_config_profiles(self) -> None:
+        """Check moonraker.conf profiles against the checkouts' Kconfig.
+
+        A symbol the checkout does not have, cannot set, or a value that does
+        not fit its type is a warning now; a build of that profile is refused
+        with the same words before make runs.
+        """
+        if self.builder is None:
+            return
+        for name, profile in self.config_profiles.items():
+            try:
+                await self.builder.check_kconfig(profile)
+            except ValidationError as exc:
+                self._warn(f"[octoflash {name}]: {_one_line(str(exc))}. Builds of this "
+                           "profile are refused until it is fixed.", f"kconfig_{name}")
+            except OctoflashError:
+                continue        # no checkout yet: the build says so
+
     async def on_exit(self) -> None:
         if self._startup_watch is not None:
             self._startup_watch.cancel()
+        if self._config_check is not None:
+            self._config_check.cancel()
         # before the database closes: running jobs are recorded as interrupted
         await self.runner.close()
         if self._sim_can is not None:
@@ -673,15 +716,26 @@ class OctoFlash:
         else:
             self._console(f"// octoflash: {what}: job {job.id} started; progress follows here")
 
-    async def _remote_build(self, profile: str = "", force: Any = False, **_: Any) -> None:
-        await self._remote(f"build {profile}".strip(), lambda: self.start_build(
-            self._macro_profile(profile), force=_as_bool(force, "FORCE"), origin="macro"))
+    async def _remote_build(self, profile: Any = "", force: Any = False, **_: Any) -> None:
+        async def call() -> Job:
+            name = self._macro_profile(profile)
+            return await self.start_build(name, force=_as_bool(force, "FORCE"), origin="macro")
+        await self._remote(f"build {_macro_text(profile)}".strip(), call)
 
-    async def _remote_flash(self, profile: str = "", build: Any = True, force: Any = False,
-                            method: Optional[str] = None, **_: Any) -> None:
-        await self._remote(f"flash {profile}".strip(), lambda: self.start_flash(
-            self._macro_profile(profile), build=_as_bool(build, "BUILD"),
-            force=_as_bool(force, "FORCE"), method=method or None, origin="macro"))
+    async def _remote_flash(self, profile: Any = "", build: Any = True, force: Any = False,
+                            flash_method: Any = None, **_: Any) -> None:
+        # "flash_method", not "method": Klipper's action_call_remote_method()
+        # takes the method's own name as its first argument, "method".
+        async def call() -> Job:
+            name = self._macro_profile(profile)
+            args: Dict[str, Any] = {"profile": name}
+            if flash_method:
+                args["method"] = flash_method
+            _check_args(_FLASH_ARGS, args)
+            return await self.start_flash(name, build=_as_bool(build, "BUILD"),
+                                          force=_as_bool(force, "FORCE"),
+                                          method=args.get("method"), origin="macro")
+        await self._remote(f"flash {_macro_text(profile)}".strip(), call)
 
     async def _remote_update_all(self, all: Any = False, **_: Any) -> None:
         await self._remote("update all", lambda: self.start_update_all(
@@ -689,9 +743,12 @@ class OctoFlash:
 
     @staticmethod
     def _macro_profile(name: Any) -> str:
+        """A macro's PROFILE=, checked as the API checks a profile name."""
         if not name:
             raise ValidationError("Give the profile: PROFILE=name")
-        return str(name).strip()
+        text = str(name).strip()
+        _check_args(_request_schema({"profile": _NAME}, ["profile"]), {"profile": text})
+        return text
 
     # --- devices --------------------------------------------------------------
 
@@ -785,23 +842,43 @@ class OctoFlash:
             data["auto_update"] = _as_bool(data["auto_update"], "auto_update")
         profile = profile_from_json(data, source="api")
         name = profile.name
-        if name in self.config_profiles:
-            raise ConflictError(f"Profile '{name}' comes from moonraker.conf ([octoflash {name}]) "
-                                "and is read-only here; change it in the config file, or choose "
-                                "another name")
-        holder = self.runner.job_holding(name)
-        if holder is not None:
-            raise ConflictError(f"Profile '{name}' is in use by job {holder.id}; change it "
-                                "when the job has finished")
-        action = "updated" if name in self.api_profiles else "created"
-        stored = {n: p.to_json() for n, p in self.api_profiles.items()}
-        stored[name] = profile.to_json()
-        await self.db.insert(PROFILES_KEY, stored)
-        self.api_profiles[name] = profile
+        if self.builder is not None:
+            try:
+                await self.builder.check_kconfig(profile)
+            except (NotFoundError, UnavailableError):
+                pass            # no checkout configured yet: the build checks it
+        # One save or delete at a time: each writes the whole profile list, so
+        # two at once would each write a list without the other's profile.
+        async with self._profiles_lock:
+            self._check_profile_writable(name, "change it")
+            other = name_clash(name, self.profiles)
+            if other is not None:
+                raise ConflictError(f"A profile named '{other}' exists already; names that "
+                                    "differ only in letter case are not allowed, choose "
+                                    "another name")
+            action = "updated" if name in self.api_profiles else "created"
+            stored = {n: p.to_json() for n, p in self.api_profiles.items()}
+            stored[name] = profile.to_json()
+            await self.db.insert(PROFILES_KEY, stored)
+            self.api_profiles[name] = profile
         self.server.send_event("octoflash:profiles_changed", [name])
         return {"profile": await self.describe_profile(profile), "action": action}
 
+    def _check_profile_writable(self, name: str, verb: str) -> None:
+        if name in self.config_profiles:
+            raise ConflictError(f"Profile '{name}' comes from moonraker.conf ([octoflash {name}]) "
+                                f"and is read-only here; {verb} in the config file, or choose "
+                                "another name")
+        holder = self.runner.job_holding(name)
+        if holder is not None:
+            raise ConflictError(f"Profile '{name}' is in use by job {holder.id}; {verb} "
+                                "when the job has finished")
+
     async def _delete_profile(self, name: str) -> Dict[str, Any]:
+        async with self._profiles_lock:
+            return await self._delete_profile_locked(name)
+
+    async def _delete_profile_locked(self, name: str) -> Dict[str, Any]:
         if name in self.config_profiles:
             raise ConflictError(f"Profile '{name}' comes from moonraker.conf ([octoflash {name}]) "
                                 "and is read-only here; remove the section from the config file")
@@ -845,11 +922,7 @@ class OctoFlash:
         return {"job": job.to_json()}
 
     async def _handle_flash_request(self, web_request: WebRequest) -> Dict[str, Any]:
-        args = self._args(web_request, _request_schema(
-            {"profile": _NAME, "build": {"type": "boolean"}, "force": {"type": "boolean"},
-             "method": {"enum": ["dfu", "katapult"]},
-             "artifact_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
-            ["profile"]), booleans=("build", "force"))
+        args = self._args(web_request, _FLASH_ARGS, booleans=("build", "force"))
         job = await self.start_flash(args["profile"], build=bool(args.get("build", True)),
                                      force=bool(args.get("force", False)),
                                      method=args.get("method"),
@@ -914,6 +987,11 @@ class OctoFlash:
         }
 
 
+def _macro_text(value: Any) -> str:
+    """A macro argument as it may appear in a console line (short, one line)."""
+    return clip_text(_one_line(str(value)), 80)
+
+
 def _devices_changed(before: Dict[str, Any], after: Dict[str, Any]) -> bool:
     volatile = ("taken_at", "duration")
     strip = lambda d: {k: v for k, v in d.items() if k not in volatile}   # noqa: E731
@@ -922,8 +1000,7 @@ def _devices_changed(before: Dict[str, Any], after: Dict[str, Any]) -> bool:
 
 def _check_args(schema: Dict[str, Any], args: Dict[str, Any]) -> None:
     """Check request arguments against a JSON Schema; raise ValidationError naming each problem."""
-    import jsonschema
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = validator_for(schema)
     errors = sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
     if not errors:
         return
@@ -933,8 +1010,8 @@ def _check_args(schema: Dict[str, Any], args: Dict[str, Any]) -> None:
         if err.validator == "required":
             messages.append(f"{err.message.replace(' is a required property', '')} is required")
         elif err.validator == "pattern" and where in ("name", "profile"):
-            messages.append(f"'{err.instance}' is not a valid profile name (letters, digits, "
-                            "'_' and '-', at most 32 characters)")
+            messages.append(f"{err.instance!r} is not a valid profile name (letters, digits, "
+                            "'_' and '-', starting with a letter or digit, at most 64 characters)")
         elif err.validator == "enum":
             messages.append(f"{where}: {err.instance!r} is not one of "
                             f"{', '.join(map(str, err.validator_value))}")

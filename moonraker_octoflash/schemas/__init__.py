@@ -4,13 +4,43 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Dict
+import re
+from typing import Any, Dict, Iterator
 
 import jsonschema
 
 from ..errors import ValidationError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@functools.lru_cache(maxsize=256)
+def _whole(pattern: str) -> "re.Pattern[str]":
+    """``pattern`` with a final ``$`` that means the end of the text.
+
+    JSON Schema patterns are searched with Python's ``re``, where ``$`` also
+    matches before a final newline: ``^[a-z]+$`` would accept ``"abc\\n"``.
+    A ``$`` at the end of a pattern is read as ``\\Z`` here.
+    """
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any
+             ) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not _whole(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Draft 2020-12 with the whole-text pattern rule; every schema here uses it.
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
+def validator_for(schema: Dict[str, Any]) -> Any:
+    """A validator for ``schema`` that reads patterns as whole-text matches."""
+    return StrictValidator(schema)
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,9 +52,8 @@ def load_schema(name: str) -> Dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _validator(name: str) -> jsonschema.protocols.Validator:
     schema = load_schema(name)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return validator_for(schema)
 
 
 def _describe(error: jsonschema.ValidationError, what: str) -> str:
@@ -39,8 +68,14 @@ def _describe(error: jsonschema.ValidationError, what: str) -> str:
         return (f"{where}: {error.instance!r} is not a Kconfig symbol name "
                 "(expected CONFIG_ followed by capital letters, digits and '_')")
     if error.validator == "pattern" and "kconfig" in error.absolute_path:
-        return (f"{where}: {error.instance!r} is not a .config value "
-                "(y, n, a number, or a \"quoted string\" with no newline and balanced quotes)")
+        from ..kconfig import value_problem
+        problem = value_problem(error.instance) or "not a .config value"
+        return f"{where}: {error.instance!r}: {problem}"
+    if error.validator == "maxProperties":
+        return (f"{where}: {len(error.instance)} entries; at most {error.validator_value} "
+                "are allowed")
+    if error.validator == "maxLength":
+        return f"{where}: longer than {error.validator_value} characters"
     if error.validator == "pattern":
         field = error.absolute_path[-1] if error.absolute_path else what
         desc = error.schema.get("description")
