@@ -49,8 +49,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path):
     assert "make did not finish within 1.5 s" in str(exc.value)
     assert "started" in str(exc.value)
     child = int(pidfile.read_text())
-    await asyncio.sleep(0.2)
-    assert not _alive(child)
+    assert await _ends(child)
 
 
 async def test_cancellation_kills_the_program(tmp_path):
@@ -65,14 +64,23 @@ async def test_cancellation_kills_the_program(tmp_path):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.2)
-    assert not _alive(int(pidfile.read_text()))
+    assert await _ends(int(pidfile.read_text()))
 
 
 async def test_missing_program_is_a_clear_error():
     with pytest.raises(ToolError) as exc:
         await run_tool(["/nonexistent/dfu-util", "-l"], timeout=5)
     assert "'/nonexistent/dfu-util' was not found" in str(exc.value)
+
+
+async def _ends(pid: int, timeout: float = 10.0) -> bool:
+    """True once ``pid`` is gone (a killed process may take a moment to be reaped)."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def _alive(pid: int) -> bool:

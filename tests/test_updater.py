@@ -162,6 +162,23 @@ async def restart_moonraker(printer: SimulatedPrinter) -> None:
     await asyncio.to_thread(printer.restart)
 
 
+async def refresh_when_ready(client: MoonrakerWebsocket, name: str, timeout: float = 60.0) -> Any:
+    """``machine.update.refresh`` once Moonraker accepts it.
+
+    Right after a start Moonraker answers 503 "Server is busy" until its own
+    first refresh of every entry has ended; that state is not published, so
+    the call itself is the probe.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await client.call("machine.update.refresh", {"name": name})
+        except RpcError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
 async def test_one_entry_per_firmware_profile_with_what_the_clients_read(printer, client):
     entry = await entry_when(client, "octoflash_octopus", state_is("behind"))
     info = await versions(client)
@@ -440,7 +457,7 @@ async def test_dismissed_announcement_survives_a_moonraker_restart(printer, clie
     await restart_moonraker(printer)
     again = await ws_factory(printer)
     await entry_when(again, "octoflash_octopus", state_is("behind", restarted))
-    await again.call("machine.update.refresh", {"name": "octoflash_octopus"})
+    await refresh_when_ready(again, "octoflash_octopus")
     after = await _announcement(again, "octoflash/octopus")
     assert (after["entry_id"], after["dismissed"]) == (notes["entry_id"], True)
 
