@@ -25,7 +25,8 @@ from fixtures_moonraker import (CAN_NODE_OVERRIDES, MoonrakerWebsocket, RpcError
                                 SimulatedPrinter, octopus_printer, wait_until)
 from moonraker_octoflash.moonraker.firmware_state import Pending, Running, assess, is_conclusive
 from moonraker_octoflash.profiles import profile_from_json
-from moonraker_octoflash.versions import clients_offer_update, parse_version
+from moonraker_octoflash.versions import parse_version
+from semver_oracle import clients_offer_update
 
 pytestmark = pytest.mark.moonraker
 

@@ -6,9 +6,9 @@ import random
 import pytest
 
 from moonraker_octoflash.versions import (
-    REASON_COMMIT, REASON_LOCAL, REASON_PROFILE, clients_offer_update,
-    compare_versions, parse_version, publish_string, semver_compare,
-    semver_valid, sort_versions, update_state)
+    REASON_COMMIT, REASON_LOCAL, REASON_PROFILE, compare_versions, parse_version,
+    publish_string, sort_versions, update_state)
+from semver_oracle import clients_offer_update, semver_compare, semver_valid
 
 # Klipper versions oldest first, as Mainsail/Fluidd must order the entries'
 # published strings: by tag, then by commit count (numerically).
