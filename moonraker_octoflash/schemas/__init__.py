@@ -5,11 +5,12 @@ import functools
 import json
 import os
 import re
-from typing import Any, Dict, Iterator
-
-import jsonschema
+from typing import TYPE_CHECKING, Any, Dict, Iterator
 
 from ..errors import ValidationError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,19 +29,26 @@ def _whole(pattern: str) -> "re.Pattern[str]":
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any
-             ) -> Iterator[jsonschema.ValidationError]:
+             ) -> Iterator["jsonschema.ValidationError"]:
+    import jsonschema
     if validator.is_type(instance, "string") and not _whole(pattern).search(instance):
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-# Draft 2020-12 with the whole-text pattern rule; every schema here uses it.
-StrictValidator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator, {"pattern": _pattern})
+@functools.lru_cache(maxsize=None)
+def _strict_validator() -> Any:
+    """Draft 2020-12 with the whole-text pattern rule; every schema here uses it.
+
+    jsonschema is imported on first use: it is a large import, and many
+    commands (and Moonraker's start) never validate anything.
+    """
+    import jsonschema
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
 
 
 def validator_for(schema: Dict[str, Any]) -> Any:
     """A validator for ``schema`` that reads patterns as whole-text matches."""
-    return StrictValidator(schema)
+    return _strict_validator()(schema)
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,13 +58,13 @@ def load_schema(name: str) -> Dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=None)
-def _validator(name: str) -> jsonschema.protocols.Validator:
+def _validator(name: str) -> Any:
     schema = load_schema(name)
-    jsonschema.Draft202012Validator.check_schema(schema)
+    _strict_validator().check_schema(schema)
     return validator_for(schema)
 
 
-def _describe(error: jsonschema.ValidationError, what: str) -> str:
+def _describe(error: "jsonschema.ValidationError", what: str) -> str:
     path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     where = f"{what}{path}" if path else what
     if error.validator == "additionalProperties" and error.validator_value is False:
@@ -93,6 +101,7 @@ def check(name: str, instance: Any, what: str) -> None:
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if not errors:
         return
+    import jsonschema
     # propertyNames failures point at the object; report the offending key.
     messages = []
     for err in errors:
