@@ -306,3 +306,56 @@ async def test_unknown_jobs_and_empty_updates_are_clear_errors(setup):
         runner.get("x")
     with pytest.raises(ValidationError, match="auto_update"):
         await runner.start_update_all([])
+
+
+# --- bounded records --------------------------------------------------------
+
+class FailingBuilder:
+    """A builder whose build fails with ``error`` after printing ``lines`` lines."""
+
+    def __init__(self, error: str, lines: int = 0, line_length: int = 10) -> None:
+        self.error = error
+        self.lines = lines
+        self.line_length = line_length
+
+    async def build(self, profile, force=False, on_progress=None):
+        for i in range(self.lines):
+            on_progress(Progress("compile", f"{i:06d}" + "x" * self.line_length, None,
+                                 kind="output"))
+        raise ValidationError(self.error)
+
+
+async def test_a_huge_error_is_bounded_in_the_record_and_the_notification():
+    error = "CONFIG_X: refused\n" * 300_000          # 5 MB, as 200,000 bad symbols once gave
+    storage = MemoryJobStorage()
+    updates: List[Dict[str, Any]] = []
+    runner = JobRunner(FailingBuilder(error, lines=3000, line_length=5000), storage=storage)
+    runner.add_listener(lambda u: updates.append(u.to_json()))
+    job = await runner.start_build(make_profile("octopus"))
+    await runner.wait(job.id, 10)
+    record = storage.records[job.id]
+    assert record["state"] == "failed"
+    assert record["error"].startswith("CONFIG_X: refused") and len(record["error"]) < 4100
+    assert "more characters left out" in record["error"]
+    assert len(record["log"]) <= 500 and all(len(line) < 1100 for line in record["log"])
+    assert record["log_dropped"] > 0
+    final = [u for u in updates if u["final"]][0]
+    assert len(final["error"]) < 4100 and len(final["message"]) < 4100
+    import json
+    assert len(json.dumps(record)) < 700_000
+
+
+async def test_the_history_is_bounded_in_bytes():
+    storage = MemoryJobStorage()
+    runner = JobRunner(FailingBuilder("E" * 3900, lines=500, line_length=900),
+                       storage=storage, history_size=1000, history_bytes=2 * 1024 * 1024)
+    ids = []
+    for _ in range(8):
+        job = await runner.start_build(make_profile("octopus"))
+        await runner.wait(job.id, 10)
+        ids.append(job.id)
+    import json
+    total = sum(len(json.dumps(r)) for r in storage.records.values())
+    assert total <= 2 * 1024 * 1024
+    assert ids[-1] in storage.records and ids[0] not in storage.records   # oldest dropped
+    assert {j.id for j in runner.jobs()} == set(storage.records)
