@@ -129,13 +129,33 @@
     };
     subscribe(rpc);
     rpc.open().then(identify).then(loadAll).catch(function (err) {
-      if (err && (err.code === 401 || err.code === 403)) {
-        setConnection("not authorized", "bad");
-        show($("login"), true);
+      if (isUnauthorized(err)) {
+        askForKey(err);
         return;
       }
       setConnection(String(err && err.message || err), "bad");
     });
+  }
+
+  // Moonraker 0.11 answers a connection it does not trust with JSON-RPC error
+  // -32602 ("Unauthorized", "Invalid API Key"); -32602 alone also means bad
+  // parameters, so the message decides.
+  function isUnauthorized(err) {
+    if (!err) { return false; }
+    if (err.code === 401 || err.code === 403) { return true; }
+    return err.code === -32602 && /unauthori[sz]ed|api key|token/i.test(err.message || "");
+  }
+
+  function askForKey(err) {
+    var refused = sessionStorage.getItem(KEY_STORE);
+    sessionStorage.removeItem(KEY_STORE);
+    setConnection("not authorized", "bad");
+    $("login-refused").textContent = refused ?
+      "Moonraker did not accept that API key (" + (err.message || "refused") + "). " : "";
+    show($("login-refused"), !!refused);
+    show($("login"), true);
+    $("api-key").value = "";
+    $("api-key").focus();
   }
 
   function identify() {
