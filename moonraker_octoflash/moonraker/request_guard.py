@@ -60,8 +60,8 @@ def check_body(method: str, path: str, content_type: Optional[str], body: bytes)
         raise Refusal(415, (
             f"Refused, nothing was changed: {path} takes a JSON body and this request sent "
             f"{sent}. Send the arguments as a JSON object with the header "
-            f"'Content-Type: application/json' (curl -H 'Content-Type: application/json' "
-            f"-d '{{\"profile\": \"NAME\"}}' ...), or use the websocket. Form posts are refused "
+            "'Content-Type: application/json' (curl -H 'Content-Type: application/json' "
+            "-d '{...}', see docs/api.md), or use the websocket. Form posts are refused "
             "because a page on any web site can send them."))
     if body.strip():
         try:
@@ -101,7 +101,7 @@ def same_origin(origin: str, host: Optional[str]) -> bool:
 async def check_origin(origin: Optional[str], host: Optional[str],
                        cors_allowed: Callable[[str], Awaitable[bool]]) -> None:
     """Raise Refusal for an Origin that is neither this server nor allowed by ``cors_allowed``."""
-    if origin is None:            # not sent by a browser's cross-site request
+    if origin is None:     # browsers send one with every cross-site POST; scripts do not
         return
     if same_origin(origin, host) or await cors_allowed(origin):
         return
