@@ -28,7 +28,9 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from fixtures_moonraker import SimulatedPrinter, octopus_printer
-from moonraker_octoflash.moonraker.request_guard import Refusal, check_body, same_origin
+from moonraker_octoflash.moonraker.http_routes import wrap_route
+from moonraker_octoflash.moonraker.request_guard import (Refusal, can_guard, check_body,
+                                                         same_origin)
 
 pytestmark = pytest.mark.moonraker
 
@@ -324,6 +326,15 @@ def test_check_body():
     with pytest.raises(Refusal) as refused:
         check_body("POST", "/p", "application/json", b"{")
     assert refused.value.status == 400
+
+
+def test_a_moonraker_whose_router_is_unknown_is_not_guarded_by_guesswork():
+    class Server:
+        def lookup_component(self, name: str, default: Any = None) -> Any:
+            return object() if name == "application" else default
+    assert can_guard(Server()) is False     # the component then keeps changes off HTTP
+    with pytest.raises(LookupError):
+        wrap_route(Server(), "/server/octoflash/build", lambda base: base)
 
 
 # --- docs/api.md: every curl line gets past the guard ---------------------------------
