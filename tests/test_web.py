@@ -189,6 +189,18 @@ async def test_a_job_started_elsewhere_is_followed(printer, browser, ws_factory)
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
 
 
+async def test_a_stale_api_key_on_a_trusted_computer_is_forgotten(printer, browser):
+    # A key kept in the tab from before Moonraker's key changed: Moonraker
+    # refuses it (and the trust of that connection); the page tries again without.
+    await browser.js("sessionStorage.setItem('octoflash.api_key', 'an-old-key'); true")
+    await browser.send("Page.reload")
+    await browser.wait_js("!!document.getElementById('connection') && "
+                          "document.getElementById('connection').textContent === 'connected'",
+                          what="connected without the old key")
+    assert await browser.js("document.getElementById('login').hidden") is True
+    assert await browser.js("sessionStorage.getItem('octoflash.api_key')") is None
+
+
 def test_mainsail_sidebar_link_is_added_once_and_keeps_other_links(tmp_path):
     theme = tmp_path / ".theme"
     theme.mkdir()

@@ -146,16 +146,27 @@
     return err.code === -32602 && /unauthori[sz]ed|api key|token/i.test(err.message || "");
   }
 
+  var keyRefused = "";          // why Moonraker refused the last key given
+
   function askForKey(err) {
-    var refused = sessionStorage.getItem(KEY_STORE);
-    sessionStorage.removeItem(KEY_STORE);
+    if (sessionStorage.getItem(KEY_STORE)) {
+      // Refused: forget it and try once more without (a trusted computer needs none).
+      sessionStorage.removeItem(KEY_STORE);
+      keyRefused = "Moonraker did not accept that API key (" + (err.message || "refused") + ").";
+      reconnect();
+      return;
+    }
     setConnection("not authorized", "bad");
-    $("login-refused").textContent = refused ?
-      "Moonraker did not accept that API key (" + (err.message || "refused") + "). " : "";
-    show($("login-refused"), !!refused);
+    $("login-refused").textContent = keyRefused;
+    show($("login-refused"), !!keyRefused);
     show($("login"), true);
     $("api-key").value = "";
     $("api-key").focus();
+  }
+
+  function reconnect() {
+    if (rpc && rpc.socket) { rpc.onclose = null; rpc.socket.close(); }
+    connect();
   }
 
   function identify() {
@@ -168,6 +179,7 @@
       return rpc.call("server.octoflash.status");
     }).then(function (status) {
       state.status = status;
+      keyRefused = "";
       show($("login"), false);
       setConnection("connected", "good");
     });
@@ -182,8 +194,7 @@
   $("login-form").addEventListener("submit", function (event) {
     event.preventDefault();
     sessionStorage.setItem(KEY_STORE, $("api-key").value);
-    if (rpc && rpc.socket) { rpc.onclose = null; rpc.socket.close(); }
-    connect();
+    reconnect();
   });
 
   // --- loading ------------------------------------------------------------------
