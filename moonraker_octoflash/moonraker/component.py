@@ -49,6 +49,7 @@ from ..schemas import load_schema, validator_for
 from ..service import KlipperService
 from ..settings import Settings
 from ..versions import parse_version, update_state
+from . import request_guard
 
 if TYPE_CHECKING:
     from moonraker.common import WebRequest
@@ -778,7 +779,7 @@ class OctoFlash:
     # --- API ------------------------------------------------------------------
 
     def _register_api(self) -> None:
-        from moonraker.common import RequestType
+        from moonraker.common import RequestType, TransportType
         get, post, delete = RequestType.GET, RequestType.POST, RequestType.DELETE
         routes: List[Tuple[str, Any, Callable[..., Awaitable[Any]]]] = [
             ("/server/octoflash/presets", get, self._handle_presets_request),
@@ -794,8 +795,22 @@ class OctoFlash:
             ("/server/octoflash/job/cancel", post, self._handle_job_cancel_request),
             ("/server/octoflash/status", get, self._handle_status_request),
         ]
+        # Changes over HTTP are checked for cross-site requests (request_guard);
+        # where that cannot be done, they are offered over the websocket only.
+        guarded = request_guard.can_guard(self.server)
+        if not guarded:
+            self._warn("octoflash: this Moonraker's HTTP routes are not the ones octoflash "
+                       "knows; profile changes, builds and flashes are accepted over the "
+                       "websocket only", "http_guard")
         for path, types, handler in routes:
-            self.server.register_endpoint(path, types, self._translate_errors(handler))
+            changes = bool(types & (post | delete))
+            transports = TransportType.all()
+            if changes and not guarded:
+                transports &= ~TransportType.HTTP
+            self.server.register_endpoint(path, types, self._translate_errors(handler),
+                                          transports=transports)
+            if changes and guarded:
+                request_guard.guard_route(self.server, path)
 
     def _translate_errors(self, handler: Callable[[WebRequest], Awaitable[Any]]
                           ) -> Callable[[WebRequest], Awaitable[Any]]:
