@@ -368,3 +368,40 @@ def test_every_curl_line_of_the_api_docs_is_accepted(printer):
     assert deleted[0] == 200 and deleted[1]["result"]["action"] == "deleted", deleted
     for job in printer.result("GET", "/server/octoflash/jobs")["jobs"]:
         printer.wait_job(job["job_id"], timeout=180)
+
+
+def test_moonrakers_own_routes_refuse_a_foreign_page_that_reaches_octoflash(printer):
+    """A macro through /printer/gcode/script: Moonraker takes forms there, so the origin decides."""
+    before = seen(printer)
+    script = urllib.parse.urlencode({"script": "OCTOFLASH_BUILD PROFILE=octopus"})
+    for extra in ({"Content-Type": "application/x-www-form-urlencoded", "Origin": FOREIGN},
+                  {"Content-Type": "text/plain", "Origin": "null"}):
+        status, answer, _ = send(printer, "POST", "/printer/gcode/script", script.encode(),
+                                 extra)
+        assert status == 403, answer
+        assert "neither this Moonraker" in message(answer)
+        status, answer, _ = send(printer, "POST", f"/printer/gcode/script?{script}", b"", extra)
+        assert status == 403, answer
+    assert seen(printer) == before
+    # Other G-code from that page is Moonraker's business, not octoflash's.
+    status, answer, _ = send(printer, "POST", "/printer/gcode/script?script=M115", b"",
+                             {"Origin": FOREIGN})
+    assert status != 403, answer
+    # The printer's own page, and scripts without an Origin, still run the macro.
+    status, answer, _ = send(printer, "POST", f"/printer/gcode/script?{script}", b"",
+                             {"Origin": printer.base_url})
+    assert status == 200, answer
+    job = printer.wait_for(lambda: [j for j in printer.result(
+        "GET", "/server/octoflash/jobs")["jobs"] if j["origin"] == "macro"], 20, "the macro's job")
+    printer.wait_job(job[0]["job_id"], 120)
+
+
+def test_the_guarded_moonraker_routes_are_told_apart():
+    from moonraker_octoflash.moonraker.request_guard import concerns_octoflash
+    assert concerns_octoflash("/printer/gcode/script", "/printer/gcode/script?script=octoflash_flash%20PROFILE%3Dx", b"")
+    assert concerns_octoflash("/printer/gcode/script", "/printer/gcode/script", b"script=OCTOFLASH_UPDATE_ALL")
+    assert not concerns_octoflash("/printer/gcode/script", "/printer/gcode/script?script=G28", b"")
+    assert concerns_octoflash("/machine/update/upgrade", "/machine/update/upgrade?name=octoflash_octopus", b"")
+    assert not concerns_octoflash("/machine/update/upgrade", "/machine/update/upgrade?name=klipper", b"")
+    assert concerns_octoflash("/machine/update/full", "/machine/update/full", b"")
+    assert not concerns_octoflash("/server/info", "/server/info", b"")

@@ -345,6 +345,9 @@ class OctoFlash:
                        make_timeout=s.make_timeout)
 
     async def component_init(self) -> None:
+        if request_guard.can_guard(self.server):
+            # Every component is loaded now, so Moonraker's own routes exist.
+            request_guard.guard_moonraker_routes(self.server)
         stored = await self.db.get(PROFILES_KEY, {}) or {}
         for name, data in stored.items():
             try:
@@ -445,6 +448,10 @@ class OctoFlash:
             await self._refresh_klipper_status()
 
     async def _on_klippy_started(self, state: Any = None) -> None:
+        if request_guard.can_guard(self.server):
+            # Moonraker registers Klipper's endpoints (/printer/gcode/script)
+            # when Klipper has started; guard them once they exist.
+            request_guard.guard_moonraker_routes(self.server)
         # ready is handled by klippy_ready; error and shutdown end up here only
         if not self.klippy.is_ready():
             self.eventloop.create_task(self._refresh_klipper_status())

@@ -41,7 +41,11 @@ def wrap_route(server: Server, path: str, make_subclass: Callable[[type], type])
     rule = router.pattern_to_rule.get(pattern)
     if rule is None:
         raise LookupError(f"no HTTP route for {path}")
+    if getattr(rule.target, "_octoflash_wrapped_by", None) is make_subclass:
+        return            # already served through this subclass
     key = (make_subclass, rule.target)
     if key not in _subclasses:
-        _subclasses[key] = make_subclass(rule.target)
+        subclass = make_subclass(rule.target)
+        subclass._octoflash_wrapped_by = make_subclass  # type: ignore[attr-defined]
+        _subclasses[key] = subclass
     router.add_handler(pattern, _subclasses[key], rule.target_kwargs)

@@ -145,6 +145,70 @@ async def check_request(server: Server, method: str, path: str, headers: Any,
     check_body(method, path, headers.get("Content-Type"), body)
 
 
+# Moonraker's own endpoints that can reach octoflash: a macro run through
+# the gcode endpoint, and the update manager's entries (each firmware entry
+# builds and flashes).  These keep taking what Moonraker takes (forms, query
+# strings), but a request that names octoflash and comes from a page on
+# another site is refused, as octoflash's own endpoints refuse it.
+FOREIGN_ROUTES = {
+    "/printer/gcode/script": "OCTOFLASH",
+    "/machine/update/upgrade": "OCTOFLASH_",
+    "/machine/update/full": "",
+}
+
+
+def concerns_octoflash(path: str, uri: str, body: bytes) -> bool:
+    """Does a request to one of Moonraker's ``FOREIGN_ROUTES`` reach octoflash?"""
+    from urllib.parse import unquote_plus
+    marker = FOREIGN_ROUTES.get(path)
+    if marker is None:
+        return False
+    if not marker:
+        return True
+    text = unquote_plus(uri) + "\n" + body.decode("utf-8", "replace")
+    return marker in text.upper()
+
+
+def guard_moonraker_routes(server: Server) -> list:
+    """Refuse foreign-origin requests to Moonraker's routes that reach octoflash.
+
+    Returns the paths guarded (a route Moonraker did not register is left out).
+    """
+    guarded = []
+    for path in FOREIGN_ROUTES:
+        try:
+            wrap_route(server, path, _origin_guarded_handler)
+        except LookupError:
+            continue
+        guarded.append(path)
+    return guarded
+
+
+def _origin_guarded_handler(base: type) -> type:
+    from tornado.web import HTTPError
+
+    class OriginGuardedHandler(base):  # type: ignore[valid-type, misc]
+        async def prepare(self) -> None:
+            await super().prepare()
+            request = self.request
+            if (request.method or "") not in GUARDED_METHODS or \
+                    not concerns_octoflash(request.path, request.uri or "", request.body or b""):
+                return
+            auth = self.settings["server"].lookup_component("authorization", None)
+
+            async def cors_allowed(origin: str) -> bool:
+                return auth is not None and bool(await auth.check_cors(origin))
+            try:
+                await check_origin(request.headers.get("Origin"), request.headers.get("Host"),
+                                   cors_allowed)
+            except Refusal as refusal:
+                raise HTTPError(refusal.status, reason=str(refusal)) from None
+
+    OriginGuardedHandler.__name__ = OriginGuardedHandler.__qualname__ = \
+        f"OctoflashOriginGuarded{base.__name__}"
+    return OriginGuardedHandler
+
+
 def _guarded_handler(base: type) -> type:
     from tornado.web import HTTPError
 
