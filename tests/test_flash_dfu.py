@@ -172,9 +172,37 @@ async def test_download_error_half_way(rig, artifact_dir):
                                           config=rig.config), rig.context())
     assert result.state == "failed" and result.written
     assert "LIBUSB_ERROR_PIPE" in result.message
-    assert "cannot be damaged" in result.recovery and "btt-octopus-f446-katapult" in result.recovery
+    assert "cannot be damaged" in result.recovery
+    # A build without a bootloader: no advice to put Katapult back (this image would erase
+    # it again), and no sentence about another board variant.
+    assert result.recovery.endswith("Then flash this profile again.")
+    assert "katapult" not in result.recovery.lower() and "F429" not in result.recovery
     assert board.mode == "dfu"
     assert rig.service.calls == ["stop", "start"]
+
+
+async def test_a_complete_dfu_write_whose_board_does_not_come_back(rig, artifact_dir):
+    board = _nobootloader(rig)
+    board.set_fault("no_return")
+    rig.config.timeouts.reconnect = 1.0
+    profile = octopus_profile(preset="btt-octopus-f446-canbridge-nobootloader",
+                              canbus_uuid=board.canbus_uuid, klipper_mcu="mcu")
+    art = write_artifact(artifact_dir("nb"), profile="octopus", preset=profile.preset.id,
+                         app_address=0x08000000)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written and result.board_back is False
+    assert result.message == ("Written completely, but the board did not come back within "
+                              "1 s (waited for the USB-CAN bridge and can0).")
+    assert "partly" not in result.recovery
+    assert result.recovery.startswith("dfu-util reported the whole image downloaded. "
+                                      "Power-cycle the board")
+    assert "with the BOOT0 jumper removed" in result.recovery
+    assert result.recovery.endswith("Then flash this profile again with the dfu method.")
+    assert "F429" not in result.recovery and "katapult" not in result.recovery.lower()
+    image = open(art.path(), "rb").read()
+    assert board.read_flash(0x08000000, len(image)) == image
+    assert rig.service.calls == ["stop", "start"] and result.klipper_restarted
 
 
 async def test_hung_dfu_util_is_stopped_at_the_write_timeout(rig, artifact_dir):
