@@ -14,13 +14,13 @@ import os
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
-from ..discovery.klipper import find_mcu, klipper_mcus
 from ..artifacts import CONFIG_NAME, read_data_dictionary_file
+from ..discovery.klipper import find_mcu, klipper_mcus
 from ..discovery.serial import SerialPort, list_serial_ports, parse_by_id_name
 from ..discovery.snapshot import DeviceSnapshot, profile_is_usb_can_bridge
 from ..errors import OctoflashError
-from ..kconfig import parse_config
 from ..events import Progress, ProgressCallback, null_progress
+from ..kconfig import parse_config
 from ..service import KlipperService, NullService
 from ..tools import ToolTimeout
 from . import results as R
@@ -362,11 +362,18 @@ class _PlanRun:
                                          lambda: asyncio.to_thread(os.path.exists, path))
                 self.result.board_back = bool(found)
                 self.result.board_detail = path if found else None
+            else:
+                record.message = "not checked: this run has no USB/CAN discovery to see it"
             return
+
+        seen: List[DeviceSnapshot] = []
 
         async def probe() -> Optional[str]:
             devices = await self.snapshot()
-            return _returned(devices, params) if devices is not None else None
+            if devices is None:
+                return None
+            seen[:] = [devices]
+            return _returned(devices, params)
         detail = await self._poll("return", timeout, probe)
         self.result.board_back = bool(detail)
         self.result.board_detail = detail
@@ -374,7 +381,7 @@ class _PlanRun:
             record.message = f"back: {detail}"
             self.emit("wait_return", f"Board is back: {detail}", kind="output")
             if expect == "canbridge-usb":
-                self._bridge_notes(params, detail)
+                self._bridge_notes(params, seen[0])
 
     async def _expected_return(self, step: FlashStep) -> Dict[str, Any]:
         """What the board will look like with the firmware just written.
@@ -396,7 +403,7 @@ class _PlanRun:
             return {"expect": "canbridge-usb", "chip_serial": chip, "interface": interface,
                     "path": params.get("path")}
         if expect == "canbridge" and not bridge and chip:
-            return {"expect": "klipper-usb", "chip_serial": chip, "mcu": self.plan.profile.mcu}
+            return {"expect": "klipper-usb", "chip_serial": chip}
         return params
 
     def _chip_serial(self) -> Optional[str]:
@@ -409,19 +416,21 @@ class _PlanRun:
                     return chip
         return wait.params.get("chip_serial") if wait is not None else None
 
-    def _bridge_notes(self, params: Mapping[str, Any], detail: str) -> None:
-        uuid = params.get("canbus_uuid")
+    def _bridge_notes(self, params: Mapping[str, Any], devices: DeviceSnapshot) -> None:
+        """A board reached by serial: that now runs as a USB-CAN bridge."""
+        bridge = devices.usb_by_serial("canbridge", params.get("chip_serial"))
+        uuid = bridge.canbus_uuid if bridge is not None else None
+        interface = params.get("interface") or "can0"
         if not self.plan.profile.canbus_uuid:
             self.result.warnings.append(
                 f"'{self.plan.profile_name}' now runs as a USB-CAN bridge: it has no serial "
                 f"port any more. Set canbus_uuid: {uuid or '(see octoflash scan)'} in the "
                 "profile and in printer.cfg's [mcu] section (instead of serial:), so that "
                 "Klipper and the next flash find it.")
-        if params.get("interface_up") is False:
+        if not devices.can_interface_up(interface):
             self.result.warnings.append(
-                f"{params.get('interface')} is not up yet; Klipper needs it. Check the host's "
-                "CAN interface set-up (e.g. /etc/network/interfaces.d/can0).")
-
+                f"{interface} is not up yet; Klipper needs it. Check the host's CAN interface "
+                f"set-up (e.g. /etc/network/interfaces.d/{interface}).")
 
 
 def _refuse_other_katapult(plan: FlashPlan, katapult: Sequence[SerialPort],
@@ -516,8 +525,6 @@ def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[st
         if dev is None:
             return None
         up = devices.can_interface_up(interface or "can0")
-        if isinstance(params, dict):      # for the notes: what was found
-            params["canbus_uuid"], params["interface_up"] = dev.canbus_uuid, up
         return (f"USB-CAN bridge {dev.usb_id} on USB {dev.port_path}, canbus_uuid "
                 f"{dev.canbus_uuid or '?'}, {interface or 'can0'} {'up' if up else 'not up'}")
     if expect == "klipper-usb":
