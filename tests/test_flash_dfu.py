@@ -81,6 +81,27 @@ async def test_katapult_over_dfu_mass_erases_and_falls_back_without_it(rig, arti
     assert rig.service.calls == []          # Klipper does not use a board in DFU mode
 
 
+async def test_a_failed_retry_after_a_refused_mass_erase_names_both_runs(rig, artifact_dir):
+    board = rig.machine.add_board("octopus", "stm32f446xx", bootloader=None,
+                                  firmware={"version": "v0.11", "bridge": True}, mode="dfu")
+    board.set_fault("dfu_mass_erase_unsupported")
+    board.set_fault("dfu_download_error")
+    profile = octopus_profile("kat", "btt-octopus-f446-katapult", dfu_serial=board.dfu_serial)
+    art = write_artifact(artifact_dir("kat"), profile="kat", preset=profile.preset.id,
+                         target="katapult", app_address=0x08000000, bootloader_app_start=0x08008000)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written
+    assert result.message == (
+        "dfu-util failed: error get_status: LIBUSB_ERROR_PIPE (on the retry without mass "
+        "erase; the first run stopped at: Error during special command \"MASS_ERASE\" "
+        "get_status)")
+    assert result.recovery.startswith("The flash was partly written.")
+    assert result.recovery.endswith("Then flash this profile again.")
+    assert "F429" not in result.recovery
+    assert board.mode == "dfu"
+
+
 async def test_mass_erase_wipes_the_old_application(rig, artifact_dir):
     board = rig.machine.add_board("octopus", "stm32f446xx", bootloader=None,
                                   firmware={"version": "v0.11", "bridge": True}, mode="dfu")
