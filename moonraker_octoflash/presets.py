@@ -76,7 +76,8 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     instructions = doc.get("dfu_instructions", {})
     presets: Dict[str, Preset] = {}
     for p in doc["presets"]:
-        family = next((k for k in instructions if p["id"].startswith(k)), None)
+        # The most specific entry wins: "btt-octopus-f429" over "btt-octopus".
+        family = max((k for k in instructions if p["id"].startswith(k)), key=len, default=None)
         preset = Preset(
             id=p["id"], title=p["title"], board=p["board"], target=p["target"],
             mcu=p["mcu"], app_address=int(p["app_address"], 16),
