@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sys
 from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
@@ -17,10 +18,12 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 from ..discovery import DeviceSnapshot, scan
 from ..errors import NotFoundError, ValidationError
 from ..events import Progress
+from ..settings import data_path_for_config
 from ..service import KlipperService, SystemctlService
 from .config import FlashConfig
 from .executor import FlashContext, execute_plans
 from .plan import FlashPlan, make_plan, order_for_flash
+from .writer_lock import WriterLock, busy_message, probe, writer_lock_path
 
 
 # --- environment: the real machine, or the simulated one named in [octoflash] ----------
@@ -45,11 +48,12 @@ class _Environment:
         return {"by_id_dir": self.config.by_id_dir, "can_interfaces": interfaces,
                 "can_listen_time": self.listen_time}
 
-    def service(self, unit: str) -> KlipperService:
+    def service(self, unit: str, data_path: str) -> KlipperService:
         if self.machine is not None:
             from ..sim.klipper_service import SimulatedKlipperService
             return SimulatedKlipperService(self.machine)
-        return SystemctlService(unit)
+        # Without systemd, Klipper runs when its API socket answers.
+        return SystemctlService(unit, api_socket=os.path.join(data_path, "comms", "klippy.sock"))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -192,6 +196,15 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
     artifacts = [_find_artifact(ctx, p, args.artifact) for p in profiles]
     json_out = bool(args.json)
     log = err if json_out else out
+    data_path = data_path_for_config(ctx.config_path)
+    lock_path = writer_lock_path(data_path)
+    if not args.dry_run:
+        # Another writer (Moonraker or another octoflash) is at work: say so
+        # before even scanning, and again (race-free) when the flash starts.
+        free, holder = asyncio.run(probe(lock_path))
+        if not free:
+            err.write(f"octoflash flash: {busy_message(holder)}\n")
+            return 1
 
     async def plan_all() -> Tuple[List[FlashPlan], DeviceSnapshot]:
         devices = await env.scan()
@@ -219,9 +232,11 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
             if not ok:
                 err.write(f"octoflash flash: {why}\n")
                 return 1
-        flash_ctx = FlashContext(service=env.service(args.klipper_service),
+        flash_ctx = FlashContext(service=env.service(args.klipper_service, data_path),
                                  on_progress=_Printer(log),
-                                 discover=env.scan)
+                                 discover=env.scan,
+                                 writer_lock=WriterLock(lock_path, kind="cli",
+                                                        profiles=[p.profile_name for p in plans]))
         results = asyncio.run(execute_plans(plans, flash_ctx))
     if json_out:
         json.dump({"plans": [p.to_json() for p in plans],
