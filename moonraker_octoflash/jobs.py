@@ -10,6 +10,11 @@ to its end even if the client that asked for it goes away.  Rules:
   another job is working on is refused;
 * builds run one after the other (a second build waits, "queued"); builds may
   run while printing, flashes may not (the adapter's ``preflight`` refuses);
+* a flash can be cancelled until the board is asked into its bootloader (DFU:
+  until the write); from then until the job ends cancel is refused
+  (``NO_CANCEL_STAGES``), since it would leave the board waiting in Katapult;
+  across processes, ``CoreFlashPipeline`` holds the machine-wide writer lock
+  (``flash/writer_lock.py``) named after the job;
 * every step, percentage and output line becomes a ``JobUpdate`` for the
   adapters (notifications, console, terminal);
 * the history (profile, artifact, plan, each step's result, duration, log)
@@ -443,7 +448,7 @@ class JobRunner:
         if recovery and not job.recovery:
             job.recovery = recovery
         if klipper and klipper not in (job.error or ""):
-            job.error = f"{job.error or 'Interrupted'} {klipper}".strip()
+            job.error = f"{(job.error or 'Interrupted').rstrip('.')}. {klipper}"
             job.result["klipper"] = klipper
         job.message = self._final_message(job)
         await self._save(job)

@@ -193,9 +193,6 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
         raise ValidationError("Name at least one profile to flash (see `octoflash scan`)")
     env = _Environment(ctx.settings, None)
     profiles = order_for_flash([ctx.profile(name) for name in args.profiles])
-    artifacts = [_find_artifact(ctx, p, args.artifact) for p in profiles]
-    json_out = bool(args.json)
-    log = err if json_out else out
     data_path = data_path_for_config(ctx.config_path)
     lock_path = writer_lock_path(data_path)
     if not args.dry_run:
@@ -205,6 +202,9 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
         if not free:
             err.write(f"octoflash flash: {busy_message(holder)}\n")
             return 1
+    artifacts = [_find_artifact(ctx, p, args.artifact) for p in profiles]
+    json_out = bool(args.json)
+    log = err if json_out else out
 
     async def plan_all() -> Tuple[List[FlashPlan], DeviceSnapshot]:
         devices = await env.scan()

@@ -75,6 +75,7 @@ class WriterLock:
             "klipper_stopped": False, "stage": "", "recovery": None}
         self.previous: Dict[str, Any] = {}     # what the last holder left in the file
         self._fd: Optional[int] = None
+        self._writable = True
 
     @property
     def held(self) -> bool:
@@ -89,7 +90,14 @@ class WriterLock:
         if self._fd is not None:
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._writable = True
+        except PermissionError:
+            # Made by another user (``sudo octoflash``): the lock still works
+            # on a read-only descriptor; only the record cannot be kept.
+            fd = os.open(self.path, os.O_RDONLY)
+            self._writable = False
         try:
             # A probe (``probe()``) holds a shared lock for an instant: try a few times.
             for attempt in range(_ATTEMPTS):
@@ -129,7 +137,9 @@ class WriterLock:
         if fd is None:
             return
         try:
-            if not self.record.get("klipper_stopped"):
+            if not self._writable:
+                pass
+            elif not self.record.get("klipper_stopped"):
                 os.ftruncate(fd, 0)
             else:
                 self.record["released"] = time.time()
@@ -138,7 +148,7 @@ class WriterLock:
             os.close(fd)      # closing the last descriptor drops the flock
 
     def _write(self) -> None:
-        if self._fd is not None:
+        if self._fd is not None and self._writable:
             _write_record(self._fd, self.record)
 
 
