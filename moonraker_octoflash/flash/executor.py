@@ -662,14 +662,13 @@ def _finish_klipper(result: FlashResult, restart: _Restart, steps_of: FlashPlan)
         result.warnings.append(restart.error + " Start it yourself: sudo systemctl start klipper")
 
 
-async def _take_lock(ctx: FlashContext, restart: _Restart, results: Sequence[FlashResult],
-                     timeout: float) -> bool:
+async def _take_lock(ctx: FlashContext, results: Sequence[FlashResult]) -> bool:
     """Take the machine-wide writer lock; on refusal every result says who holds it."""
     lock = ctx.writer_lock
     if lock is None:
         return True
     try:
-        previous = await lock.acquire()
+        await lock.acquire()
     except WriterBusy as exc:
         for result in results:
             result.state = R.REFUSED
@@ -680,8 +679,12 @@ async def _take_lock(ctx: FlashContext, restart: _Restart, results: Sequence[Fla
         ctx.results.extend(results)
         ctx.on_progress(Progress("done", str(exc)))
         return False
-    await restart.take_over(previous, timeout)
     return True
+
+
+async def _take_over(ctx: FlashContext, restart: _Restart, timeout: float) -> None:
+    if ctx.writer_lock is not None:
+        await restart.take_over(ctx.writer_lock.previous, timeout)
 
 
 async def _let_go(ctx: FlashContext) -> None:
@@ -698,10 +701,11 @@ async def execute_plan(plan: FlashPlan, ctx: FlashContext) -> FlashResult:
     result = _new_result(plan)
     ctx.result = result
     restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
-    if not await _take_lock(ctx, restart, [result], plan.config.timeouts.stop_klipper):
+    if not await _take_lock(ctx, [result]):
         return result
     try:
         try:
+            await _take_over(ctx, restart, plan.config.timeouts.stop_klipper)
             await _execute(plan, ctx, result, restart if plan.needs_klipper_stop else None)
         finally:
             try:
@@ -728,11 +732,12 @@ async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[F
     results = [_new_result(p) for p in ordered]
     restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
     config = ordered[0].config if ordered else None
-    if config is not None and not await _take_lock(ctx, restart, results,
-                                                   config.timeouts.stop_klipper):
+    if config is not None and not await _take_lock(ctx, results):
         return results
     runnable: List[int] = []
     try:
+        if config is not None:
+            await _take_over(ctx, restart, config.timeouts.stop_klipper)
         for index, (plan, result) in enumerate(zip(ordered, results)):
             ctx.result = result
             run = _PlanRun(plan, ctx, result)

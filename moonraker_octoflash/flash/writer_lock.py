@@ -83,7 +83,16 @@ class WriterLock:
 
     async def acquire(self) -> Dict[str, Any]:
         """Take the lock or raise ``WriterBusy`` naming the holder; returns the previous record."""
-        await asyncio.to_thread(self._acquire)
+        taking = asyncio.ensure_future(asyncio.to_thread(self._acquire))
+        try:
+            await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # The thread may still get the lock: let go of it as soon as it has.
+            def let_go(done: "asyncio.Future[None]") -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self._release()
+            taking.add_done_callback(let_go)
+            raise
         return self.previous
 
     def _acquire(self) -> None:
