@@ -165,7 +165,8 @@ def test_the_command_line_and_moonraker_refuse_each_other(printer):
                          "the write to start")
         conf = os.path.join(printer.data_dir, "config", "moonraker.conf")
         cli = subprocess.run([sys.executable, "-m", "moonraker_octoflash.cli", "--config", conf,
-                              "flash", "toolhead", "--yes"], capture_output=True, text=True,
+                              "flash", "toolhead", "--yes", "--local"], capture_output=True,
+                             text=True,
                              env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
         assert cli.returncode == 1, cli.stdout + cli.stderr
         assert (f"Another flash is running on this machine: job {job['job_id']} in Moonraker"
@@ -206,3 +207,23 @@ def test_klipper_not_running_needs_no_stop_and_stays_as_it_was(printer):
 def asyncio_run(coro):
     import asyncio
     return asyncio.run(coro)
+
+
+def test_the_command_line_asks_a_running_moonraker_to_flash(printer):
+    _wait_klipper_connected(printer)
+    starts = _standin(printer, "starts")
+    conf = os.path.join(printer.data_dir, "config", "moonraker.conf")
+    cli = subprocess.run([sys.executable, "-m", "moonraker_octoflash.cli", "--config", conf,
+                          "flash", "toolhead", "--yes"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO), timeout=180)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    out = cli.stdout
+    assert f"Moonraker runs at http://127.0.0.1:{printer.port}: the flash runs there" in out
+    assert "Flash plan for 'toolhead'" in out
+    job_id = out.split("[job] toolhead: job ")[1].split()[0]
+    assert "[stop_klipper]" in out and "[write_katapult]" in out and "[start_klipper]" in out
+    assert out.rstrip().splitlines()[-1].startswith("toolhead: done: Flash of toolhead done")
+    job = _job(printer, job_id)                  # one history: the job is Moonraker's
+    assert job["state"] == "done" and job["kind"] == "flash"
+    printer.wait_klippy_ready(60)
+    assert _standin(printer, "starts") == starts + 1

@@ -23,6 +23,7 @@ from ..service import KlipperService, SystemctlService
 from .config import FlashConfig
 from .executor import FlashContext, execute_plans
 from .plan import FlashPlan, make_plan, order_for_flash
+from .remote import find_moonraker, flash_through_moonraker
 from .writer_lock import WriterLock, busy_message, probe, writer_lock_path
 
 
@@ -174,10 +175,13 @@ def _find_artifact(ctx: Any, profile: Any, artifact_id: Optional[str]) -> Any:
 
 
 def _confirm(plans: List[FlashPlan], out: TextIO) -> Tuple[bool, str]:
+    return _confirm_count(len(plans), out)
+
+
+def _confirm_count(count: int, out: TextIO) -> Tuple[bool, str]:
     if not sys.stdin.isatty():
         return False, ("not asking on a non-terminal: pass --yes to flash, or --dry-run "
                        "to see the plan")
-    count = len(plans)
     out.write(f"Flash {count} board{'s' if count != 1 else ''} as shown? [y/N] ")
     out.flush()
     try:
@@ -195,6 +199,16 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
     profiles = order_for_flash([ctx.profile(name) for name in args.profiles])
     data_path = data_path_for_config(ctx.config_path)
     lock_path = writer_lock_path(data_path)
+    if not args.dry_run and not args.local:
+        # The Moonraker of this config runs: it does the job (one job runner,
+        # one history).  It has no bootloader-overwrite switch: that stays here.
+        link, why = find_moonraker(ctx.config_path, ctx.settings.build_path)
+        if link is not None and not args.allow_bootloader_overwrite:
+            return flash_through_moonraker(
+                link, profiles, args, out, err,
+                confirm=lambda count: _confirm_count(count, err if args.json else out))
+        if why:
+            (err if args.json else out).write(f"note: {why}\n")
     if not args.dry_run:
         # Another writer (Moonraker or another octoflash) is at work: say so
         # before even scanning, and again (race-free) when the flash starts.
@@ -270,4 +284,7 @@ def add_parsers(subparsers: Any) -> None:
                         "(it erases the bootloader)")
     p.add_argument("--klipper-service", default="klipper", metavar="UNIT",
                    help="systemd unit stopped and started around the flash (default klipper)")
+    p.add_argument("--local", action="store_true",
+                   help="flash from here even when Moonraker (with octoflash) runs; by "
+                        "default Moonraker is asked to do it")
     p.set_defaults(handler=cmd_flash)
