@@ -39,7 +39,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
 from .. import __version__
 from ..discovery.identity import normalize_uuid
 from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
-from ..flash.writer_lock import WriterBusy, WriterLock, describe_holder, writer_lock_path
+from ..flash.writer_lock import writer_lock_path
 from ..errors import (ConflictError, NotFoundError, OctoflashError,
                       UnavailableError, ValidationError)
 from ..jobs import (DONE, CoreFlashPipeline, Job, JobRunner,
@@ -50,6 +50,7 @@ from ..schemas import load_schema
 from ..service import KlipperService
 from ..settings import Settings
 from ..versions import parse_version, update_state
+from .klipper_recovery import after_crash
 
 if TYPE_CHECKING:
     from moonraker.common import WebRequest
@@ -348,7 +349,7 @@ class OctoFlash:
         # it once Moonraker runs (starting Klipper waits for it to connect).
         interrupted = [j for j in self.runner.interrupted_on_load if j in
                        {job.id for job in loaded if job.kind == "flash"}]
-        self._klipper_recovery = self.eventloop.create_task(self._after_crash(interrupted))
+        self._klipper_recovery = self.eventloop.create_task(after_crash(self, interrupted))
         if self.settings.simulation:
             # python-can's virtual bus reaches only this process: the
             # simulated CAN nodes must answer from inside Moonraker.
@@ -381,64 +382,6 @@ class OctoFlash:
                  " No profiles yet: add an [octoflash NAME] section or POST /server/octoflash/profile.")
             raise NotFoundError(f"No profile named '{name}'.{hint}")
         return profile
-
-    async def _after_crash(self, interrupted: List[str]) -> None:
-        """Start Klipper again when a flash that died with Moonraker had stopped it.
-
-        The writer lock's record (``flash/writer_lock.py``) says whether the
-        dead writer had stopped Klipper and how to recover its board; the
-        interrupted job gets both.  Klipper is started only while holding the
-        lock, so never under another writer's feet.
-        """
-        path = writer_lock_path(self.data_path)
-        lock = WriterLock(path, kind="moonraker", job_id=None, profiles=[])
-        try:
-            record = await lock.acquire()
-        except WriterBusy as exc:
-            for job_id in interrupted:
-                await self.runner.explain_interrupted(job_id, klipper=(
-                    f"Another flash runs now ({describe_holder(exc.holder)}); it starts Klipper "
-                    "when it ends if this flash had left it stopped. If Klipper stays stopped "
-                    "afterwards, start it: sudo systemctl start klipper"))
-            return
-        try:
-            job_id = record.get("job_id") if record.get("kind") == "moonraker" else None
-            note: Optional[str] = None
-            if record.get("klipper_stopped"):
-                running, note = await self._start_left_stopped_klipper(record)
-                await lock.update(klipper_stopped=not running)
-                if not running:
-                    self._warn(f"octoflash: {note}", "klipper_left_stopped")
-                self._console(("// " if running else "!! ") + f"octoflash: {note}")
-            if job_id:
-                await self.runner.explain_interrupted(job_id, recovery=record.get("recovery"),
-                                                      klipper=note)
-        except Exception:
-            log.exception("octoflash: could not check what an interrupted flash left behind")
-        finally:
-            await lock.release()
-
-    async def _start_left_stopped_klipper(self, record: Dict[str, Any]) -> Tuple[bool, str]:
-        """(Klipper runs now, what to tell the user)."""
-        who = f"job {record['job_id']}" if record.get("job_id") else \
-            f"{record.get('kind') or 'a process'} pid {record.get('pid')}"
-        # Moonraker connects to a running Klipper within a moment of starting.
-        await self.service._wait(lambda: self.klippy.is_connected(), 5.0)
-        if self.klippy.is_connected():
-            return True, f"Klipper had been stopped for a flash ({who}) and runs again."
-        problem = self.service.control_problem()
-        if problem:
-            return False, (f"Klipper was stopped for a flash ({who}) that ended with Moonraker and is "
-                    f"still stopped: Moonraker cannot start it here ({problem.split(' (')[0]}). "
-                    "Start it yourself: sudo systemctl start klipper")
-        try:
-            await asyncio.wait_for(self.service.start(), self.settings.reconnect_timeout + 15)
-        except (OctoflashError, asyncio.TimeoutError) as exc:
-            return False, (f"Klipper was stopped for a flash ({who}) that ended with Moonraker, and "
-                    f"could not be started again: {exc or 'no answer'}. Start it yourself: "
-                    "sudo systemctl start klipper")
-        return True, (f"Klipper had been stopped for this flash ({who}); octoflash started it again "
-                "when Moonraker restarted.")
 
     # --- Klipper state ------------------------------------------------------
 
