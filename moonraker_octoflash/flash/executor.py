@@ -2,7 +2,11 @@
 
 Klipper is started again on every exit path once a stop was attempted —
 success, refusal, failure, timeout and cancellation (a hung tool is killed
-by ``run_tool`` when its task is cancelled).  The result says what happened
+by ``run_tool`` when its task is cancelled).  Klipper that is not running is
+not stopped (and not started afterwards).  With ``FlashContext.writer_lock``
+the whole run, from before Klipper is stopped until it was started again,
+holds the machine-wide writer lock (``writer_lock.py``): a second writer in
+another process is refused before anything is touched.  The result says what happened
 and, when the board's flash was touched and the board did not come back,
 how to recover it: DFU mode, then the Katapult preset.
 """
@@ -31,8 +35,17 @@ from .katapult import KatapultFlasher, katapult_sha1
 from .plan import (FLASH_BASE, KATAPULT_DEVICE, FlashPlan, FlashStep, dfu_instructions,
                    order_for_flash)
 from .results import FlashResult, StepRecord, WriteFailed
+from .writer_lock import WriterBusy, WriterLock
 
 Discover = Callable[[], Awaitable[DeviceSnapshot]]
+# What a stop_klipper step record says, by what the stop did.
+_STOP_RECORD = {"stopped": ("done", "Klipper stopped"),
+                "not_running": ("skipped", "not needed: Klipper was not running"),
+                "left_stopped": ("skipped", "not needed: Klipper was left stopped by an "
+                                            "interrupted flash; it is started when this one ends")}
+# Steps during which the board has been asked into its bootloader.
+_BOOTLOADER_KINDS = frozenset({"request_bootloader", "wait_katapult_usb", "wait_katapult_can",
+                               "katapult_status"})
 _METHOD_TEXT = {"dfu": "dfu-util", "usb-serial": "Katapult over USB serial",
                 "can": "Katapult over CAN", "usb-can-bridge": "Katapult behind the USB-CAN bridge"}
 KlipperStatus = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -54,10 +67,17 @@ class FlashContext:
     klipper_status: Optional[KlipperStatus] = None
     result: Optional[FlashResult] = None           # the current/last result, also on cancel
     results: List[FlashResult] = dataclasses.field(default_factory=list)
+    writer_lock: Optional[WriterLock] = None       # one writer per machine (CLI and component)
 
 
 class _Restart:
-    """Stops Klipper once and starts it again whatever happens."""
+    """Stops Klipper once (when it runs) and starts it again whatever happens.
+
+    ``outcome`` says what the stop step did: ``stopped``, ``not_running``
+    (no stop needed, and Klipper is not started afterwards) or
+    ``left_stopped`` (an interrupted flash had stopped it: it is started
+    when this run ends).
+    """
 
     def __init__(self, ctx: FlashContext, emit: Callable[..., None]) -> None:
         self.ctx = ctx
@@ -65,9 +85,54 @@ class _Restart:
         self.attempted = False
         self.restarted: Optional[bool] = None
         self.error: Optional[str] = None
+        self.outcome: Optional[str] = None
+        self.left_by: Optional[str] = None
+
+    async def _running(self, timeout: float) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.ctx.service.is_active(), timeout))
+        except asyncio.TimeoutError:
+            return True     # cannot tell: stop it to be safe
+        except OctoflashError:
+            return True
+
+    async def take_over(self, previous: Mapping[str, Any], timeout: float) -> None:
+        """A writer that died (killed, power cut) had stopped Klipper: start it when we end."""
+        if not previous.get("klipper_stopped") or await self._running(timeout):
+            return
+        self.attempted = True
+        self.outcome = "left_stopped"
+        who = previous.get("job_id") or f"{previous.get('kind') or 'a process'} " \
+                                         f"pid {previous.get('pid')}"
+        self.left_by = str(who)
+        await self._note(True)
+        self.emit("stop_klipper", f"Klipper was left stopped by an interrupted flash ({who}); "
+                                  "it is started again when this flash ends")
+
+    async def ensure_stopped(self, timeout: float) -> str:
+        """Stop Klipper if it runs; the outcome says what was done."""
+        if self.outcome is not None:
+            return self.outcome
+        if not await self._running(timeout):
+            self.outcome = "not_running"
+            self.emit("stop_klipper", "Klipper is not running: no need to stop it")
+            return self.outcome
+        await self.stop(timeout)
+        self.outcome = "stopped"
+        return self.outcome
+
+    @property
+    def klipper_stopped(self) -> bool:
+        return self.outcome in ("stopped", "left_stopped")
+
+    async def _note(self, stopped: bool) -> None:
+        lock = self.ctx.writer_lock
+        if lock is not None and lock.held:
+            await lock.update(klipper_stopped=stopped)
 
     async def stop(self, timeout: float) -> None:
         self.attempted = True
+        await self._note(True)
         self.emit("stop_klipper", f"Stopping Klipper ({self.ctx.service.describe()})")
         try:
             await asyncio.wait_for(self.ctx.service.stop(), timeout)
@@ -79,6 +144,7 @@ class _Restart:
             try:
                 if await asyncio.wait_for(self.ctx.service.is_active(), timeout):
                     self.attempted = False
+                    await self._note(False)
             except Exception:
                 pass
             raise
@@ -102,6 +168,7 @@ class _Restart:
         try:
             task.result()
             self.restarted = True
+            await self._note(False)
         except BaseException as exc:   # report it; the flash result must still be returned
             self.restarted = False
             self.error = f"Klipper could not be started again: {exc or type(exc).__name__}"
@@ -154,17 +221,45 @@ class _PlanRun:
                 continue
             if step.kind == "stop_klipper":
                 if restart is None:
-                    record.status, record.message = "skipped", "Klipper is stopped for the whole run"
+                    record.status, record.message = "skipped", "not needed"
                     continue
-                await self._timed(record, restart.stop(step.timeout or 60.0))
-                self.result.klipper_stopped = True
+                shared = restart.outcome is not None
+                await self._timed(record, restart.ensure_stopped(step.timeout or 60.0))
+                self.result.klipper_stopped = restart.klipper_stopped
+                record.status, record.message = _STOP_RECORD[restart.outcome or "stopped"]
+                if shared and restart.outcome == "stopped":
+                    record.message = "Klipper was stopped once for every board of this run"
+                elif restart.outcome == "left_stopped":
+                    record.message += f" ({restart.left_by})"
                 continue
             await self._timed(record, self._run_step(step, record))
+
+    async def _note_step(self, kind: str) -> None:
+        """Keep the writer lock's record telling how to recover if this process dies now."""
+        lock = self.ctx.writer_lock
+        if lock is None or not lock.held:
+            return
+        if kind in ("wait_return", "start_klipper", "check_version") and self.write_started:
+            recovery: Optional[str] = (
+                "The write had finished. If the board does not run the new firmware, "
+                "power-cycle it; if it still does not come back: "
+                + (recovery_text(self.plan, write_started=True, in_bootloader=False) or ""))
+        else:
+            recovery = recovery_text(
+                self.plan, write_started=self.write_started or kind in ("write_katapult", "write_dfu"),
+                in_bootloader=self.in_bootloader or kind in _BOOTLOADER_KINDS)
+        await lock.update(stage=kind, profile=self.plan.profile_name, recovery=recovery)
 
     async def _timed(self, record: StepRecord, work: Awaitable[Any]) -> None:
         record.status, record.started = "running", time.time()
         self.emit(record.kind, record.title)
         try:
+            try:
+                await self._note_step(record.kind)
+            except BaseException:
+                if asyncio.iscoroutine(work):
+                    work.close()       # never started
+                raise
             await work
         except asyncio.CancelledError:
             record.status = "cancelled"
@@ -782,12 +877,51 @@ async def _execute(plan: FlashPlan, ctx: FlashContext, result: FlashResult,
 def _finish_klipper(result: FlashResult, restart: _Restart, steps_of: FlashPlan) -> None:
     result.klipper_restarted = restart.restarted
     for index, step in enumerate(steps_of.steps):
+        record = result.steps[index]
         if step.kind == "start_klipper":
-            record = result.steps[index]
-            record.status = "done" if restart.restarted else "failed"
-            record.message = restart.error or ""
+            if restart.restarted is None:
+                record.status = "skipped"
+                record.message = ("not needed: Klipper was not running before the flash"
+                                  if restart.outcome == "not_running" else
+                                  "not needed: Klipper was not stopped")
+            else:
+                record.status = "done" if restart.restarted else "failed"
+                record.message = restart.error or ""
+        elif step.kind == "check_version" and record.status == "pending" and \
+                not restart.restarted:
+            record.status, record.message = "skipped", "Klipper is not running"
     if restart.error:
         result.warnings.append(restart.error + " Start it yourself: sudo systemctl start klipper")
+
+
+async def _take_lock(ctx: FlashContext, results: Sequence[FlashResult]) -> bool:
+    """Take the machine-wide writer lock; on refusal every result says who holds it."""
+    lock = ctx.writer_lock
+    if lock is None:
+        return True
+    try:
+        await lock.acquire()
+    except WriterBusy as exc:
+        for result in results:
+            result.state = R.REFUSED
+            result.check = "writer_lock"
+            result.message = str(exc)
+            result.hint = "Wait for that flash to end (see its job or terminal), then flash again."
+            result.finished = time.time()
+        ctx.results.extend(results)
+        ctx.on_progress(Progress("done", str(exc)))
+        return False
+    return True
+
+
+async def _take_over(ctx: FlashContext, restart: _Restart, timeout: float) -> None:
+    if ctx.writer_lock is not None:
+        await restart.take_over(ctx.writer_lock.previous, timeout)
+
+
+async def _let_go(ctx: FlashContext) -> None:
+    if ctx.writer_lock is not None:
+        await ctx.writer_lock.release()
 
 
 async def execute_plan(plan: FlashPlan, ctx: FlashContext) -> FlashResult:
@@ -797,16 +931,23 @@ async def execute_plan(plan: FlashPlan, ctx: FlashContext) -> FlashResult:
     cancelled result is in ``ctx.result``.
     """
     result = _new_result(plan)
+    ctx.result = result
     restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
+    if not await _take_lock(ctx, [result]):
+        return result
     try:
-        await _execute(plan, ctx, result, restart if plan.needs_klipper_stop else None)
-    finally:
         try:
-            await restart.start(plan.config.timeouts.start_klipper)
+            await _take_over(ctx, restart, plan.config.timeouts.stop_klipper)
+            await _execute(plan, ctx, result, restart if plan.needs_klipper_stop else None)
         finally:
-            _finish_klipper(result, restart, plan)
-            result.finished = time.time()
-            ctx.results.append(result)
+            try:
+                await restart.start(plan.config.timeouts.start_klipper)
+            finally:
+                _finish_klipper(result, restart, plan)
+                result.finished = time.time()
+                ctx.results.append(result)
+    finally:
+        await _let_go(ctx)
     if result.state == R.DONE and restart.restarted:
         await _check_version(plan, ctx, result)
     ctx.on_progress(Progress("done", result.summary()))
@@ -823,8 +964,12 @@ async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[F
     results = [_new_result(p) for p in ordered]
     restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
     config = ordered[0].config if ordered else None
+    if config is not None and not await _take_lock(ctx, results):
+        return results
     runnable: List[int] = []
     try:
+        if config is not None:
+            await _take_over(ctx, restart, config.timeouts.stop_klipper)
         for index, (plan, result) in enumerate(zip(ordered, results)):
             ctx.result = result
             run = _PlanRun(plan, ctx, result)
@@ -840,15 +985,15 @@ async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[F
         needs_stop = any(ordered[i].needs_klipper_stop for i in runnable)
         if needs_stop and config is not None:
             try:
-                await restart.stop(config.timeouts.stop_klipper)
+                await restart.ensure_stopped(config.timeouts.stop_klipper)
             except Exception as exc:
                 for i in runnable:
                     results[i].state = R.FAILED
                     results[i].message = f"Klipper could not be stopped, nothing was written: {exc}"
                 raise
         for i in runnable:
-            results[i].klipper_stopped = needs_stop
-            await _execute(ordered[i], ctx, results[i], None, checked=True)
+            results[i].klipper_stopped = restart.klipper_stopped
+            await _execute(ordered[i], ctx, results[i], restart, checked=True)
     except asyncio.CancelledError:
         for result in results:
             if result.state == R.FAILED and not result.message:
@@ -865,6 +1010,7 @@ async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[F
                 _finish_klipper(result, restart, plan)
                 result.finished = time.time()
             ctx.results.extend(results)
+            await _let_go(ctx)
     for plan, result in zip(ordered, results):
         if result.state == R.DONE and restart.restarted:
             await _check_version(plan, ctx, result)

@@ -39,6 +39,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
 from .. import __version__
 from ..discovery.identity import normalize_uuid
 from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
+from ..flash.writer_lock import writer_lock_path
 from ..errors import (ConflictError, NotFoundError, OctoflashError,
                       UnavailableError, ValidationError, clip_text)
 from ..jobs import (DONE, CoreFlashPipeline, Job, JobRunner,
@@ -50,6 +51,7 @@ from ..service import KlipperService
 from ..settings import Settings
 from ..versions import parse_version, update_state
 from . import request_guard
+from .klipper_recovery import after_crash
 
 if TYPE_CHECKING:
     from moonraker.common import WebRequest
@@ -249,7 +251,9 @@ class OctoFlash:
         self.builder = self._make_builder()
         self.pipeline = CoreFlashPipeline(self.settings, self.service,
                                           klipper_status=self._fresh_klipper_status,
-                                          simulation=self.settings.simulation or None)
+                                          simulation=self.settings.simulation or None,
+                                          writer_lock_path=writer_lock_path(self.data_path))
+        self._klipper_recovery: Optional[asyncio.Task] = None
         self.runner = JobRunner(self.builder, pipeline=self.pipeline,
                                 storage=MoonrakerJobStorage(self.db),
                                 preflight=self._preflight,
@@ -367,7 +371,12 @@ class OctoFlash:
         # Reading the checkouts' Kconfig takes a child process each: not at
         # Moonraker's start, but right after it.
         self._config_check = self.eventloop.create_task(self._check_config_profiles())
-        await self.runner.load()
+        loaded = await self.runner.load()
+        # A flash that died with Moonraker may have left Klipper stopped: see to
+        # it once Moonraker runs (starting Klipper waits for it to connect).
+        interrupted = [j for j in self.runner.interrupted_on_load if j in
+                       {job.id for job in loaded if job.kind == "flash"}]
+        self._klipper_recovery = self.eventloop.create_task(after_crash(self, interrupted))
         if self.settings.simulation:
             # python-can's virtual bus reaches only this process: the
             # simulated CAN nodes must answer from inside Moonraker.
@@ -398,6 +407,8 @@ class OctoFlash:
             self._startup_watch.cancel()
         if self._config_check is not None:
             self._config_check.cancel()
+        if self._klipper_recovery is not None:
+            self._klipper_recovery.cancel()
         # before the database closes: running jobs are recorded as interrupted
         await self.runner.close()
         if self._sim_can is not None:
@@ -547,6 +558,9 @@ class OctoFlash:
             raise ConflictError(
                 f"Klipper is {state}{what}: flashing '{profile.name}' would stop Klipper and end "
                 "the print. Flash when the print has finished or has been cancelled.")
+        other = await self.pipeline.other_writer()
+        if other:
+            raise ConflictError(other)
         if not self.klippy.is_connected():
             return
         needs_stop = self._klipper_uses(profile) if plan is None \
