@@ -85,7 +85,10 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     presets: Dict[str, Preset] = {}
     for p in doc["presets"]:
         # The longest family prefix wins (btt-ebb-sb before btt-ebb).
-        family = max((k for k in instructions if p["id"].startswith(k)), key=len, default=None)
+        family = max((k for k in instructions if p["id"].startswith(k + "-")), key=len,
+                     default=None)
+        if not any(m["method"] == "dfu" for m in p["flash_methods"]):
+            family = None
         preset = Preset(
             id=p["id"], title=p["title"], board=p["board"], target=p["target"],
             mcu=p["mcu"], app_address=int(p["app_address"], 16),
