@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the presets as JSON")
     p.add_argument("--from-klipper", action="store_true",
                    help="list the presets the config/*.cfg headers of the Klipper checkout describe")
-    p.add_argument("--klipper-path", metavar="DIR", help="Klipper checkout (default from [octoflash] or ~/klipper)")
+    p.add_argument("--klipper-path", metavar="DIR",
+                   help="Klipper checkout (default from [octoflash] or ~/klipper)")
     p.set_defaults(handler=lambda ctx, out, err: cmd_presets(ctx, out))
 
     p = sub.add_parser("show-config", help="print the CONFIG_ lines a profile or preset requests")

@@ -17,9 +17,13 @@ import pytest
 
 from moonraker_octoflash import cli
 from moonraker_octoflash.kconfig import parse_config
+from moonraker_octoflash.klipper_configs import (
+    Uncertain,
+    presets_from_header,
+    read_checkout,
+    read_header,
+)
 from moonraker_octoflash.presets import list_presets
-from moonraker_octoflash.klipper_configs import (Uncertain, presets_from_header, read_checkout,
-                                                 read_header)
 from moonraker_octoflash.profiles import profile_from_json
 
 FIXTURE = Path(__file__).parent / "fixtures" / "klipper_headers.json"

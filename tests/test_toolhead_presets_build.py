@@ -10,12 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_presets_build import differences
+from toolhead_expectations import (
+    TOOLHEAD_IDS,
+    expected_app_address,
+    expected_files,
+    expected_toolhead,
+    vector_table_problem,
+)
 
 from moonraker_octoflash.kconfig import parse_config
 from moonraker_octoflash.presets import get_preset, load_presets
-from test_presets_build import differences
-from toolhead_expectations import (TOOLHEAD_IDS, expected_app_address, expected_files,
-                                   expected_toolhead, vector_table_problem)
 
 
 def test_every_toolhead_preset_is_listed_and_every_listed_one_exists():
