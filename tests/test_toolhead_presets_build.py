@@ -19,6 +19,7 @@ from toolhead_expectations import (
     vector_table_problem,
 )
 
+from moonraker_octoflash.errors import ValidationError
 from moonraker_octoflash.kconfig import parse_config
 from moonraker_octoflash.presets import get_preset, load_presets
 
@@ -49,3 +50,22 @@ async def test_toolhead_preset_resolves_and_builds(preset_id, builder, make_prof
     assert vector_table_problem(main, artifact.app_address, artifact.flash_size) is None
     if profile.target == "klipper":
         assert artifact.dict_mcu == profile.mcu
+
+
+@pytest.mark.parametrize("preset_id, overrides, symbol, reason", [
+    # A 32 KiB bootloader on a G0B1 (it offers 8 KiB or none).
+    ("btt-ebb-klipper-1m",
+     {"CONFIG_STM32_FLASH_START_2000": "n", "CONFIG_STM32_FLASH_START_8000": "y"},
+     "CONFIG_STM32_FLASH_START_8000", "not offered for this MCU"),
+    # The RP2040's flash chip choice exists only for an image that boots from the ROM.
+    ("btt-ebb-sb2209-rp2040-klipper-1m", {"CONFIG_RP2040_FLASH_GENERIC_03": "y"},
+     "CONFIG_RP2040_FLASH_GENERIC_03", "CONFIG_RP2040_HAVE_STAGE2=y"),
+])
+async def test_choices_the_chip_does_not_offer_are_refused(preset_id, overrides, symbol, reason,
+                                                           builder, make_profile):
+    profile = make_profile(preset_id, name="refused", kconfig=overrides)
+    with pytest.raises(ValidationError) as info:
+        await builder.build(profile)
+    text = str(info.value)
+    assert f"{symbol}: asked for y, Kconfig gave not set" in text and reason in text
+    assert builder.store.list(profile.name) == []
