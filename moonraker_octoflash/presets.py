@@ -42,8 +42,11 @@ class Preset:
 
     @property
     def family(self) -> str:
-        """The board family, the id without its variant (``btt-octopus``)."""
-        return self.id.split("-f4")[0].split("-h7")[0]
+        """The board family, the id without its variant (``btt-octopus``, ``btt-ebb-sb``)."""
+        family = self.id
+        for marker in ("-katapult", "-klipper", "-f4", "-h7"):
+            family = family.split(marker)[0]
+        return family
 
     def flash_method(self, name: str) -> Optional[Dict[str, Any]]:
         for m in self.flash_methods:

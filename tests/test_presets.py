@@ -110,3 +110,12 @@ def test_docs_presets_table_is_generated_from_the_data():
         "docs/presets.md is stale: run python3 -m moonraker_octoflash.docgen > docs/presets.md"
     for pid in EXPECTED_IDS:
         assert f"`{pid}`" in committed
+
+
+def test_each_toolhead_family_has_its_katapult_preset():
+    """Recovery advice names the Katapult preset of the profile's own board family."""
+    presets = list_presets()
+    for p in presets:
+        if p.target == "klipper" and not p.id.startswith("btt-octopus-"):
+            assert any(k.target == "katapult" and k.family == p.family and k.mcu == p.mcu
+                       for k in presets), p.id
