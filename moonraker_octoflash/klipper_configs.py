@@ -48,9 +48,19 @@ class KlipperConfigPresets:
     covered: List[str]             # files whose boards a curated preset covers
 
     def to_json(self) -> Dict[str, Any]:
-        return {"presets": [p.to_json() for p in self.presets], "files_read": self.files_read,
+        return {"presets": [as_json(p) for p in self.presets], "files_read": self.files_read,
                 "files_skipped": len(self.skipped), "skipped": dict(self.skipped),
                 "covered_by_curated": list(self.covered)}
+
+
+def as_json(preset: Preset) -> Dict[str, Any]:
+    """A header preset's JSON, with the profile that builds it (``mcu`` and ``kconfig``)."""
+    data = preset.to_json()
+    key = next(f.key for f in MCUS.values() if f.mcu == preset.mcu)
+    own = {k: v for k, v in preset.kconfig.items()
+           if not k.startswith("CONFIG_MACH_") and k != "CONFIG_LOW_LEVEL_OPTIONS"}
+    data["profile"] = {"mcu": key, "target": preset.target, "kconfig": own}
+    return data
 
 
 class Uncertain(Exception):

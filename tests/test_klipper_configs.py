@@ -121,6 +121,10 @@ def test_cli_lists_them_with_their_files_and_the_counts(tmp_path):
               "--klipper-path", str(tmp_path / "klipper")], out=out, err=err)
     data = json.loads(out.getvalue())
     assert data["files_skipped"] == skipped
+    # Each preset carries the profile that builds it: its MCU and its own Kconfig lines.
+    cheetah = next(p for p in data["presets"] if p["id"] == "klipper-generic-fysetc-cheetah-v1-2")
+    profile = profile_from_json(dict(cheetah["profile"], name="cheetah"))
+    assert profile.kconfig() == cheetah["kconfig"] and profile.mcu == cheetah["mcu"]
     assert "atmega2560" in data["skipped"]["generic-einsy-rambo.cfg"]
 
 
