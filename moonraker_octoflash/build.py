@@ -491,6 +491,9 @@ class Builder:
     def _output_files(name: str, target: str, out_dir: str,
                       resolved: Mapping[str, str]) -> Dict[str, str]:
         wanted = ["klipper.bin"] if target == "klipper" else ["katapult.bin"]
+        if target == "klipper" and resolved.get("CONFIG_RP2040_HAVE_STAGE2") == "y":
+            # An RP2040 image that boots from the ROM is built as klipper.uf2 only.
+            wanted = ["klipper.uf2"]
         if target == "katapult" and resolved.get("CONFIG_BUILD_DEPLOYER") == "y":
             wanted.append("deployer.bin")
         files = {}
@@ -499,6 +502,10 @@ class Builder:
             if not os.path.isfile(path):
                 raise BuildError(f"profile '{name}': make finished but {path} was not produced")
             files[fname] = path
+        # The RP2040 boot ROM's file, kept for a first install through BOOTSEL.
+        extra = "katapult.uf2" if target == "katapult" else "klipper.uf2"
+        if extra not in files and os.path.isfile(os.path.join(out_dir, extra)):
+            files[extra] = os.path.join(out_dir, extra)
         return files
 
     async def _image_facts(self, name: str, target: str, mcu: str, version: SourceVersion,
@@ -508,9 +515,10 @@ class Builder:
         if target == "klipper":
             facts["app_address"] = config_int(resolved, "CONFIG_FLASH_APPLICATION_ADDRESS") \
                 or config_int(resolved, "CONFIG_FLASH_BOOT_ADDRESS") or 0
-            info = await asyncio.to_thread(read_data_dictionary_file, files["klipper.bin"])
+            image = files.get("klipper.bin") or next(iter(files.values()))
+            info = await asyncio.to_thread(read_data_dictionary_file, image)
             if info is None:
-                raise BuildError(f"profile '{name}': {files['klipper.bin']} carries no Klipper "
+                raise BuildError(f"profile '{name}': {image} carries no Klipper "
                                  "data dictionary, so its MCU cannot be confirmed")
             dict_mcu = str(info.get("config", {}).get("MCU", ""))
             dict_version = str(info.get("version", ""))

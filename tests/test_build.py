@@ -419,7 +419,7 @@ async def test_disk_full_during_make(builder, make_profile, klipper_checkout):
     # cp into /dev/full fails exactly like a full disk: "No space left on device".
     makefile = klipper_checkout / "Makefile"
     makefile.write_text(makefile.read_text().replace(
-        "all: $(OUT)klipper.bin", "all: $(OUT)klipper.bin\n\tcp $(OUT)klipper.bin /dev/full"))
+        "all: $(target-y)", "all: $(target-y)\n\tcp $(OUT)klipper.bin /dev/full"))
     with pytest.raises(BuildError) as info:
         await builder.build(make_profile(F446))
     assert "The disk is full" in str(info.value)

@@ -856,7 +856,9 @@ class OctoFlash:
         return args
 
     async def _handle_presets_request(self, web_request: WebRequest) -> Dict[str, Any]:
-        return {"presets": [p.to_json() for p in list_presets()]}
+        from ..klipper_configs import checkout_report
+        return {"presets": [p.to_json() for p in list_presets()],
+                "from_klipper": await asyncio.to_thread(checkout_report, self.settings.klipper_path)}
 
     async def _handle_profiles_request(self, web_request: WebRequest) -> Dict[str, Any]:
         return {"profiles": [await self.describe_profile(p) for p in self.profiles.values()],
