@@ -24,7 +24,7 @@ import hashlib
 import os
 import shutil
 import time
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .artifacts import Artifact, ArtifactStore, file_sha256, read_data_dictionary_file
 from .errors import BuildError, NotFoundError, UnavailableError, ValidationError
@@ -32,13 +32,17 @@ from .events import Progress, ProgressCallback, null_progress
 from .kconfig import (SymbolInfo, check_against_kconfig, config_int, config_value,
                       read_symbol_table, render_config, resolve_config)
 from .settings import check_make_path
+
+if TYPE_CHECKING:
+    from .machine import Machine
+    from .settings import Settings
 from .tools import ToolTimeout, find_program, run_tool
 
-# A simulated tree (sim/trees) carries this file and needs no cross compiler.
-SIMULATED_TREE_MARKER = "SIMULATED.txt"
-
-CROSS_COMPILER = "arm-none-eabi-gcc"
-CROSS_PACKAGES = "gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi"
+# Debian's packages for each cross compiler a build may need.
+CROSS_PACKAGES = {
+    "arm-none-eabi-gcc": "gcc-arm-none-eabi binutils-arm-none-eabi libnewlib-arm-none-eabi",
+    "avr-gcc": "gcc-avr binutils-avr avr-libc",
+}
 TARGETS = {
     # target: (display name, option naming its checkout, command line flag, clone URL)
     "klipper": ("Klipper", "klipper_path", "--klipper-path",
@@ -200,7 +204,8 @@ class Builder:
     def __init__(self, build_root: str, klipper_path: Optional[str] = None,
                  katapult_path: Optional[str] = None, keep: int = 3,
                  jobs: Optional[int] = None, nice: int = 10,
-                 make_timeout: float = 900.0, make: str = "make") -> None:
+                 make_timeout: float = 900.0, make: str = "make",
+                 cross_compiler: Optional[Callable[[str], Optional[str]]] = None) -> None:
         self.build_root = os.path.abspath(os.path.expanduser(build_root))
         self.paths = {
             "klipper": os.path.abspath(os.path.expanduser(klipper_path)) if klipper_path else None,
@@ -211,9 +216,26 @@ class Builder:
         self.nice = nice
         self.make_timeout = make_timeout
         self.make = make
+        # mcu -> the compiler a build needs (the Machine's answer); default: this computer's
+        if cross_compiler is None:
+            from .machine import RealMachine
+            cross_compiler = RealMachine().cross_compiler
+        self.cross_compiler = cross_compiler
         self._locks: Dict[str, asyncio.Lock] = {}
         # checkout -> ((describe, fingerprint), its Kconfig symbol table)
         self._tables: Dict[str, Tuple[Tuple[str, str], Dict[str, SymbolInfo]]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", machine: Optional["Machine"] = None
+                      ) -> "Builder":
+        """The builder the ``[octoflash]`` settings describe, for ``machine``'s compilers."""
+        if machine is None:
+            from .machine import load_machine
+            machine = load_machine(settings)
+        return cls(settings.build_path, klipper_path=settings.klipper_path,
+                   katapult_path=settings.katapult_path, keep=settings.builds_kept,
+                   jobs=settings.build_jobs, nice=settings.build_nice,
+                   make_timeout=settings.make_timeout, cross_compiler=machine.cross_compiler)
 
     # --- the checkout ----------------------------------------------------------
 
@@ -262,9 +284,6 @@ class Builder:
             table = cached[1]
         check_against_kconfig(requested, table,
                               f"profile '{profile.name}'")  # type: ignore[attr-defined]
-
-    def is_simulated(self, target: str) -> bool:
-        return os.path.isfile(os.path.join(self.checkout(target), SIMULATED_TREE_MARKER))
 
     async def source_version(self, target: str) -> SourceVersion:
         """What the checkout holds now: git describe, dirty flag and a fingerprint.
@@ -367,17 +386,17 @@ class Builder:
         damaged = await asyncio.to_thread(_damaged_files, last)
         return not damaged, damaged
 
-    def _check_toolchain(self, source_dir: str, target: str) -> None:
+    def _check_toolchain(self, target: str, mcu: str) -> None:
         if find_program(self.make) is None:
             raise UnavailableError(f"'{self.make}' is not installed, so firmware cannot be built",
                                    hint="Install it with: sudo apt install make")
-        if os.path.isfile(os.path.join(source_dir, SIMULATED_TREE_MARKER)):
-            return
-        if find_program(CROSS_COMPILER) is None:
+        compiler = self.cross_compiler(mcu)
+        if compiler is not None and find_program(compiler) is None:
+            packages = CROSS_PACKAGES.get(compiler, compiler)
             raise UnavailableError(
-                f"The ARM cross compiler ({CROSS_COMPILER}) is not installed, so "
+                f"The cross compiler for {mcu} ({compiler}) is not installed, so "
                 f"{TARGETS[target][0]} cannot be built for this board",
-                hint=f"Install it with: sudo apt install {CROSS_PACKAGES}")
+                hint=f"Install it with: sudo apt install {packages}")
 
     async def _build_locked(self, profile: object, source_dir: str, force: bool,
                             emit: ProgressCallback) -> BuildResult:
@@ -401,7 +420,7 @@ class Builder:
                           f"({'; '.join(damaged)}): building again from an empty output folder",
                           None, kind="step"))
 
-        self._check_toolchain(source_dir, target)
+        self._check_toolchain(target, mcu)
         check_make_path(self.build_root, "The build folder (build_path)")
         await self.check_kconfig(profile, version)
         pdir = self.store.profile_dir(name)

@@ -153,10 +153,7 @@ class ProgressPrinter:
 
 def make_builder(settings: Settings) -> Any:
     from .build import Builder
-    return Builder(settings.build_path, klipper_path=settings.klipper_path,
-                   katapult_path=settings.katapult_path, keep=settings.builds_kept,
-                   jobs=settings.build_jobs, nice=settings.build_nice,
-                   make_timeout=settings.make_timeout)
+    return Builder.from_settings(settings)
 
 
 async def _build_all(ctx: CliContext, profiles: List[Profile], out: TextIO,

@@ -118,7 +118,7 @@ class Demo:
             serial_by_id_path: {machine.by_id_dir}
             device_wait_timeout: 20
             reconnect_timeout: 20
-            simulation: {self.machine_dir}
+            machine: moonraker_octoflash.sim.machine:open_machine {self.machine_dir}
 
             # The Octopus: Klipper as USB-CAN bridge, written through Katapult.
             [octoflash octopus]

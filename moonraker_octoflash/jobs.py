@@ -25,203 +25,30 @@ to its end even if the client that asked for it goes away.  Rules:
 The core is reached through two narrow seams so that the runner does not
 care where its parts come from: ``builder.build(profile, force, on_progress)``
 (``build.Builder``) and a ``FlashPipeline`` (``prepare`` = discovery + plan,
-``execute`` = the executor); ``CoreFlashPipeline`` wires the real modules.
+``execute`` = the executor); ``flash.pipeline.CoreFlashPipeline`` wires the
+real modules.  The records themselves live in ``job_records``.
 """
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import dataclasses
 import logging
 import secrets
 import time
 from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
                     Optional, Sequence)
 
-from .errors import (CheckFailed, ConflictError, FlashError, NotFoundError,
+from .errors import (CheckFailed, ConflictError, NotFoundError,
                      OctoflashError, ValidationError, clip_text)
+from .discovery.snapshot import profile_is_usb_can_bridge
 from .events import Progress
+from .job_records import (  # noqa: F401  (the runner's records, also read from here)
+    QUEUED, RUNNING, DONE, FAILED, CANCELLED, REFUSED, INTERRUPTED, FINAL_STATES, ACTIVE_STATES, UNSAFE_STAGES, BOOTLOADER_STAGES, AFTER_WRITE_STAGES, NO_CANCEL_STAGES, CURRENT_JOB_ID, DEFAULT_HISTORY_SIZE, DEFAULT_LOG_LINES, MAX_LINE_CHARS, MAX_MESSAGE_CHARS, DEFAULT_HISTORY_BYTES, JobStep, Job, JobUpdate, JobListener, JobStorage, MemoryJobStorage, _record_size)
 
 if TYPE_CHECKING:
     from .profiles import Profile
 
 log = logging.getLogger("octoflash.jobs")
 
-# Job states.  "refused": a check before writing said no, nothing was written.
-QUEUED, RUNNING = "queued", "running"
-DONE, FAILED, CANCELLED, REFUSED, INTERRUPTED = "done", "failed", "cancelled", "refused", "interrupted"
-FINAL_STATES = (DONE, FAILED, CANCELLED, REFUSED, INTERRUPTED)
-ACTIVE_STATES = (QUEUED, RUNNING)
-
-# Stages during which stopping would leave a board half written: cancelling
-# is refused then (the executor finishes the write and restarts Klipper).
-UNSAFE_STAGES = frozenset({"write_dfu", "write_katapult", "erase", "write",
-                           "verify", "deploy", "mass_erase", "download"})
-# From the moment the board is asked into its bootloader until the job ends,
-# a cancel would leave it waiting in Katapult, not running Klipper (or stop
-# the wait for a board just written, and Klipper's start): refused as well.
-# Each of these steps has its own time limit, so the job ends on its own.
-BOOTLOADER_STAGES = frozenset({"request_bootloader", "wait_katapult_usb", "wait_katapult_can",
-                               "katapult_status"})
-AFTER_WRITE_STAGES = frozenset({"wait_return", "start_klipper", "check_version", "done"})
-NO_CANCEL_STAGES = UNSAFE_STAGES | BOOTLOADER_STAGES | AFTER_WRITE_STAGES
-
-# The flash job a pipeline is executing for (set in the job's own task), so
-# the machine-wide writer lock can name it to another process.
-CURRENT_JOB_ID: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar(
-    "octoflash_job_id", default=None)
-
-DEFAULT_HISTORY_SIZE = 50
-DEFAULT_LOG_LINES = 500
-# What one job record, and so one notification or database entry, may carry:
-# the last lines of a log, and messages of a bounded length.  A build's
-# whole log stays on disk (``log_path``).
-MAX_LINE_CHARS = 1000           # one log line
-MAX_MESSAGE_CHARS = 4000        # error, recovery, message
-DEFAULT_HISTORY_BYTES = 4 * 1024 * 1024   # the whole history, as stored
-
-
-# --- records ---------------------------------------------------------------
-
-@dataclasses.dataclass
-class JobStep:
-    """One phase of a job and how it ended."""
-    stage: str
-    message: str = ""
-    state: str = RUNNING            # running, done, failed, cancelled, skipped
-    started: float = dataclasses.field(default_factory=time.time)
-    finished: Optional[float] = None
-    percent: Optional[float] = None
-    result: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_json(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class Job:
-    id: str
-    kind: str                       # "build", "flash" or "update_all"
-    profile: str                    # profile name ("" for update_all)
-    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    origin: str = "api"             # api, macro, cli, update_manager
-    state: str = QUEUED
-    stage: str = ""
-    percent: Optional[float] = None
-    message: str = ""
-    error: Optional[str] = None
-    recovery: Optional[str] = None  # how to get a board back after a failed write
-    created: float = dataclasses.field(default_factory=time.time)
-    started: Optional[float] = None
-    finished: Optional[float] = None
-    artifact: Optional[Dict[str, Any]] = None
-    plan: Optional[Dict[str, Any]] = None
-    result: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    steps: List[JobStep] = dataclasses.field(default_factory=list)
-    log: List[str] = dataclasses.field(default_factory=list)
-    log_dropped: int = 0            # lines left out of ``log`` to keep it bounded
-    log_path: Optional[str] = None  # the full build log, when there is one
-    parent: Optional[str] = None    # the update_all job this flash belongs to
-    children: List[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    @property
-    def duration(self) -> Optional[float]:
-        if self.started is None:
-            return None
-        end = self.finished if self.finished is not None else time.time()
-        return round(end - self.started, 3)
-
-    def to_json(self, full: bool = True) -> Dict[str, Any]:
-        data: Dict[str, Any] = {
-            "job_id": self.id, "kind": self.kind, "profile": self.profile,
-            "options": dict(self.options), "origin": self.origin, "state": self.state,
-            "stage": self.stage, "percent": self.percent, "message": self.message,
-            "error": self.error, "recovery": self.recovery, "created": self.created,
-            "started": self.started, "finished": self.finished, "duration": self.duration,
-            "parent": self.parent, "children": list(self.children),
-        }
-        art = self.artifact or {}
-        data["artifact_id"] = art.get("id")
-        data["version"] = art.get("dict_version") or art.get("source_version")
-        if full:
-            data.update(artifact=self.artifact, plan=self.plan, result=dict(self.result),
-                        steps=[s.to_json() for s in self.steps], log=list(self.log),
-                        log_dropped=self.log_dropped, log_path=self.log_path)
-        return data
-
-    @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "Job":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in fields}
-        values["id"] = data["job_id"]
-        values["steps"] = [JobStep(**{k: v for k, v in s.items()
-                                      if k in {f.name for f in dataclasses.fields(JobStep)}})
-                           for s in data.get("steps") or []]
-        return cls(**values)
-
-
-@dataclasses.dataclass
-class JobUpdate:
-    """What adapters hear about a job: sent on every step, percentage, line and state."""
-    job: Job
-    event: str                      # "state", "step", "progress" or "output"
-    message: str = ""
-
-    @property
-    def final(self) -> bool:
-        return self.event == "state" and self.job.state in FINAL_STATES
-
-    def to_json(self) -> Dict[str, Any]:
-        job = self.job
-        return {
-            "job_id": job.id, "kind": job.kind, "profile": job.profile, "event": self.event,
-            "state": job.state, "stage": job.stage, "percent": job.percent,
-            "message": clip_text(self.message or job.message, MAX_MESSAGE_CHARS),
-            "final": self.final, "error": job.error, "recovery": job.recovery, "parent": job.parent,
-            "duration": job.duration, "time": time.time(),
-        }
-
-
-JobListener = Callable[[JobUpdate], Any]
-
-
-# --- storage ---------------------------------------------------------------
-
-class JobStorage:
-    """Where the history lives.  Subclasses override the three methods."""
-
-    async def load_all(self) -> List[Dict[str, Any]]:
-        raise NotImplementedError
-
-    async def save(self, job: Dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    async def delete(self, job_id: str) -> None:
-        raise NotImplementedError
-
-
-class MemoryJobStorage(JobStorage):
-    """History for the command line and the tests; ``records`` can be handed
-    to a second runner to play a restart."""
-
-    def __init__(self, records: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
-        self.records: Dict[str, Dict[str, Any]] = records if records is not None else {}
-
-    async def load_all(self) -> List[Dict[str, Any]]:
-        return [dict(r) for r in self.records.values()]
-
-    async def save(self, job: Dict[str, Any]) -> None:
-        self.records[job["job_id"]] = dict(job)
-
-    async def delete(self, job_id: str) -> None:
-        self.records.pop(job_id, None)
-
-
-# --- the flash side of the core ---------------------------------------------
 
 class FlashPipeline:
     """The two calls a flash job makes into the core."""
@@ -241,123 +68,6 @@ class FlashPipeline:
         return bool(getattr(plan, "needs_klipper_stop", True))
 
 
-def with_address_from_klipper(profile: "Profile", snapshot: Any) -> "Profile":
-    """The profile, with the board's CAN uuid or serial from Klipper's config when it names none.
-
-    A profile may say only ``klipper_mcu: toolhead``; printer.cfg already
-    tells how that board is reached, so the flash need not be refused for it.
-    """
-    if profile.canbus_uuid or profile.serial or not profile.klipper_mcu:
-        return profile
-    mcu = snapshot.klipper_mcu(profile.klipper_mcu) if snapshot is not None else None
-    if mcu is None or not (mcu.canbus_uuid or mcu.serial):
-        return profile
-    if mcu.canbus_uuid:
-        return dataclasses.replace(profile, canbus_uuid=mcu.canbus_uuid,
-                                   canbus_interface=mcu.canbus_interface or "can0")
-    return dataclasses.replace(profile, serial=mcu.serial)
-
-
-class CoreFlashPipeline(FlashPipeline):
-    """Wires discovery, the planner and the executor (flash engineer's modules).
-
-    ``klipper_status`` returns Klipper's latest ``mcu``/``configfile`` status
-    (the Moonraker adapter reads it through Moonraker; the command line has
-    none); ``simulation`` names a simulated machine's folder (demo).
-    """
-
-    def __init__(self, settings: Any, service: Any, *,
-                 klipper_status: Optional[Callable[[], Awaitable[Optional[Dict[str, Any]]]]] = None,
-                 simulation: Optional[str] = None,
-                 writer_lock_path: Optional[str] = None,
-                 writer_kind: str = "moonraker") -> None:
-        self.settings = settings
-        self.service = service
-        self.klipper_status = klipper_status
-        self.simulation = simulation
-        self.writer_lock_path = writer_lock_path
-        self.writer_kind = writer_kind
-
-    async def other_writer(self) -> Optional[str]:
-        """Why a flash cannot start now because another process writes a board, or None."""
-        if not self.writer_lock_path:
-            return None
-        from .flash.writer_lock import busy_message, probe
-        free, record = await probe(self.writer_lock_path)
-        return None if free else busy_message(record)
-
-    def scan_options(self) -> Dict[str, Any]:
-        """Where discovery looks: the simulated machine, or the settings' folders and buses."""
-        if self.simulation:
-            from .sim.board import SimulatedMachine
-            return SimulatedMachine(self.simulation).scan_options()
-        options: Dict[str, Any] = {}
-        if self.settings is not None:
-            options.update(by_id_dir=self.settings.serial_by_id_path,
-                           can_interfaces=list(self.settings.can_interfaces) or None,
-                           can_listen_time=self.settings.can_listen_time)
-        return options
-
-    async def scan(self) -> Any:
-        from .discovery import scan
-        status = await self.klipper_status() if self.klipper_status is not None else None
-        options = await asyncio.to_thread(self.scan_options)   # the simulation reads files
-        return await scan(klipper_status=status, **options)
-
-    def flash_config(self) -> Any:
-        from .flash.config import FlashConfig
-        config = FlashConfig.from_settings(self.settings) if self.settings is not None \
-            else FlashConfig()
-        if self.simulation:
-            from .sim.board import SimulatedMachine
-            machine = SimulatedMachine(self.simulation)
-            config = config.with_tools(machine.tool_paths(), machine.by_id_dir)
-        return config
-
-    async def prepare(self, profile: "Profile", artifact: Any,
-                      options: Dict[str, Any]) -> Any:
-        from .flash.plan import make_plan
-        snapshot = await self.scan()
-        config = await asyncio.to_thread(self.flash_config)
-        profile = with_address_from_klipper(profile, snapshot)
-        return make_plan(profile, artifact, method=options.get("method"), devices=snapshot,
-                         config=config)
-
-    async def execute(self, plan: Any, on_progress: Callable[[Progress], None]) -> Dict[str, Any]:
-        """Run the plan; a refusal raises CheckFailed, a failure FlashError (with the result)."""
-        from .flash import results as flash_results
-        from .flash.executor import FlashContext, execute_plan
-
-        async def klipper_status() -> Dict[str, Any]:
-            if self.klipper_status is None:
-                return {}
-            return dict(await self.klipper_status() or {})
-
-        lock = None
-        if self.writer_lock_path:
-            from .flash.writer_lock import WriterLock
-            lock = WriterLock(self.writer_lock_path, kind=self.writer_kind,
-                              job_id=CURRENT_JOB_ID.get(), profiles=[plan.profile_name])
-        ctx = FlashContext(service=self.service, on_progress=on_progress, discover=self.scan,
-                           klipper_status=klipper_status if self.klipper_status else None,
-                           writer_lock=lock)
-        try:
-            result = await execute_plan(plan, ctx)
-        except asyncio.CancelledError as exc:
-            if ctx.result is not None:
-                exc.details = ctx.result.to_json()   # type: ignore[attr-defined]
-            raise
-        data = result.to_json()
-        if result.state == flash_results.DONE:
-            return data
-        if result.state == flash_results.REFUSED:
-            exc: OctoflashError = CheckFailed(result.message, hint=result.hint)
-        else:
-            exc = FlashError(result.message or f"flash {result.state}",
-                             recovery=result.recovery, hint=result.hint)
-        exc.details = data   # type: ignore[attr-defined]
-        raise exc
-
 
 Preflight = Callable[["Profile", Optional[Any]], Awaitable[None]]
 ArtifactLookup = Callable[["Profile", str], Any]
@@ -367,16 +77,10 @@ def _new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + secrets.token_hex(2)
 
 
-def is_usb_can_bridge(profile: "Profile") -> bool:
-    """A board whose firmware carries the CAN bus: flashing it takes the bus down."""
-    return any(k.startswith("CONFIG_STM32_USBCANBUS") or k == "CONFIG_USBCANBUS"
-               for k, v in profile.kconfig().items() if v == "y")
-
-
 def update_order(profiles: Sequence["Profile"]) -> List["Profile"]:
     """CAN nodes first, then USB boards, the USB-CAN bridge last (it carries the bus)."""
     def key(p: "Profile") -> int:
-        if is_usb_can_bridge(p):
+        if profile_is_usb_can_bridge(p):
             return 2
         return 0 if p.connection == "can" else 1
     return sorted(profiles, key=key)
@@ -964,11 +668,6 @@ class JobRunner:
         if ok != len(results):
             failed = ", ".join(n for n, s in results.items() if s != DONE)
             raise OctoflashError(f"{ok} of {len(results)} boards updated; failed: {failed}")
-
-
-def _record_size(record: Dict[str, Any]) -> int:
-    import json
-    return len(json.dumps(record, default=str))
 
 
 def _plan_summary(plan: Dict[str, Any]) -> str:

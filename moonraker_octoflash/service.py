@@ -35,6 +35,10 @@ class KlipperService(abc.ABC):
     async def is_active(self) -> bool:
         ...
 
+    def control_problem(self) -> Optional[str]:
+        """Why Klipper cannot be stopped and started this way here, or None."""
+        return None
+
     def describe(self) -> str:
         return self.name
 

@@ -55,7 +55,7 @@ class Settings:
     device_wait_timeout: float = 120.0
     reconnect_timeout: float = 60.0
     announcements: bool = True
-    simulation: str = ""                 # demo only: a simulated machine's folder
+    machine: str = ""                    # "" = this computer; demo/tests: module:factory ARG
 
     # option name -> (kind, minimum)
     _KINDS = {
@@ -66,7 +66,7 @@ class Settings:
         "can_interfaces": ("list", None),
     }
     PATH_OPTIONS = ("klipper_path", "katapult_path", "build_path", "flashtool_path",
-                    "serial_by_id_path", "simulation")
+                    "serial_by_id_path")
 
     @classmethod
     def option_names(cls) -> List[str]:
@@ -109,6 +109,8 @@ class Settings:
             self.build_jobs = os.cpu_count() or 1
         for name in MAKE_PATH_OPTIONS:
             check_make_path(getattr(self, name), f"[octoflash] {name}")
+        from .machine import check_machine_spec
+        check_machine_spec(self.machine)
         for interface in self.can_interfaces:
             if not _INTERFACE_RE.fullmatch(interface):
                 raise ValidationError(f"[octoflash] can_interfaces: {interface!r} is not a "

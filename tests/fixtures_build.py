@@ -8,6 +8,7 @@ from typing import Callable, Dict, Optional
 import pytest
 
 from moonraker_octoflash.build import Builder
+from moonraker_octoflash.sim.trees import no_cross_compiler
 from moonraker_octoflash.profiles import Profile, profile_from_json
 from moonraker_octoflash.sim.trees import install_tree
 
@@ -44,7 +45,7 @@ def build_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def builder(build_root: Path, klipper_checkout: Path, katapult_checkout: Path) -> Builder:
     return Builder(str(build_root), klipper_path=str(klipper_checkout),
-                   katapult_path=str(katapult_checkout), keep=3, jobs=2)
+                   katapult_path=str(katapult_checkout), keep=3, jobs=2, cross_compiler=no_cross_compiler)
 
 
 ProfileFactory = Callable[..., Profile]

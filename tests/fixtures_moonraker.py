@@ -36,6 +36,7 @@ if REPO not in sys.path:
 
 from moonraker_octoflash.discovery.serial import klipper_by_id_name  # noqa: E402
 from moonraker_octoflash.sim.board import SimulatedMachine, make_klipper_image  # noqa: E402
+from moonraker_octoflash.sim.machine import machine_option  # noqa: E402
 from moonraker_octoflash.sim.klippy import KlippyStandIn, SimMcu, StandInThread  # noqa: E402
 from moonraker_octoflash.sim.trees import change_source, install_tree  # noqa: E402
 
@@ -451,7 +452,7 @@ class SimulatedPrinter(MoonrakerProcess):
             "klipper_path": self.klipper_tree, "katapult_path": self.katapult_tree,
             "dfu_util_path": tools["dfu_util"], "flashtool_path": tools["flashtool"],
             "serial_by_id_path": self.machine.by_id_dir, "device_wait_timeout": "20",
-            "reconnect_timeout": "20", "simulation": self.machine.directory}
+            "reconnect_timeout": "20", "machine": machine_option(self.machine.directory)}
         options.update(self.octoflash_options)
         text = ""
         if self.update_manager:

@@ -6,12 +6,13 @@ import errno
 import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from moonraker_octoflash.artifacts import ArtifactStore, read_data_dictionary
+from moonraker_octoflash.machine import RealMachine
+from moonraker_octoflash.sim.trees import no_cross_compiler
 from moonraker_octoflash.build import Builder
 from moonraker_octoflash.errors import (BuildError, NotFoundError, UnavailableError,
                                         ValidationError)
@@ -248,7 +249,7 @@ async def test_force_rebuilds_from_scratch(builder, make_profile, progress):
 async def test_kept_artifacts_are_pruned(build_root, klipper_checkout, katapult_checkout,
                                          make_profile):
     builder = Builder(str(build_root), klipper_path=str(klipper_checkout),
-                      katapult_path=str(katapult_checkout), keep=2, jobs=2)
+                      katapult_path=str(katapult_checkout), keep=2, jobs=2, cross_compiler=no_cross_compiler)
     ids = []
     for n in range(3):
         if n:
@@ -322,7 +323,7 @@ async def test_katapult_without_deployer_keeps_no_stale_deployer(builder, make_p
 # --- errors a user can act on -----------------------------------------------------------
 
 async def test_missing_checkout_says_which_option_to_set(build_root, make_profile, tmp_path):
-    builder = Builder(str(build_root), klipper_path=str(tmp_path / "nowhere"))
+    builder = Builder(str(build_root), klipper_path=str(tmp_path / "nowhere"), cross_compiler=no_cross_compiler)
     with pytest.raises(NotFoundError) as info:
         await builder.build(make_profile(F446))
     text = str(info.value)
@@ -332,7 +333,7 @@ async def test_missing_checkout_says_which_option_to_set(build_root, make_profil
     assert "No Katapult checkout is configured" in str(info.value)
     assert "katapult_path" in str(info.value)
     (tmp_path / "empty").mkdir()
-    builder = Builder(str(build_root), katapult_path=str(tmp_path / "empty"))
+    builder = Builder(str(build_root), katapult_path=str(tmp_path / "empty"), cross_compiler=no_cross_compiler)
     with pytest.raises(NotFoundError) as info:
         await builder.build(make_profile("btt-octopus-f446-katapult"))
     assert "Makefile" in str(info.value)
@@ -393,13 +394,10 @@ def _path_without(tmp_path: Path, *missing: str) -> str:
 
 async def test_missing_cross_compiler_names_the_packages(build_root, klipper_checkout,
                                                          make_profile, monkeypatch, tmp_path):
-    # A real (not simulated) tree needs arm-none-eabi-gcc, checked before make runs.
-    (klipper_checkout / "SIMULATED.txt").unlink()
-    subprocess.run(["git", "commit", "-qam", "real"], cwd=klipper_checkout, check=True,
-                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-                            GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"))
+    # This computer's builds need arm-none-eabi-gcc for an STM32: checked before make runs.
     monkeypatch.setenv("PATH", _path_without(tmp_path, "arm-none-eabi-gcc"))
-    builder = Builder(str(build_root), klipper_path=str(klipper_checkout))
+    builder = Builder(str(build_root), klipper_path=str(klipper_checkout),
+                      cross_compiler=RealMachine().cross_compiler)
     with pytest.raises(UnavailableError) as info:
         await builder.build(make_profile(F446))
     text = str(info.value)

@@ -5,7 +5,6 @@ import asyncio
 import os
 import time
 
-import can
 import usb.core
 import usb.util
 

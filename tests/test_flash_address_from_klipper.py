@@ -1,7 +1,7 @@
 """A profile that names only its Klipper MCU is reached the way printer.cfg says."""
 from moonraker_octoflash.discovery import DeviceSnapshot
 from moonraker_octoflash.discovery.klipper import klipper_mcus
-from moonraker_octoflash.jobs import with_address_from_klipper
+from moonraker_octoflash.flash.pipeline import with_address_from_klipper
 from moonraker_octoflash.profiles import profile_from_json
 
 KLIPPER = {

@@ -18,7 +18,8 @@ from fixtures_flash import EBB_PRESET, ebb_profile, octopus_profile, write_artif
 from moonraker_octoflash.errors import ConflictError
 from moonraker_octoflash.flash.plan import make_plan
 from moonraker_octoflash.flash.writer_lock import probe, writer_lock_path
-from moonraker_octoflash.jobs import NO_CANCEL_STAGES, CoreFlashPipeline, JobRunner
+from moonraker_octoflash.flash.pipeline import CoreFlashPipeline
+from moonraker_octoflash.jobs import NO_CANCEL_STAGES, JobRunner
 from moonraker_octoflash.profiles import Profile
 
 USB_SERIAL_PRESET = dataclasses.replace(

@@ -122,7 +122,7 @@ def _setup_cli(tmp_path, machine):
     conf.write_text(textwrap.dedent(f"""\
         [octoflash]
         build_path: {build}
-        simulation: {machine.directory}
+        machine: moonraker_octoflash.sim.machine:open_machine {machine.directory}
         can_listen_time: 0.1
         reconnect_timeout: 5
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from moonraker_octoflash.build import Builder
+from moonraker_octoflash.sim.trees import no_cross_compiler
 from moonraker_octoflash.errors import ValidationError
-from moonraker_octoflash.profiles import Profile, profile_from_json
+from moonraker_octoflash.profiles import profile_from_json
 from moonraker_octoflash.settings import Settings
 
 
@@ -62,7 +63,7 @@ async def test_a_hostile_value_is_refused_and_make_never_starts(
     canary = tmp_path / "canary"
     value = value.format(canary=canary)
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(klipper_checkout),
-                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)))
+                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
     data = {"name": "evil", "preset": "btt-octopus-f446-canbridge",
             "kconfig": {"CONFIG_INITIAL_PINS": value}}
     # Every entry point refuses it: the profile's JSON form (API, CLI) ...
@@ -84,7 +85,7 @@ async def test_a_symbol_the_user_cannot_set_is_refused_before_make(
         klipper_checkout, katapult_checkout, tmp_path):
     """Plain text, but for a symbol Kconfig derives itself (make reads it at parse time)."""
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(klipper_checkout),
-                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)))
+                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
     profile = profile_from_json({"name": "derived", "preset": "btt-octopus-f446-canbridge",
                                  "kconfig": {"CONFIG_BOARD_DIRECTORY": '"stm32"',
                                              "CONFIG_CANBUS_FREQUENCY": '"fast"'}})
@@ -99,7 +100,7 @@ async def test_a_symbol_the_user_cannot_set_is_refused_before_make(
 
 async def test_a_good_override_still_builds(klipper_checkout, katapult_checkout, tmp_path):
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(klipper_checkout),
-                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)))
+                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
     profile = profile_from_json({"name": "pins", "preset": "btt-octopus-f446-canbridge",
                                  "kconfig": {"CONFIG_INITIAL_PINS": '"!PA14,PB3"'}})
     result = await builder.build(profile)
@@ -126,7 +127,7 @@ def test_a_checkout_in_an_unusable_folder_is_refused_before_make(tmp_path, klipp
     odd = tmp_path / "my klipper"
     shutil.copytree(klipper_checkout, odd, symlinks=True)
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(odd),
-                      make=str(make_recorder(tmp_path)))
+                      make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
     with pytest.raises(ValidationError) as info:
         builder.checkout("klipper")
     assert "cannot be handed to make" in str(info.value)

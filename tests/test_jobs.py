@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from moonraker_octoflash.artifacts import Artifact, ArtifactFile
+from moonraker_octoflash.sim.trees import no_cross_compiler
 from moonraker_octoflash.errors import CheckFailed, ConflictError, NotFoundError, ValidationError
 from moonraker_octoflash.events import Progress
 from moonraker_octoflash.jobs import (FlashPipeline, JobRunner,
@@ -255,7 +256,8 @@ def klipper_tree(tmp_path_factory):
 async def test_a_build_job_records_the_artifact_and_the_builder_steps(tmp_path, klipper_tree):
     from moonraker_octoflash.build import Builder
     storage = MemoryJobStorage()
-    runner = JobRunner(Builder(str(tmp_path / "builds"), klipper_path=klipper_tree),
+    runner = JobRunner(Builder(str(tmp_path / "builds"), klipper_path=klipper_tree,
+                               cross_compiler=no_cross_compiler),
                        storage=storage)
     job = await runner.start_build(make_profile("octopus"))
     await runner.wait(job.id, 60)
@@ -276,7 +278,8 @@ async def test_update_all_flashes_can_nodes_first_and_the_bridge_last(tmp_path, 
     from moonraker_octoflash.build import Builder
     pipeline = GatedPipeline()
     pipeline.gate.set()
-    runner = JobRunner(Builder(str(tmp_path / "builds"), klipper_path=klipper_tree),
+    runner = JobRunner(Builder(str(tmp_path / "builds"), klipper_path=klipper_tree,
+                               cross_compiler=no_cross_compiler),
                        pipeline=pipeline)
     bridge = make_profile("octopus", canbus_uuid="0123456789ab")
     usb = make_profile("spare", "btt-octopus-f429-katapult", serial="/dev/ttyACM0")

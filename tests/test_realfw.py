@@ -29,7 +29,9 @@ from toolhead_expectations import (
     vector_table_problem,
 )
 
-from moonraker_octoflash.build import CROSS_COMPILER, Builder
+from moonraker_octoflash.build import Builder
+
+CROSS_COMPILER = "arm-none-eabi-gcc"
 from moonraker_octoflash.errors import ValidationError
 from moonraker_octoflash.kconfig import parse_config
 from moonraker_octoflash.tools import find_program

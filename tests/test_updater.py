@@ -250,7 +250,7 @@ async def test_update_button_builds_flashes_and_streams_to_the_end(printer, clie
     assert responses[-1]["complete"] is True
     assert all(not r["complete"] for r in responses[:-1])
     text = "\n".join(r["message"] for r in responses)
-    for expected in ("[build]", "src/sched.o", f"Built klipper.bin for octopus",
+    for expected in ("[build]", "src/sched.o", "Built klipper.bin for octopus",
                      "[stop_klipper]", "[write_katapult]", "100%", "Programming Complete",
                      "[start_klipper]"):
         assert expected in text, expected

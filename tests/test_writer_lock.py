@@ -116,7 +116,7 @@ def _machine_with_cli_config(tmp_path, machine):
     conf.write_text(textwrap.dedent(f"""\
         [octoflash]
         build_path: {build}
-        simulation: {machine.directory}
+        machine: moonraker_octoflash.sim.machine:open_machine {machine.directory}
         can_listen_time: 0.1
         reconnect_timeout: 5
 

@@ -20,11 +20,11 @@ NOT_FOUND = "not_found"
 
 
 def profile_is_usb_can_bridge(profile: Any) -> bool:
-    """True when the profile's firmware makes the board a USB-CAN bridge."""
-    try:
-        symbols = profile.kconfig()
-    except Exception:
-        symbols = getattr(getattr(profile, "preset", None), "kconfig", {}) or {}
+    """True when the profile's firmware makes the board a USB-CAN bridge (which
+    carries the CAN bus: flashing it takes the bus down)."""
+    kconfig = getattr(profile, "kconfig", None)
+    symbols = kconfig() if callable(kconfig) else \
+        getattr(getattr(profile, "preset", None), "kconfig", {}) or {}
     return any("USBCANBUS" in key and value == "y" for key, value in symbols.items())
 
 

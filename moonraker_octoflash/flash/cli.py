@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
 
 from ..discovery import DeviceSnapshot, scan
 from ..errors import NotFoundError, ValidationError
 from ..events import Progress
 from ..settings import data_path_for_config
 from ..service import KlipperService, SystemctlService
+from ..machine import Machine, load_machine
 from .config import FlashConfig
 from .executor import FlashContext, execute_plans
 from .plan import FlashPlan, make_plan, order_for_flash
@@ -27,49 +28,48 @@ from .remote import find_moonraker, flash_through_moonraker
 from .writer_lock import WriterLock, busy_message, probe, writer_lock_path
 
 
-# --- environment: the real machine, or the simulated one named in [octoflash] ----------
+# --- environment: the machine the [octoflash] settings name ------------------------
 class _Environment:
     def __init__(self, settings: Any, listen_time: Optional[float] = None) -> None:
         self.settings = settings
+        self.machine: Machine = load_machine(settings)
         self.config = FlashConfig.from_settings(settings)
+        tools = self.machine.tool_paths()
+        if tools or self.machine.by_id_dir:
+            self.config = self.config.with_tools(tools, by_id_dir=self.machine.by_id_dir)
         self.listen_time = listen_time if listen_time is not None else \
             float(getattr(settings, "can_listen_time", 0.5))
-        self.machine: Any = None
-        simulation = getattr(settings, "simulation", "") or ""
-        if simulation:
-            from ..sim.board import SimulatedMachine
-            self.machine = SimulatedMachine(simulation)
-            self.config = self.config.with_tools(self.machine.tool_paths(),
-                                                 by_id_dir=self.machine.by_id_dir)
 
     def scan_options(self) -> Dict[str, Any]:
-        if self.machine is not None:
-            return self.machine.scan_options(listen_time=self.listen_time)
-        interfaces = list(getattr(self.settings, "can_interfaces", []) or []) or None
-        return {"by_id_dir": self.config.by_id_dir, "can_interfaces": interfaces,
-                "can_listen_time": self.listen_time}
+        return self.machine.scan_options(listen_time=self.listen_time)
 
     def service(self, unit: str, data_path: str) -> KlipperService:
-        if self.machine is not None:
-            from ..sim.klipper_service import SimulatedKlipperService
-            return SimulatedKlipperService(self.machine)
+        control = self.machine.klipper_control()
+        if control is not None:
+            return control
         # Without systemd, Klipper runs when its API socket answers.
         return SystemctlService(unit, api_socket=os.path.join(data_path, "comms", "klippy.sock"))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """The simulated CAN nodes live on an in-process bus: run them while we work."""
-        if self.machine is None:
-            yield
-            return
-        nodes = self.machine.can_nodes()
+        """What the machine runs inside this process (a simulated CAN bus) runs while we work."""
+        _run_apart(self.machine.open)
         try:
             yield
         finally:
-            nodes.stop()
+            _run_apart(self.machine.close)
+
 
     async def scan(self, *, can: bool = True) -> DeviceSnapshot:
         return await scan(can=can, **self.scan_options())
+
+
+def _run_apart(call: Callable[[], Awaitable[None]]) -> None:
+    """Run ``call()`` to its end on an event loop of its own, in a thread: the
+    command's handlers are synchronous, and may be called inside another loop."""
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(call())).result()  # type: ignore[arg-type]
 
 
 # --- scan --------------------------------------------------------------------------

@@ -664,10 +664,7 @@ def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[st
 
 # --- results and recovery ------------------------------------------------------------
 def _katapult_preset_for(profile: Any) -> Optional[str]:
-    try:
-        from ..presets import list_presets
-    except ImportError:
-        return None
+    from ..presets import list_presets
     family = getattr(profile.preset, "family", "")
     for p in list_presets():
         if p.target == "katapult" and p.mcu == profile.mcu and (not family or p.id.startswith(family)):

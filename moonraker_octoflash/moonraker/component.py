@@ -42,15 +42,18 @@ from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mc
 from ..flash.writer_lock import writer_lock_path
 from ..errors import (ConflictError, NotFoundError, OctoflashError,
                       UnavailableError, ValidationError, clip_text)
-from ..jobs import (DONE, CoreFlashPipeline, Job, JobRunner,
+from ..flash.pipeline import CoreFlashPipeline
+from ..jobs import (DONE, Job, JobRunner,
                     JobStorage, JobUpdate)
 from ..presets import list_presets
 from ..profiles import Profile, name_clash, profile_from_json, profile_from_options
 from ..schemas import load_schema, validator_for
 from ..service import KlipperService
+from ..build import Builder
+from ..machine import Machine, RealMachine, load_machine
 from ..settings import Settings
 from ..versions import parse_version, update_state
-from . import request_guard
+from . import request_guard, updater, web
 from .klipper_recovery import after_crash
 
 if TYPE_CHECKING:
@@ -130,13 +133,21 @@ class MoonrakerJobStorage(JobStorage):
 
 
 class MoonrakerKlipperService(KlipperService):
-    """Stops and starts Klipper through Moonraker's machine component."""
+    """Stops and starts Klipper, and waits until Moonraker sees it go and come back.
+
+    By default through Moonraker's machine component (systemd); a ``Machine``
+    may hand its own ``control`` (how Klipper is stopped and started there).
+    """
 
     name = "klipper (through Moonraker)"
 
-    def __init__(self, server: Server, reconnect_timeout: float = 60.0) -> None:
+    def __init__(self, server: Server, reconnect_timeout: float = 60.0,
+                 control: Optional[KlipperService] = None) -> None:
         self.server = server
         self.reconnect_timeout = reconnect_timeout
+        self.control = control
+        if control is not None:
+            self.name = control.name
 
     @property
     def _kconn(self) -> Any:
@@ -144,6 +155,8 @@ class MoonrakerKlipperService(KlipperService):
 
     def control_problem(self) -> Optional[str]:
         """Why Moonraker cannot stop Klipper here, or None."""
+        if self.control is not None:
+            return self.control.control_problem()
         machine = self.server.lookup_component("machine")
         provider = machine.get_provider_type()
         if provider == "none":
@@ -160,21 +173,27 @@ class MoonrakerKlipperService(KlipperService):
         problem = self.control_problem()
         if problem:
             raise UnavailableError(problem)
-        machine = self.server.lookup_component("machine")
-        try:
-            await machine.do_service_action("stop", self._kconn.unit_name)
-        except self.server.error as exc:
-            raise UnavailableError(f"Moonraker could not stop Klipper: {exc}") from None
+        if self.control is not None:
+            await self.control.stop()
+        else:
+            machine = self.server.lookup_component("machine")
+            try:
+                await machine.do_service_action("stop", self._kconn.unit_name)
+            except self.server.error as exc:
+                raise UnavailableError(f"Moonraker could not stop Klipper: {exc}") from None
         await self._wait(lambda: not self._kconn.is_connected(), 15.0)
 
     async def start(self) -> None:
-        machine = self.server.lookup_component("machine")
-        try:
-            await machine.do_service_action("start", self._kconn.unit_name)
-        except self.server.error as exc:
-            raise UnavailableError(
-                f"Moonraker could not start Klipper again: {exc}. Start it with "
-                "'sudo systemctl start klipper'.") from None
+        if self.control is not None:
+            await self.control.start()
+        else:
+            machine = self.server.lookup_component("machine")
+            try:
+                await machine.do_service_action("start", self._kconn.unit_name)
+            except self.server.error as exc:
+                raise UnavailableError(
+                    f"Moonraker could not start Klipper again: {exc}. Start it with "
+                    "'sudo systemctl start klipper'.") from None
         await self._wait(lambda: self._kconn.is_connected(), self.reconnect_timeout)
 
     async def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
@@ -184,37 +203,6 @@ class MoonrakerKlipperService(KlipperService):
                 return True
             await asyncio.sleep(0.2)
         return condition()
-
-
-class StandInKlipperService(MoonrakerKlipperService):
-    """Demo mode: stops and starts the Klipper stand-in of the simulated machine."""
-
-    name = "simulated klipper"
-
-    def __init__(self, server: Server, control_path: str, reconnect_timeout: float = 60.0) -> None:
-        super().__init__(server, reconnect_timeout)
-        self.control_path = control_path
-
-    def control_problem(self) -> Optional[str]:
-        if not os.path.exists(self.control_path):
-            return (f"The simulated Klipper's control socket {self.control_path} is missing; "
-                    "is the demo running?")
-        return None
-
-    async def stop(self) -> None:
-        await self._control("stop")
-        await self._wait(lambda: not self._kconn.is_connected(), 15.0)
-
-    async def start(self) -> None:
-        await self._control("start")
-        await self._wait(lambda: self._kconn.is_connected(), self.reconnect_timeout)
-
-    async def _control(self, action: str) -> Dict[str, Any]:
-        from ..sim.klippy import CommandError, control_request
-        try:
-            return await control_request(self.control_path, action)
-        except (OSError, CommandError, asyncio.TimeoutError) as exc:
-            raise UnavailableError(f"simulated Klipper: cannot {action}: {exc}") from None
 
 
 # --- the component -----------------------------------------------------------
@@ -237,21 +225,17 @@ class OctoFlash:
         self._config_check: Optional[asyncio.Task] = None
         self._console_at: Dict[str, float] = {}
         self._notify_at: Dict[str, float] = {}
-        self._sim_can: Any = None     # simulated CAN nodes (demo)
         self._startup_watch: Optional[asyncio.Task] = None
 
         database = self.server.lookup_component("database")
         self.db = database.register_local_namespace("octoflash")
-        if self.settings.simulation:
-            self.service: MoonrakerKlipperService = StandInKlipperService(
-                self.server, os.path.join(self.settings.simulation, "klippy-control.sock"),
-                self.settings.reconnect_timeout)
-        else:
-            self.service = MoonrakerKlipperService(self.server, self.settings.reconnect_timeout)
+        self.machine = self._load_machine()
+        self.service = MoonrakerKlipperService(self.server, self.settings.reconnect_timeout,
+                                               control=self.machine.klipper_control())
         self.builder = self._make_builder()
         self.pipeline = CoreFlashPipeline(self.settings, self.service,
                                           klipper_status=self._fresh_klipper_status,
-                                          simulation=self.settings.simulation or None,
+                                          machine=self.machine,
                                           writer_lock_path=writer_lock_path(self.data_path))
         self._klipper_recovery: Optional[asyncio.Task] = None
         self.runner = JobRunner(self.builder, pipeline=self.pipeline,
@@ -275,19 +259,15 @@ class OctoFlash:
         self.server.register_event_handler("server:klippy_ready", self._on_klippy_ready)
         self.server.register_event_handler("server:klippy_disconnect", self._on_klippy_disconnect)
 
+        # The update-manager entries and the page: a failure to set either up
+        # (Moonraker's internals not as expected) is a warning, not a crash.
         self.updater: Any = None
-        try:   # the update-manager entries, when that module is present
-            from . import updater as _updater
-        except ImportError:
-            _updater = None  # type: ignore[assignment]
-        if _updater is not None and hasattr(_updater, "attach"):
-            try:
-                self.updater = _updater.attach(self)
-            except Exception as exc:
-                self._warn(f"octoflash: update-manager entries unavailable: {exc}", "updater")
-        try:   # the octoflash page (web/), served by Moonraker
-            from . import web as _web
-            _web.register(self)
+        try:
+            self.updater = updater.attach(self)
+        except Exception as exc:
+            self._warn(f"octoflash: update-manager entries unavailable: {exc}", "updater")
+        try:
+            web.register(self)
         except Exception as exc:
             self._warn(f"octoflash: the web page is unavailable: {exc}", "web")
 
@@ -337,16 +317,15 @@ class OctoFlash:
                            "loaded; fix the section and restart Moonraker.", f"profile_{name}")
         return profiles
 
-    def _make_builder(self) -> Any:
+    def _load_machine(self) -> Machine:
         try:
-            from ..build import Builder
-        except ImportError as exc:
-            self._warn(f"octoflash: builds are unavailable ({exc})", "builder")
-            return None
-        s = self.settings
-        return Builder(s.build_path, klipper_path=s.klipper_path, katapult_path=s.katapult_path,
-                       keep=s.builds_kept, jobs=s.build_jobs, nice=s.build_nice,
-                       make_timeout=s.make_timeout)
+            return load_machine(self.settings)
+        except OctoflashError as exc:
+            self._warn(f"{_one_line(str(exc))}; this computer is used", "machine")
+            return RealMachine(self.settings)
+
+    def _make_builder(self) -> Builder:
+        return Builder.from_settings(self.settings, self.machine)
 
     async def component_init(self) -> None:
         if request_guard.can_guard(self.server):
@@ -377,12 +356,7 @@ class OctoFlash:
         interrupted = [j for j in self.runner.interrupted_on_load if j in
                        {job.id for job in loaded if job.kind == "flash"}]
         self._klipper_recovery = self.eventloop.create_task(after_crash(self, interrupted))
-        if self.settings.simulation:
-            # python-can's virtual bus reaches only this process: the
-            # simulated CAN nodes must answer from inside Moonraker.
-            from ..sim.board import SimulatedMachine
-            machine = SimulatedMachine(self.settings.simulation)
-            self._sim_can = await asyncio.to_thread(machine.can_nodes)
+        await self.machine.open()
 
     async def _check_config_profiles(self) -> None:
         """Check moonraker.conf profiles against the checkouts' Kconfig.
@@ -411,8 +385,7 @@ class OctoFlash:
             self._klipper_recovery.cancel()
         # before the database closes: running jobs are recorded as interrupted
         await self.runner.close()
-        if self._sim_can is not None:
-            await asyncio.to_thread(self._sim_can.stop)
+        await self.machine.close()
 
     @property
     def profiles(self) -> Dict[str, Profile]:
@@ -1005,7 +978,7 @@ class OctoFlash:
         s = self.settings
         return {
             "version": __version__,
-            "simulation": bool(s.simulation),
+            "machine": self.machine.name,
             "klipper": {
                 "connected": bool(self.klippy.is_connected()),
                 "state": self._klippy_state(),

@@ -78,12 +78,9 @@ FAULTS = {
 
 def mcu_facts(mcu: str) -> Dict[str, Any]:
     """Flash size and DFU layout of an MCU (presets first, then the extras)."""
-    try:
-        from ..presets import mcu_info
-        info = mcu_info(mcu)
-    except Exception:   # presets unreadable: the extras still work
-        info = None
-    if info is not None:
+    from ..presets import mcu_info
+    info = mcu_info(mcu)
+    if info is not None and info.dfu_layout:
         return {"flash_size": info.flash_size, "dfu_layout": info.dfu_layout}
     if mcu in _EXTRA_MCUS:
         return dict(_EXTRA_MCUS[mcu])

@@ -1,0 +1,128 @@
+"""The flash pipeline: discovery, the planner and the executor, wired for a job.
+
+``jobs.JobRunner`` calls a ``FlashPipeline`` (``prepare`` = find the board
+and plan, ``execute`` = carry the plan out); ``CoreFlashPipeline`` is the one
+that drives the real modules, on the ``Machine`` it is given.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional
+
+from ..errors import CheckFailed, FlashError, OctoflashError
+from ..events import Progress
+from ..job_records import CURRENT_JOB_ID
+from ..jobs import FlashPipeline
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+    from ..profiles import Profile
+
+
+def with_address_from_klipper(profile: "Profile", snapshot: Any) -> "Profile":
+    """The profile, with the board's CAN uuid or serial from Klipper's config when it names none.
+
+    A profile may say only ``klipper_mcu: toolhead``; printer.cfg already
+    tells how that board is reached, so the flash need not be refused for it.
+    """
+    if profile.canbus_uuid or profile.serial or not profile.klipper_mcu:
+        return profile
+    mcu = snapshot.klipper_mcu(profile.klipper_mcu) if snapshot is not None else None
+    if mcu is None or not (mcu.canbus_uuid or mcu.serial):
+        return profile
+    if mcu.canbus_uuid:
+        return dataclasses.replace(profile, canbus_uuid=mcu.canbus_uuid,
+                                   canbus_interface=mcu.canbus_interface or "can0")
+    return dataclasses.replace(profile, serial=mcu.serial)
+
+
+class CoreFlashPipeline(FlashPipeline):
+    """Wires discovery, the planner and the executor (flash engineer's modules).
+
+    ``klipper_status`` returns Klipper's latest ``mcu``/``configfile`` status
+    (the Moonraker adapter reads it through Moonraker; the command line has
+    none); ``machine`` is where devices, tools and Klipper are found.
+    """
+
+    def __init__(self, settings: Any, service: Any, *,
+                 klipper_status: Optional[Callable[[], Awaitable[Optional[Dict[str, Any]]]]] = None,
+                 machine: Optional["Machine"] = None,
+                 writer_lock_path: Optional[str] = None,
+                 writer_kind: str = "moonraker") -> None:
+        self.settings = settings
+        self.service = service
+        self.klipper_status = klipper_status
+        if machine is None:
+            from ..machine import RealMachine
+            machine = RealMachine(settings)
+        self.machine: "Machine" = machine
+        self.writer_lock_path = writer_lock_path
+        self.writer_kind = writer_kind
+
+    async def other_writer(self) -> Optional[str]:
+        """Why a flash cannot start now because another process writes a board, or None."""
+        if not self.writer_lock_path:
+            return None
+        from .writer_lock import busy_message, probe
+        free, record = await probe(self.writer_lock_path)
+        return None if free else busy_message(record)
+
+    async def scan(self) -> Any:
+        from ..discovery import scan
+        status = await self.klipper_status() if self.klipper_status is not None else None
+        options = await asyncio.to_thread(self.machine.scan_options)   # may read files
+        return await scan(klipper_status=status, **options)
+
+    def flash_config(self) -> Any:
+        from .config import FlashConfig
+        config = FlashConfig.from_settings(self.settings) if self.settings is not None \
+            else FlashConfig()
+        tools = self.machine.tool_paths()
+        if tools or self.machine.by_id_dir:
+            config = config.with_tools(tools, self.machine.by_id_dir)
+        return config
+
+    async def prepare(self, profile: "Profile", artifact: Any,
+                      options: Dict[str, Any]) -> Any:
+        from .plan import make_plan
+        snapshot = await self.scan()
+        config = await asyncio.to_thread(self.flash_config)
+        profile = with_address_from_klipper(profile, snapshot)
+        return make_plan(profile, artifact, method=options.get("method"), devices=snapshot,
+                         config=config)
+
+    async def execute(self, plan: Any, on_progress: Callable[[Progress], None]) -> Dict[str, Any]:
+        """Run the plan; a refusal raises CheckFailed, a failure FlashError (with the result)."""
+        from . import results as flash_results
+        from .executor import FlashContext, execute_plan
+
+        async def klipper_status() -> Dict[str, Any]:
+            if self.klipper_status is None:
+                return {}
+            return dict(await self.klipper_status() or {})
+
+        lock = None
+        if self.writer_lock_path:
+            from .writer_lock import WriterLock
+            lock = WriterLock(self.writer_lock_path, kind=self.writer_kind,
+                              job_id=CURRENT_JOB_ID.get(), profiles=[plan.profile_name])
+        ctx = FlashContext(service=self.service, on_progress=on_progress, discover=self.scan,
+                           klipper_status=klipper_status if self.klipper_status else None,
+                           writer_lock=lock)
+        try:
+            result = await execute_plan(plan, ctx)
+        except asyncio.CancelledError as exc:
+            if ctx.result is not None:
+                exc.details = ctx.result.to_json()   # type: ignore[attr-defined]
+            raise
+        data = result.to_json()
+        if result.state == flash_results.DONE:
+            return data
+        if result.state == flash_results.REFUSED:
+            exc: OctoflashError = CheckFailed(result.message, hint=result.hint)
+        else:
+            exc = FlashError(result.message or f"flash {result.state}",
+                             recovery=result.recovery, hint=result.hint)
+        exc.details = data   # type: ignore[attr-defined]
+        raise exc
