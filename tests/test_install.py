@@ -259,7 +259,7 @@ class KiauhHome:
                             files[path] = hashlib.sha256(f.read()).hexdigest()
         return files
 
-    def start_moonraker(self, suffix: str) -> "RunningMoonraker":
+    def start_moonraker(self, suffix: str) -> RunningMoonraker:
         return RunningMoonraker(self, suffix)
 
 
@@ -277,7 +277,7 @@ class RunningMoonraker:
                 stdout=out, stderr=subprocess.STDOUT, cwd=str(home.checkout),
                 env=dict(home.env(), PATH="/usr/bin:/bin"), start_new_session=True)
 
-    def __enter__(self) -> "RunningMoonraker":
+    def __enter__(self) -> RunningMoonraker:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -421,7 +421,8 @@ def test_one_instance_install_again_and_uninstall(one):
     # the sidebar link, the macros, the command
     navi = json.loads((data / "config" / ".theme" / "navi.json").read_text())
     assert [e["href"] for e in navi] == ["/server/octoflash/web"]
-    assert (data / "config" / "octoflash-macros.cfg").read_text() == (ROOT / "docs" / "macros.cfg").read_text()
+    macros = (data / "config" / "octoflash-macros.cfg").read_text()
+    assert macros == (ROOT / "docs" / "macros.cfg").read_text()
     assert (data / "config" / "printer.cfg").read_text().startswith("[include octoflash-macros.cfg]\n")
     command = one.home / ".local" / "bin" / "octoflash"
     assert os.readlink(command) == str(one.venv / "bin" / "octoflash")
