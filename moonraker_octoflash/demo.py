@@ -69,6 +69,7 @@ class Demo:
             dest = os.path.join(self.sim_dir, kind)
             if not os.path.isdir(os.path.join(dest, ".git")):
                 install_tree(kind, dest)
+        self._present_klipper_checkout(os.path.join(self.sim_dir, "klipper"))
         fresh = not os.path.isdir(os.path.join(self.machine_dir, "boards"))
         self.machine = machine = SimulatedMachine(self.machine_dir)
         if fresh or not machine.boards():
@@ -84,6 +85,20 @@ class Demo:
             link_component()
         except Exception as exc:
             raise DemoError(f"Cannot link the component into Moonraker: {exc}") from exc
+
+    @staticmethod
+    def _present_klipper_checkout(path: str) -> None:
+        """What Mainsail and Fluidd expect of a Klipper checkout: the examples
+        folder Moonraker serves (else a path warning in both clients), and a
+        tracking remote (else Moonraker calls the Klipper entry invalid, which
+        disables Fluidd's "Update all").  The remote is a local one: nothing
+        to fetch from the internet, and no GitHub links to commits GitHub does
+        not have."""
+        from .sim.trees import commit_file, track_local_origin
+        commit_file(path, "config/sample-octoflash-demo.cfg",
+                    "# Klipper's config examples live here; the demo has this one.\n",
+                    "config: an example")
+        track_local_origin(path)
 
     def _write_config(self) -> None:
         machine = self.machine

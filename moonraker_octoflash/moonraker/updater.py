@@ -225,6 +225,9 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
             status["channel"] = "stable"
             if wanted != UNKNOWN_HASH and links:
                 status["changelog_url"] = f"https://github.com/{owner}/{repo}/commits/{wanted}"
+            elif state.pending.version.tag_name:
+                status["changelog_url"] = \
+                    f"https://github.com/{owner}/{repo}/releases/tag/{state.pending.version.tag_name}"
         elif state is not None and state.update.version != UNKNOWN \
                 and state.update.remote_version != UNKNOWN:
             # Only with both versions known: Fluidd falls back to comparing
@@ -239,8 +242,12 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
                     f"https://github.com/{owner}/{repo}/compare/{current}...{wanted}"
             else:
                 # Both clients build a GitHub compare link from the hashes on
-                # channel "dev"; outside it they use changelog_url, absent here.
+                # channel "dev"; outside it they open changelog_url: the
+                # release the versions count from, which GitHub does have.
                 status["channel"] = "stable"
+                tag = state.pending.version.tag_name
+                if tag:
+                    status["changelog_url"] = f"https://github.com/{owner}/{repo}/releases/tag/{tag}"
         status["octoflash"] = dict(state.to_json() if state else {"state": "unknown"},
                                    profile=self.profile_name,
                                    auto_update=bool(profile.auto_update) if profile else False)

@@ -101,3 +101,34 @@ def change_source(repo: Union[str, Path], relpath: str = "src/sched.c", *,
 def describe(repo: Union[str, Path]) -> str:
     return _git(Path(repo), "describe", "--always", "--tags", "--long", "--dirty")
 
+
+
+def commit_file(repo: Union[str, Path], relpath: str, text: str, message: str) -> None:
+    """Add (or replace) one file and commit it; nothing happens when it is already so."""
+    repo = Path(repo)
+    path = repo / relpath
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    count = int(_git(repo, "rev-list", "--count", "HEAD"))
+    _git(repo, "add", "--", relpath)
+    _git(repo, "commit", "-q", "-m", message, when=_BASE_TIME + 60 * (count + 1))
+
+
+def track_local_origin(repo: Union[str, Path]) -> Path:
+    """Give the checkout an ``origin`` its branch tracks, as a clone has: a bare
+    copy beside it (``<repo>-origin.git``).  Moonraker's update manager calls a
+    checkout without a tracking remote invalid.  Returns the origin's path."""
+    repo = Path(repo)
+    origin = repo.parent / f"{repo.name}-origin.git"
+    branch = _git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    if not origin.exists():
+        _git(repo.parent, "clone", "-q", "--bare", str(repo), str(origin))
+    remotes = _git(repo, "remote").split()
+    if "origin" not in remotes:
+        _git(repo, "remote", "add", "origin", str(origin))
+    _git(repo, "push", "-q", "origin", branch)
+    _git(repo, "fetch", "-q", "origin")
+    _git(repo, "branch", "-q", f"--set-upstream-to=origin/{branch}")
+    return origin
