@@ -204,7 +204,7 @@ def find_checkout(python_prefix: Optional[str] = None,
     beside = [os.path.join(os.path.dirname(prefix), "moonraker")]
     if prefix.endswith("-env"):
         beside.insert(0, prefix[: -len("-env")])
-    for candidate in beside:
+    for candidate in dict.fromkeys(beside):
         looked.append(candidate)
         if is_checkout(candidate):
             return candidate, looked
