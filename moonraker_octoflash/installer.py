@@ -98,6 +98,7 @@ class Session:
     failed: List[str] = field(default_factory=list)
     left: List[str] = field(default_factory=list)
     backups: Dict[str, str] = field(default_factory=dict)
+    folders: Dict[str, str] = field(default_factory=dict)   # data folder -> this run's backups
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -138,7 +139,7 @@ class Session:
         """Copy ``path`` into this run's backup folder of ``instance``; return the copy."""
         if not os.path.exists(path):
             return None
-        folder = os.path.join(instance.data_dir, "backup", f"octoflash-{self.stamp}")
+        folder = self.backup_folder(instance)
         relative = os.path.relpath(path, instance.data_dir)
         if relative.startswith(".."):
             relative = os.path.basename(path)
@@ -148,6 +149,18 @@ class Session:
             shutil.copy2(path, copy)
             self.backups[copy] = path
         return copy
+
+    def backup_folder(self, instance: Instance) -> str:
+        """``<data>/backup/octoflash-<time>``, one per run (never an earlier run's)."""
+        folder = self.folders.get(instance.data_dir)
+        if folder is None:
+            base = os.path.join(instance.data_dir, "backup", f"octoflash-{self.stamp}")
+            folder, n = base, 1
+            while os.path.exists(folder):
+                n += 1
+                folder = f"{base}-{n}"
+            self.folders[instance.data_dir] = folder
+        return folder
 
     def summary(self, action: str) -> None:
         self.say("")
@@ -504,7 +517,7 @@ def install_macros(session: Session, instance: Instance) -> bool:
         changed |= session.change(
             f"copy the macros (OCTOFLASH_BUILD, OCTOFLASH_FLASH, OCTOFLASH_UPDATE_ALL) to {target}",
             copy_macros)
-    if os.path.isfile(target):
+    if os.path.isfile(target) or session.dry_run:
         changed |= edit(session, instance, printer_cfg,
                         f"add [include {MACROS_FILE}] to {printer_cfg}",
                         lambda t: conffile.add_include(t, MACROS_FILE))
@@ -575,8 +588,7 @@ def uninstall_instance(session: Session, instance: Instance, keep_config: bool,
                         conffile.comment_out(
                             conffile.take_sections(t, conffile.is_octoflash_section)[1])))
             else:
-                saved = os.path.join(instance.data_dir, "backup", f"octoflash-{session.stamp}",
-                                     "octoflash-sections.conf")
+                saved = os.path.join(session.backup_folder(instance), "octoflash-sections.conf")
 
                 def take() -> str:
                     os.makedirs(os.path.dirname(saved), exist_ok=True)
@@ -586,7 +598,7 @@ def uninstall_instance(session: Session, instance: Instance, keep_config: bool,
                         f.write(taken)
                     session.backups[saved] = conf
                     write(conf, rest)
-                    return f"saved to {saved}; backup: {copy}"
+                    return f"backup: {copy}"
                 changed |= session.change(
                     f"remove the [octoflash…] sections from {conf} (saved to {saved} first)", take)
         if remove_builds:
