@@ -502,21 +502,38 @@ def test_missing_tools_and_katapult_are_offered(one, templates):
     assert not (one.data[""] / "config" / "octoflash-macros.cfg").exists()
 
 
-def test_a_declined_change_is_not_made(one):
-    """On a terminal each change is asked for; 'n' leaves it undone and says so."""
+def run_on_terminal(home: KiauhHome, answers: bytes, *args: str) -> subprocess.CompletedProcess:
+    """install.sh with a terminal for its questions, answered with ``answers``."""
     import pty
-    before = one.snapshot()
     leader, follower = pty.openpty()
     try:
         proc = subprocess.Popen(
-            ["bash", str(one.source / "install.sh"), "--allow-root", "--no-restart"],
+            ["bash", str(home.source / "install.sh"), "--allow-root", "--no-restart", *args],
             stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=one.env())
-        os.write(leader, b"n\n" * 12)
+            env=home.env())
+        os.write(leader, answers)
         out, err = proc.communicate(timeout=120)
     finally:
         os.close(leader)
         os.close(follower)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_on_a_terminal_the_instance_is_asked_for(three):
+    proc = run_on_terminal(three, b"2\n" + b"y\n" * 12, "--skip-dependencies")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "3 Moonraker instances found" in proc.stdout and "Which ones?" in proc.stdout
+    assert "[octoflash]" in (three.data["2"] / "config" / "moonraker.conf").read_text()
+    for other in ("1", "3"):
+        conf = three.data[other] / "config" / "moonraker.conf"
+        assert conf.read_bytes() == three.original[conf]
+
+
+def test_a_declined_change_is_not_made(one):
+    """On a terminal each change is asked for; 'n' leaves it undone and says so."""
+    before = one.snapshot()
+    proc = run_on_terminal(one, b"n\n" * 12)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, err
     assert "[Y/n]" in out
     assert "Skipped (you said no):" in out
