@@ -94,10 +94,18 @@ class Demo:
         disables Fluidd's "Update all").  The remote is a local one: nothing
         to fetch from the internet, and no GitHub links to commits GitHub does
         not have."""
-        from .sim.trees import commit_file, track_local_origin
-        commit_file(path, "config/sample-octoflash-demo.cfg",
-                    "# Klipper's config examples live here; the demo has this one.\n",
-                    "config: an example")
+        from .sim.trees import track_local_origin
+        examples = os.path.join(path, "config")
+        os.makedirs(examples, exist_ok=True)
+        with open(os.path.join(examples, "sample-octoflash-demo.cfg"), "w", encoding="utf-8") as f:
+            f.write("# Klipper's config examples live here; the demo has this one.\n")
+        # untracked and ignored: the checkout stays clean and at its version
+        exclude = os.path.join(path, ".git", "info", "exclude")
+        os.makedirs(os.path.dirname(exclude), exist_ok=True)
+        with open(exclude, "a+", encoding="utf-8") as f:
+            f.seek(0)
+            if "/config/" not in f.read().splitlines():
+                f.write("/config/\n")
         track_local_origin(path)
 
     def _write_config(self) -> None:

@@ -103,19 +103,6 @@ def describe(repo: Union[str, Path]) -> str:
 
 
 
-def commit_file(repo: Union[str, Path], relpath: str, text: str, message: str) -> None:
-    """Add (or replace) one file and commit it; nothing happens when it is already so."""
-    repo = Path(repo)
-    path = repo / relpath
-    if path.is_file() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    count = int(_git(repo, "rev-list", "--count", "HEAD"))
-    _git(repo, "add", "--", relpath)
-    _git(repo, "commit", "-q", "-m", message, when=_BASE_TIME + 60 * (count + 1))
-
-
 def track_local_origin(repo: Union[str, Path]) -> Path:
     """Give the checkout an ``origin`` its branch tracks, as a clone has: a bare
     copy beside it (``<repo>-origin.git``).  Moonraker's update manager calls a
