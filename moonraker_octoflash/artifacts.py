@@ -18,9 +18,10 @@ import json
 import os
 import re
 import shutil
+import struct
 import time
 import zlib
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import NotFoundError, ValidationError
 
@@ -60,7 +61,10 @@ class Artifact:
 
     @property
     def main_file(self) -> str:
-        return "klipper.bin" if self.target == "klipper" else "katapult.bin"
+        wanted = "klipper.bin" if self.target == "klipper" else "katapult.bin"
+        if self.files and all(f.name != wanted for f in self.files):
+            return self.files[0].name     # an RP2040 image that boots from the ROM: klipper.uf2
+        return wanted
 
     def path(self, name: Optional[str] = None) -> str:
         return os.path.join(self.directory, name or self.main_file)
@@ -134,9 +138,47 @@ def read_data_dictionary(data: bytes) -> Optional[Dict[str, Any]]:
     return None
 
 
+UF2_BLOCK = 512
+_UF2_MAGIC_START = (0x0A324655, 0x9E5D5157)
+_UF2_MAGIC_END = 0x0AB16F30
+
+
+def uf2_payload(data: bytes) -> Optional[Tuple[int, bytes]]:
+    """(start address, flat image) of a UF2 file (the RP2040 boot ROM's format), or None.
+
+    Each 512-byte block carries up to 476 bytes for one flash address; the
+    blocks are laid side by side, gaps filled with 0xff as erased flash reads.
+    """
+    if len(data) < UF2_BLOCK or len(data) % UF2_BLOCK:
+        return None
+    pieces: List[Tuple[int, bytes]] = []
+    for offset in range(0, len(data), UF2_BLOCK):
+        block = data[offset:offset + UF2_BLOCK]
+        magic0, magic1, _flags, address, size = struct.unpack_from("<IIIII", block)
+        (magic_end,) = struct.unpack_from("<I", block, UF2_BLOCK - 4)
+        if (magic0, magic1) != _UF2_MAGIC_START or magic_end != _UF2_MAGIC_END or size > 476:
+            return None
+        pieces.append((address, block[32:32 + size]))
+    pieces.sort()
+    start = pieces[0][0]
+    image = bytearray()
+    for address, chunk in pieces:
+        gap = address - start - len(image)
+        if gap < 0 or gap > 16 * 1024 * 1024:
+            return None
+        image += b"\xff" * gap + chunk
+    return start, bytes(image)
+
+
 def read_data_dictionary_file(path: str) -> Optional[Dict[str, Any]]:
     with open(path, "rb") as f:
-        return read_data_dictionary(f.read())
+        data = f.read()
+    if path.endswith(".uf2"):
+        flat = uf2_payload(data)
+        if flat is None:
+            return None
+        data = flat[1]
+    return read_data_dictionary(data)
 
 
 # --- keeping artifacts ------------------------------------------------------------

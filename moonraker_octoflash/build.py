@@ -12,7 +12,7 @@ Every profile builds in its own folder, ``<build root>/<profile>/``::
 The checkout's own ``.config`` and ``out/`` are never touched.  A build is
 skipped when neither the checkout (``git describe`` plus a fingerprint of
 uncommitted changes) nor the rendered config changed since the profile's
-last good build.  make runs at a lower CPU priority (nice) so that a print
+last good build, and that build's files still match their record.  make runs at a lower CPU priority (nice) so that a print
 in progress keeps its host CPU.
 """
 from __future__ import annotations
@@ -173,6 +173,18 @@ def _tree_fingerprint(root: str) -> str:
             digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n"
                           .encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def _damaged_files(artifact: Artifact) -> List[str]:
+    """Blocking: the artifact's files that are missing or fail their recorded sha256."""
+    damaged = []
+    for record in artifact.files:
+        path = artifact.path(record.name)
+        if not os.path.isfile(path):
+            damaged.append(f"{record.name} is missing")
+        elif os.path.getsize(path) != record.size or file_sha256(path) != record.sha256:
+            damaged.append(f"{record.name} fails its sha256")
+    return damaged
 
 
 def _disk_full_error(where: str) -> BuildError:
@@ -337,14 +349,23 @@ class Builder:
                 raise BuildError(f"profile '{name}': {exc.strerror or exc}"
                                  + (f": {exc.filename}" if exc.filename else "")) from exc
 
-    def _up_to_date(self, last: Optional[Artifact], version: SourceVersion,
-                    rendered_sha: str, target: str) -> bool:
+    async def _up_to_date(self, last: Optional[Artifact], version: SourceVersion,
+                          rendered_sha: str, target: str) -> Tuple[bool, List[str]]:
+        """(nothing to build, the kept files that fail their record).
+
+        The last build is up to date when the checkout and the rendered
+        config are those it was built from and its files are still what its
+        record says: a file that is missing or fails its sha256 (the flash
+        checks refuse it) makes it out of date, so "build again" repairs it.
+        The files are hashed in a thread.
+        """
         if last is None or last.target != target:
-            return False
+            return False, []
         if (last.source_version, last.source_fingerprint, last.rendered_sha256) != \
                 (version.describe, version.fingerprint, rendered_sha):
-            return False
-        return all(os.path.isfile(last.path(f.name)) for f in last.files)
+            return False, []
+        damaged = await asyncio.to_thread(_damaged_files, last)
+        return not damaged, damaged
 
     def _check_toolchain(self, source_dir: str, target: str) -> None:
         if find_program(self.make) is None:
@@ -366,11 +387,19 @@ class Builder:
         requested, _text, rendered_sha = self.rendered(profile)
         version = await self.source_version(target)
         last = await self.latest(name)
-        if not force and self._up_to_date(last, version, rendered_sha, target):
+        damaged: List[str] = []
+        if not force:
+            up_to_date, damaged = await self._up_to_date(last, version, rendered_sha, target)
+            if up_to_date:
+                assert last is not None
+                emit(Progress("done", f"{name}: up to date ({last.source_version}), not rebuilt",
+                              100.0, kind="step"))
+                return BuildResult(last, True, last.path(last.log_file))
+        if damaged:
             assert last is not None
-            emit(Progress("done", f"{name}: up to date ({last.source_version}), not rebuilt",
-                          100.0, kind="step"))
-            return BuildResult(last, True, last.path(last.log_file))
+            emit(Progress("configure", f"{name}: build {last.id} no longer matches its record "
+                          f"({'; '.join(damaged)}): building again from an empty output folder",
+                          None, kind="step"))
 
         self._check_toolchain(source_dir, target)
         check_make_path(self.build_root, "The build folder (build_path)")
@@ -407,8 +436,9 @@ class Builder:
                      "or choose the preset for this MCU.")
         await asyncio.to_thread(_install_config, staging, config_path)
 
-        if force:
-            # --force is for "something is off": start from an empty output folder.
+        if force or damaged:
+            # --force is for "something is off", as is a kept file that changed after
+            # its build: start from an empty output folder.
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
         elif last is None or (last.source_version, last.source_fingerprint) != \
                 (version.describe, version.fingerprint):
@@ -461,6 +491,9 @@ class Builder:
     def _output_files(name: str, target: str, out_dir: str,
                       resolved: Mapping[str, str]) -> Dict[str, str]:
         wanted = ["klipper.bin"] if target == "klipper" else ["katapult.bin"]
+        if target == "klipper" and resolved.get("CONFIG_RP2040_HAVE_STAGE2") == "y":
+            # An RP2040 image that boots from the ROM is built as klipper.uf2 only.
+            wanted = ["klipper.uf2"]
         if target == "katapult" and resolved.get("CONFIG_BUILD_DEPLOYER") == "y":
             wanted.append("deployer.bin")
         files = {}
@@ -469,6 +502,10 @@ class Builder:
             if not os.path.isfile(path):
                 raise BuildError(f"profile '{name}': make finished but {path} was not produced")
             files[fname] = path
+        # The RP2040 boot ROM's file, kept for a first install through BOOTSEL.
+        extra = "katapult.uf2" if target == "katapult" else "klipper.uf2"
+        if extra not in files and os.path.isfile(os.path.join(out_dir, extra)):
+            files[extra] = os.path.join(out_dir, extra)
         return files
 
     async def _image_facts(self, name: str, target: str, mcu: str, version: SourceVersion,
@@ -478,9 +515,10 @@ class Builder:
         if target == "klipper":
             facts["app_address"] = config_int(resolved, "CONFIG_FLASH_APPLICATION_ADDRESS") \
                 or config_int(resolved, "CONFIG_FLASH_BOOT_ADDRESS") or 0
-            info = await asyncio.to_thread(read_data_dictionary_file, files["klipper.bin"])
+            image = files.get("klipper.bin") or next(iter(files.values()))
+            info = await asyncio.to_thread(read_data_dictionary_file, image)
             if info is None:
-                raise BuildError(f"profile '{name}': {files['klipper.bin']} carries no Klipper "
+                raise BuildError(f"profile '{name}': {image} carries no Klipper "
                                  "data dictionary, so its MCU cannot be confirmed")
             dict_mcu = str(info.get("config", {}).get("MCU", ""))
             dict_version = str(info.get("version", ""))

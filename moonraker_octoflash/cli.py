@@ -20,7 +20,8 @@ from . import __version__
 from .errors import OctoflashError, ValidationError
 from .events import Progress
 from .kconfig import render_config
-from .presets import get_preset, list_presets
+from .klipper_configs import read_checkout
+from .presets import Preset, get_preset, list_presets
 from .profiles import Profile, load_profiles_from_config, profile_from_json
 from .settings import Settings, data_path_for_config
 
@@ -73,15 +74,38 @@ class CliContext:
 # --- presets -----------------------------------------------------------------
 
 def cmd_presets(ctx: CliContext, out: TextIO) -> int:
+    if ctx.args.from_klipper:
+        return _presets_from_klipper(ctx, out)
     presets = list_presets()
     if ctx.args.json:
         json.dump([p.to_json() for p in presets], out, indent=2)
         out.write("\n")
         return 0
-    width = max(len(p.id) for p in presets)
+    _preset_lines(presets, out)
+    return 0
+
+
+def _preset_lines(presets: Sequence[Preset], out: TextIO, source: bool = False) -> None:
+    width = max((len(p.id) for p in presets), default=0)
     for p in presets:
         methods = ", ".join(m["method"] for m in p.flash_methods)
-        out.write(f"{p.id:<{width}}  {p.target:<8}  {p.mcu:<12}  0x{p.app_address:08x}  {methods}\n")
+        where = f"  config/{p.klipper_configs[0]}" if source and p.klipper_configs else ""
+        out.write(f"{p.id:<{width}}  {p.target:<8}  {p.mcu:<12}  0x{p.app_address:08x}  "
+                  f"{methods}{where}\n")
+
+
+def _presets_from_klipper(ctx: CliContext, out: TextIO) -> int:
+    """The presets the config/*.cfg headers of the Klipper checkout describe."""
+    result = read_checkout(ctx.settings.klipper_path)
+    if ctx.args.json:
+        json.dump(result.to_json(), out, indent=2)
+        out.write("\n")
+        return 0
+    _preset_lines(result.presets, out, source=True)
+    out.write(f"{result.files_read} files read in {ctx.settings.klipper_path}/config: "
+              f"{len(result.presets)} presets from their headers, {len(result.skipped)} files "
+              f"skipped (no header, or one that cannot be read with certainty), "
+              f"{len(result.covered)} covered by the built-in presets.\n")
     return 0
 
 
@@ -198,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the built-in presets")
     p.add_argument("--json", action="store_true", help="print the presets as JSON")
+    p.add_argument("--from-klipper", action="store_true",
+                   help="list the presets the config/*.cfg headers of the Klipper checkout describe")
+    p.add_argument("--klipper-path", metavar="DIR",
+                   help="Klipper checkout (default from [octoflash] or ~/klipper)")
     p.set_defaults(handler=lambda ctx, out, err: cmd_presets(ctx, out))
 
     p = sub.add_parser("show-config", help="print the CONFIG_ lines a profile or preset requests")

@@ -285,7 +285,8 @@ class Demo:
                        firmware entries in the update panel and the console)
               Profiles: octopus (USB-CAN bridge), toolhead (CAN node), both out of date
 
-              Try:     curl -X POST '{base}/server/octoflash/flash?profile=toolhead'
+              Try:     curl -H 'Content-Type: application/json' -d '{{"profile": "toolhead"}}' \\
+                            {base}/server/octoflash/flash
                        curl '{base}/server/octoflash/jobs'
                        curl -X POST '{base}/printer/gcode/script?script=OCTOFLASH_UPDATE_ALL'
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import List
 
+from .mcus import known_mcus
 from .presets import list_presets, mcu_info
 
 
@@ -26,10 +27,65 @@ def presets_markdown() -> str:
         "",
         "The built-in presets are the twelve configurations of the BigTreeTech Octopus",
         "guide (four MCU variants, each as Katapult, as a Klipper USB-CAN bridge behind a",
-        "bootloader, and as a Klipper USB-CAN bridge with no bootloader). A profile names",
-        "one preset and may change any of its symbols (`kconfig:` in `[octoflash NAME]`).",
+        "bootloader, and as a Klipper USB-CAN bridge with no bootloader), and the CAN and",
+        "USB toolhead boards behind such a bridge (`presets/toolheads.json`): BTT EBB36/EBB42",
+        "v1.1/v1.2 and EBB SB2209/SB2240 (STM32G0B1), BTT EBB SB2209 (RP2040) and LDO",
+        "Nitehawk-SB (RP2040, USB), each as Katapult and as Klipper behind Katapult, the",
+        "STM32G0B1 boards also with no bootloader, and the CAN boards at 1 Mbit/s and 500",
+        "kbit/s. A profile names one preset and may change any of its symbols (`kconfig:`",
+        "in `[octoflash NAME]`), or starts from its MCU instead (see below).",
         "`octoflash presets` lists them; `octoflash show-config --preset ID` prints the",
         "`CONFIG_` lines a preset requests.",
+        "",
+        "Every toolhead value names its source in the table of its preset (the *from*",
+        "column): Klipper's config headers, Klipper's and Katapult's Kconfig, or the board",
+        "maker's manual. Every symbol was checked against upstream Klipper",
+        "(v0.13.0-730) and Katapult (v0.0.1-109) with their own kconfiglib, and every",
+        "toolhead preset was built there with arm-none-eabi-gcc. The RP2040 boards are",
+        "written through Katapult only for now; their first install through the boot ROM",
+        "(BOOTSEL) uses the `katapult.uf2` a Katapult build keeps. Not curated: the Mellow",
+        "Fly SHT36/SHT42. Upstream Klipper has no config file or header for them; Mellow's",
+        "own pages give the CAN interface as \"CAN bus on PA8/PA9\", which is no entry of",
+        "Klipper's menu, keep the other values in screenshots, and the MCU changed between",
+        "batches (GD32F103, APM32F072; RP2040 on the SHT36 v3). Build them from their MCU",
+        "(below) with the values of Mellow's manual for your revision.",
+        "",
+        "## Profiles from an MCU",
+        "",
+        "Instead of `preset:`, a profile may give `mcu:` (" + ", ".join(
+            f"`{k}`" for k in known_mcus()) + ")",
+        "and, with `target: katapult`, build Katapult instead of Klipper. Its `kconfig:` lines",
+        "then must choose the bootloader offset (Katapult: the deployment application), the",
+        "crystal (STM32), the communication interface, for CAN the bus speed, for a USB-CAN",
+        "bridge its CAN pins, for an RP2040 on CAN its RX/TX pins, and for Katapult on an",
+        "STM32 the application start; a missing one is named when the profile is read. The",
+        "processor symbols and Klipper's low-level options are added, and the image address",
+        "and flash methods follow from the offset, as for a preset.",
+        "",
+        "    [octoflash toolhead]",
+        "    mcu: stm32g0b1",
+        "    kconfig:",
+        "      CONFIG_STM32_FLASH_START_2000=y",
+        "      CONFIG_STM32_CLOCK_REF_8M=y",
+        "      CONFIG_STM32_MMENU_CANBUS_PB0_PB1=y",
+        "      CONFIG_CANBUS_FREQUENCY=1000000",
+        "",
+        "## Presets from your Klipper checkout",
+        "",
+        "`octoflash presets --from-klipper` (API: the `from_klipper` field of",
+        "`GET /server/octoflash/presets`) reads the compile instructions at the top of every",
+        "`config/*.cfg` of the Klipper checkout, e.g. \"compiled for the STM32G0B1 with a",
+        "\"8KiB bootloader\" \"8 MHz crystal\" and \"USB (on PA11/PA12)\" or \"CAN bus (on",
+        "PD12/PD13)\"\", and offers one Klipper preset per interface it names (board, MCU,",
+        "bootloader offset, crystal, interface and pins), marked with its file. A header",
+        "that names several processors, a processor octoflash does not build for, a form it",
+        "cannot map to a Kconfig entry, or no bootloader offset or interface gives no",
+        "preset; the files read and skipped (with each reason) are counted. A crystal the",
+        "header does not name is Klipper's default (8 MHz) and a CAN speed 1000000; both",
+        "are marked unconfirmed. The boards a curated preset covers (its Klipper configs)",
+        "are not offered again. In upstream Klipper v0.13.0-730: 228 files, 22 presets, 3",
+        "covered by the toolhead presets, the rest skipped (mostly AVR, LPC and SAM",
+        "boards, and headers without a bootloader offset or interface).",
         "",
         "| id | target | MCU | flash | image at | written with |",
         "|---|---|---|---|---|---|",
@@ -51,10 +107,17 @@ def presets_markdown() -> str:
         out += [f"## `{p.id}`", "", f"**{p.title}** — {p.board}.", "", p.description, ""]
         if p.bootloader_app_start is not None:
             out += [f"Applications start at 0x{p.bootloader_app_start:08x} behind this bootloader.", ""]
-        out += ["| symbol | value |", "|---|---|"]
+        if p.sources:
+            out += ["| symbol | value | from |", "|---|---|---|"]
+        else:
+            out += ["| symbol | value |", "|---|---|"]
         for k, v in p.kconfig.items():
             mark = " (unconfirmed)" if k in p.unconfirmed else ""
-            out.append(f"| `{k}` | `{v}`{mark} |")
+            source = f" {p.sources.get(k, '')} |" if p.sources else ""
+            out.append(f"| `{k}` | `{v}`{mark} |{source}")
+        if p.klipper_configs:
+            out += ["", "Klipper configs for this board: "
+                    + ", ".join(f"`config/{c}`" for c in p.klipper_configs) + "."]
         out.append("")
         out.append("Written with:")
         out.append("")

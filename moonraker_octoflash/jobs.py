@@ -10,6 +10,11 @@ to its end even if the client that asked for it goes away.  Rules:
   another job is working on is refused;
 * builds run one after the other (a second build waits, "queued"); builds may
   run while printing, flashes may not (the adapter's ``preflight`` refuses);
+* a flash can be cancelled until the board is asked into its bootloader (DFU:
+  until the write); from then until the job ends cancel is refused
+  (``NO_CANCEL_STAGES``), since it would leave the board waiting in Katapult;
+  across processes, ``CoreFlashPipeline`` holds the machine-wide writer lock
+  (``flash/writer_lock.py``) named after the job;
 * every step, percentage and output line becomes a ``JobUpdate`` for the
   adapters (notifications, console, terminal);
 * the history (profile, artifact, plan, each step's result, duration, log)
@@ -25,6 +30,7 @@ care where its parts come from: ``builder.build(profile, force, on_progress)``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import secrets
@@ -49,8 +55,21 @@ ACTIVE_STATES = (QUEUED, RUNNING)
 
 # Stages during which stopping would leave a board half written: cancelling
 # is refused then (the executor finishes the write and restarts Klipper).
-UNSAFE_STAGES = frozenset({"write_dfu", "write_katapult", "erase", "write", "flash",
+UNSAFE_STAGES = frozenset({"write_dfu", "write_katapult", "erase", "write",
                            "verify", "deploy", "mass_erase", "download"})
+# From the moment the board is asked into its bootloader until the job ends,
+# a cancel would leave it waiting in Katapult, not running Klipper (or stop
+# the wait for a board just written, and Klipper's start): refused as well.
+# Each of these steps has its own time limit, so the job ends on its own.
+BOOTLOADER_STAGES = frozenset({"request_bootloader", "wait_katapult_usb", "wait_katapult_can",
+                               "katapult_status"})
+AFTER_WRITE_STAGES = frozenset({"wait_return", "start_klipper", "check_version", "done"})
+NO_CANCEL_STAGES = UNSAFE_STAGES | BOOTLOADER_STAGES | AFTER_WRITE_STAGES
+
+# The flash job a pipeline is executing for (set in the job's own task), so
+# the machine-wide writer lock can name it to another process.
+CURRENT_JOB_ID: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar(
+    "octoflash_job_id", default=None)
 
 DEFAULT_HISTORY_SIZE = 50
 DEFAULT_LOG_LINES = 500
@@ -249,11 +268,23 @@ class CoreFlashPipeline(FlashPipeline):
 
     def __init__(self, settings: Any, service: Any, *,
                  klipper_status: Optional[Callable[[], Awaitable[Optional[Dict[str, Any]]]]] = None,
-                 simulation: Optional[str] = None) -> None:
+                 simulation: Optional[str] = None,
+                 writer_lock_path: Optional[str] = None,
+                 writer_kind: str = "moonraker") -> None:
         self.settings = settings
         self.service = service
         self.klipper_status = klipper_status
         self.simulation = simulation
+        self.writer_lock_path = writer_lock_path
+        self.writer_kind = writer_kind
+
+    async def other_writer(self) -> Optional[str]:
+        """Why a flash cannot start now because another process writes a board, or None."""
+        if not self.writer_lock_path:
+            return None
+        from .flash.writer_lock import busy_message, probe
+        free, record = await probe(self.writer_lock_path)
+        return None if free else busy_message(record)
 
     def scan_options(self) -> Dict[str, Any]:
         """Where discovery looks: the simulated machine, or the settings' folders and buses."""
@@ -302,9 +333,20 @@ class CoreFlashPipeline(FlashPipeline):
                 return {}
             return dict(await self.klipper_status() or {})
 
+        lock = None
+        if self.writer_lock_path:
+            from .flash.writer_lock import WriterLock
+            lock = WriterLock(self.writer_lock_path, kind=self.writer_kind,
+                              job_id=CURRENT_JOB_ID.get(), profiles=[plan.profile_name])
         ctx = FlashContext(service=self.service, on_progress=on_progress, discover=self.scan,
-                           klipper_status=klipper_status if self.klipper_status else None)
-        result = await execute_plan(plan, ctx)
+                           klipper_status=klipper_status if self.klipper_status else None,
+                           writer_lock=lock)
+        try:
+            result = await execute_plan(plan, ctx)
+        except asyncio.CancelledError as exc:
+            if ctx.result is not None:
+                exc.details = ctx.result.to_json()   # type: ignore[attr-defined]
+            raise
         data = result.to_json()
         if result.state == flash_results.DONE:
             return data
@@ -367,6 +409,7 @@ class JobRunner:
         self._build_lock = asyncio.Lock()
         self._closing = False
         self._pending_saves: set = set()
+        self.interrupted_on_load: List[str] = []  # jobs load() found running: the process had died
 
     # --- listeners and history ------------------------------------------
 
@@ -392,6 +435,7 @@ class JobRunner:
                 job.error = clip_text(job.error, MAX_MESSAGE_CHARS)
             job.log = [clip_text(str(line), MAX_LINE_CHARS) for line in job.log[-self.log_lines:]]
             if job.state in ACTIVE_STATES:
+                self.interrupted_on_load.append(job.id)
                 job.state = INTERRUPTED
                 job.finished = job.finished or time.time()
                 job.error = ("Moonraker (or octoflash) stopped while this job was running; "
@@ -409,6 +453,22 @@ class JobRunner:
             self._jobs.setdefault(job.id, job)
         await self._prune()
         return loaded
+
+    async def explain_interrupted(self, job_id: str, *, recovery: Optional[str] = None,
+                                  klipper: Optional[str] = None) -> Optional[Job]:
+        """Add what a dead writer left behind to its interrupted job: recovery and Klipper's fate."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state != INTERRUPTED:
+            return None
+        if recovery and not job.recovery:
+            job.recovery = recovery
+        if klipper and klipper not in (job.error or ""):
+            job.error = f"{(job.error or 'Interrupted').rstrip('.')}. {klipper}"
+            job.result["klipper"] = klipper
+        job.message = self._final_message(job)
+        await self._save(job)
+        self._emit(job, "state", job.message)
+        return job
 
     def jobs(self, profile: Optional[str] = None, limit: Optional[int] = None) -> List[Job]:
         """Newest first."""
@@ -501,6 +561,15 @@ class JobRunner:
             raise ConflictError(
                 f"Job {job_id} is writing the board ({current}); stopping now could leave "
                 "it without firmware. It will finish on its own in a moment.")
+        if current in BOOTLOADER_STAGES:
+            raise ConflictError(
+                f"Job {job_id} has asked the board into its bootloader ({current}); stopping "
+                "now would leave it waiting there, not running Klipper. The job goes on to the "
+                "write and ends on its own (every step has a time limit).")
+        if current in AFTER_WRITE_STAGES:
+            raise ConflictError(
+                f"Job {job_id} has written the board and is finishing ({current}: the board "
+                "coming back, Klipper starting); it ends on its own in a moment.")
         task = self._tasks.get(job_id)
         if task is not None and not task.done():
             task.cancel()
@@ -586,10 +655,17 @@ class JobRunner:
         """Run a job's body and record how it ended, whatever happens."""
         try:
             await body
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            # The flash result (what was written, how to recover) comes along
+            # with the cancellation when the executor had started.
+            details = getattr(exc, "details", None) or {}
+            job.result.update(details)
+            if self._closing:
+                error = "Moonraker stopped while this job was running"
+            else:
+                error = str(details.get("message") or "Cancelled")
             await self._finish(job, CANCELLED if not self._closing else INTERRUPTED,
-                               error="Cancelled" if not self._closing else
-                               "Moonraker stopped while this job was running")
+                               error=error, recovery=details.get("recovery"))
             if self._closing:
                 raise
         except CheckFailed as exc:
@@ -836,6 +912,7 @@ class JobRunner:
         # The print may have started while we were building: ask again.
         if self.preflight is not None:
             await self.preflight(profile, plan)
+        CURRENT_JOB_ID.set(job.id)
         result = await self.pipeline.execute(plan, self._progress_handler(job))
         for step in job.steps:
             if step.state == RUNNING:

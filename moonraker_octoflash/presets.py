@@ -36,11 +36,17 @@ class Preset:
     bootloader_app_start: Optional[int] = None   # Katapult presets: where applications start
     unconfirmed: Tuple[str, ...] = ()
     dfu_instructions: str = ""
+    sources: Dict[str, str] = dataclasses.field(default_factory=dict)  # symbol -> where from
+    klipper_configs: Tuple[str, ...] = ()   # Klipper config/*.cfg files this preset covers
+    origin: str = "curated"                 # "curated", "klipper-config" or "mcu"
 
     @property
     def family(self) -> str:
-        """The board family, the id without its variant (``btt-octopus``)."""
-        return self.id.split("-f4")[0].split("-h7")[0]
+        """The board family, the id without its variant (``btt-octopus``, ``btt-ebb-sb``)."""
+        family = self.id
+        for marker in ("-katapult", "-klipper", "-f4", "-h7"):
+            family = family.split(marker)[0]
+        return family
 
     def flash_method(self, name: str) -> Optional[Dict[str, Any]]:
         for m in self.flash_methods:
@@ -57,7 +63,12 @@ class Preset:
             "kconfig": dict(self.kconfig),
             "flash_methods": [dict(m) for m in self.flash_methods],
             "unconfirmed": list(self.unconfirmed),
+            "origin": self.origin,
         }
+        if self.sources:
+            data["sources"] = dict(self.sources)
+        if self.klipper_configs:
+            data["klipper_configs"] = list(self.klipper_configs)
         if self.bootloader_app_start is not None:
             data["bootloader_app_start"] = f"0x{self.bootloader_app_start:08x}"
         mcu = mcu_info(self.mcu)
@@ -76,7 +87,12 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     instructions = doc.get("dfu_instructions", {})
     presets: Dict[str, Preset] = {}
     for p in doc["presets"]:
-        family = next((k for k in instructions if p["id"].startswith(k)), None)
+        # The most specific family wins: btt-octopus-f429 over btt-octopus,
+        # btt-ebb-sb before btt-ebb.
+        family = max((k for k in instructions if p["id"].startswith(k + "-")), key=len,
+                     default=None)
+        if not any(m["method"] == "dfu" for m in p["flash_methods"]):
+            family = None
         preset = Preset(
             id=p["id"], title=p["title"], board=p["board"], target=p["target"],
             mcu=p["mcu"], app_address=int(p["app_address"], 16),
@@ -85,7 +101,9 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
             bootloader_app_start=(int(p["bootloader_app_start"], 16)
                                   if "bootloader_app_start" in p else None),
             unconfirmed=tuple(p.get("unconfirmed", ())),
-            dfu_instructions=instructions.get(family, "") if family else "")
+            dfu_instructions=instructions.get(family, "") if family else "",
+            sources=dict(p.get("sources", {})),
+            klipper_configs=tuple(p.get("klipper_configs", ())))
         presets[preset.id] = preset
     return presets, mcus
 

@@ -15,12 +15,13 @@ import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import NotFoundError, OctoflashError, ValidationError
+from .mcus import preset_for_mcu
 from .presets import Preset, get_preset
 from .schemas import check
 
 # Options an [octoflash NAME] section may hold, and their JSON names.
 SECTION_OPTIONS = (
-    "preset", "description", "kconfig", "klipper_mcu", "canbus_uuid",
+    "preset", "mcu", "target", "description", "kconfig", "klipper_mcu", "canbus_uuid",
     "canbus_interface", "serial", "dfu_serial", "flash_method", "auto_update",
 )
 # "# CONFIG_X is not set" as make menuconfig writes it; in moonraker.conf
@@ -61,9 +62,15 @@ class Profile:
             return "can"
         if self.serial:
             return "serial"
-        if self.dfu_serial or (self.flash_method or self.preset.flash_methods[0]["method"]) == "dfu":
+        first = self.preset.flash_methods[0]["method"] if self.preset.flash_methods else None
+        if self.dfu_serial or (self.flash_method or first) == "dfu":
             return "dfu"
         return None
+
+    @property
+    def mcu_key(self) -> str:
+        """The MCU a profile started from (``stm32g0b1``), or "" for a preset's profile."""
+        return self.preset.id[len("mcu-"):] if self.preset.origin == "mcu" else ""
 
     @property
     def klipper_object(self) -> Optional[str]:
@@ -79,7 +86,11 @@ class Profile:
         return merged
 
     def to_json(self) -> Dict[str, Any]:
-        data: Dict[str, Any] = {"name": self.name, "preset": self.preset.id}
+        data: Dict[str, Any] = {"name": self.name}
+        if self.preset.origin == "mcu":
+            data.update(mcu=self.mcu_key, target=self.preset.target)
+        else:
+            data["preset"] = self.preset.id
         if self.description:
             data["description"] = self.description
         if self.kconfig_overrides:
@@ -107,11 +118,22 @@ def profile_from_json(data: Mapping[str, Any], *, source: str = "api") -> Profil
         raise ValidationError("A profile must be a JSON object")
     name = data.get("name", "?")
     check("profile", dict(data), f"profile '{name}'")
-    try:
-        preset = get_preset(data["preset"])
-    except NotFoundError as exc:
-        raise ValidationError(f"profile '{name}': {exc}") from None
     overrides = {k: v for k, v in (data.get("kconfig") or {}).items()}
+    where = f"profile '{name}'"
+    if ("preset" in data) == ("mcu" in data):
+        raise ValidationError(f"{where}: give either preset (a board from octoflash presets) "
+                              "or mcu (a processor such as stm32g0b1, with the board's kconfig "
+                              "lines)" + (", not both" if "preset" in data else ""))
+    if "mcu" in data:
+        preset = preset_for_mcu(data["mcu"], data.get("target", "klipper"), overrides, where)
+    else:
+        if "target" in data:
+            raise ValidationError(f"{where}: target goes with mcu; a preset already says "
+                                  "what it builds")
+        try:
+            preset = get_preset(data["preset"])
+        except NotFoundError as exc:
+            raise ValidationError(f"{where}: {exc}") from None
     profile = Profile(
         name=data["name"], preset=preset, kconfig_overrides=overrides,
         klipper_mcu=data.get("klipper_mcu"), canbus_uuid=data.get("canbus_uuid"),
@@ -212,8 +234,9 @@ def options_to_json(name: str, options: Mapping[str, str]) -> Dict[str, Any]:
             data[key] = parts[-1] if parts else value
         elif value != "":
             data[key] = value
-    if "preset" not in data:
-        raise ValidationError(f"{where}: the 'preset' option is required")
+    if "preset" not in data and "mcu" not in data:
+        raise ValidationError(f"{where}: the 'preset' option (or 'mcu' with the board's "
+                              "kconfig lines) is required")
     return data
 
 

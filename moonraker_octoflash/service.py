@@ -9,6 +9,7 @@ machine component, and boards Klipper does not use get ``NullService``.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import shutil
 from typing import List, Optional
@@ -61,15 +62,45 @@ class SystemctlService(KlipperService):
 
     ``sudo -n`` never prompts: without a sudoers rule for systemctl the stop
     fails at once with a message saying so, before anything is written.
+
+    Without systemd (no ``systemctl``, or a system not booted with it: no
+    ``/run/systemd/system``) Klipper counts as running when its API socket
+    (``api_socket``, ``<data_path>/comms/klippy.sock``) accepts a connection;
+    a Klipper that does not run needs no stop, and one that runs must be
+    stopped by the user.
     """
 
     def __init__(self, unit: str = "klipper", *, systemctl: str = "systemctl",
-                 use_sudo: Optional[bool] = None, timeout: float = 60.0) -> None:
+                 use_sudo: Optional[bool] = None, timeout: float = 60.0,
+                 api_socket: Optional[str] = None,
+                 systemd_dir: str = "/run/systemd/system") -> None:
         self.unit = unit
         self.name = unit
         self.systemctl = systemctl
         self.use_sudo = (os.geteuid() != 0) if use_sudo is None else use_sudo
         self.timeout = timeout
+        self.api_socket = api_socket
+        self.systemd_dir = systemd_dir
+
+    def has_systemd(self) -> bool:
+        found = shutil.which(self.systemctl) is not None or (
+            os.sep in self.systemctl and os.path.exists(self.systemctl))
+        return found and os.path.isdir(self.systemd_dir)
+
+    async def _api_socket_answers(self) -> bool:
+        if not self.api_socket or not os.path.exists(self.api_socket):
+            return False
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.api_socket), min(self.timeout, 5.0))
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return True
 
     def _argv(self, action: str) -> List[str]:
         argv = [self.systemctl, action, self.unit]
@@ -78,10 +109,13 @@ class SystemctlService(KlipperService):
         return argv
 
     async def _run(self, action: str) -> None:
-        if shutil.which(self.systemctl) is None and os.sep not in self.systemctl:
+        if not self.has_systemd():
+            where = f" (its API socket {self.api_socket} answers)" if self.api_socket else ""
             raise UnavailableError(
-                f"Cannot {action} {self.unit}: systemctl was not found",
-                hint=f"{action.capitalize()} Klipper yourself, or run octoflash where systemd manages it.")
+                f"Cannot {action} {self.unit}: systemd does not run here, and Klipper "
+                f"{'runs' + where if action == 'stop' else 'must be started by you'}.",
+                hint=f"{action.capitalize()} Klipper yourself, then flash again"
+                     if action == "stop" else "Start Klipper the way you usually start it.")
         try:
             result = await run_tool(self._argv(action), timeout=self.timeout,
                                     what=f"systemctl {action} {self.unit}")
@@ -105,6 +139,8 @@ class SystemctlService(KlipperService):
         await self._run("start")
 
     async def is_active(self) -> bool:
+        if not self.has_systemd():
+            return await self._api_socket_answers()
         try:
             result = await run_tool([self.systemctl, "is-active", self.unit],
                                     timeout=self.timeout, what="systemctl is-active")

@@ -114,6 +114,61 @@ async def test_no_change_skips_the_build(builder, make_profile, build_root, prog
     assert len(builder.store.list("octopus-f446-canbridge")) == 1
 
 
+async def test_a_kept_file_that_fails_its_record_is_not_up_to_date(builder, make_profile,
+                                                                  progress):
+    first = await builder.build(make_profile(F446))
+    path = Path(first.artifact.path())
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF                                      # same size, other content
+    path.write_bytes(bytes(data))
+    again = await builder.build(make_profile(F446), on_progress=progress)
+    assert not again.skipped and again.artifact.id != first.artifact.id
+    assert any(f"build {first.artifact.id} no longer matches its record (klipper.bin fails "
+               "its sha256): building again from an empty output folder" in e.message
+               for e in progress.events)
+    assert len(compiled(progress)) == len(compiled_objects(first))     # from scratch
+    assert again.artifact.file().sha256 == first.artifact.file().sha256
+    assert hashlib.sha256(Path(again.artifact.path()).read_bytes()).hexdigest() == \
+        again.artifact.file().sha256
+    path.unlink()                      # the damaged build is not the latest any more
+    assert (await builder.build(make_profile(F446))).skipped
+
+
+async def test_a_corrupted_build_is_refused_and_build_again_repairs_it(builder, rig):
+    """The advice a refused flash gives ("build the profile again") really works."""
+    from moonraker_octoflash.flash.executor import execute_plan
+    from moonraker_octoflash.flash.plan import make_plan
+    from moonraker_octoflash.profiles import profile_from_json
+    board = rig.machine.add_board("octopus", "stm32f446xx",
+                                  firmware={"version": "v0.12.0", "bridge": True})
+    profile = profile_from_json({"name": "octopus", "preset": F446,
+                                 "canbus_uuid": board.canbus_uuid}, source="cli")
+    built = (await builder.build(profile)).artifact
+    path = Path(built.path())
+    path.write_bytes(path.read_bytes()[:-64] + b"\xff" * 64)    # bit rot in the kept copy
+    before = board.read_flash(0x08008000, 4096)
+
+    refused = await execute_plan(make_plan(profile, built, devices=await rig.scan(),
+                                           config=rig.config), rig.context())
+    assert refused.state == "refused" and refused.check == "sha256"
+    assert "no longer matches its record" in refused.message
+    assert refused.hint == "Build the profile again."
+    assert rig.machine.tool_invocations() == [] and rig.service.calls == []
+    assert board.read_flash(0x08008000, 4096) == before
+
+    again = await builder.build(profile)                     # what the hint says
+    assert not again.skipped and again.artifact.id != built.id
+    latest = await builder.latest("octopus")
+    assert latest.id == again.artifact.id
+
+    result = await execute_plan(make_plan(profile, latest, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.ok, result.summary()
+    image = Path(latest.path()).read_bytes()
+    assert board.read_flash(0x08008000, len(image)) == image
+    assert board.mode == "klipper-canbridge"
+
+
 async def test_committed_source_change_rebuilds_incrementally(builder, make_profile,
                                                               klipper_checkout, progress):
     first = await builder.build(make_profile(F446))
@@ -364,7 +419,7 @@ async def test_disk_full_during_make(builder, make_profile, klipper_checkout):
     # cp into /dev/full fails exactly like a full disk: "No space left on device".
     makefile = klipper_checkout / "Makefile"
     makefile.write_text(makefile.read_text().replace(
-        "all: $(OUT)klipper.bin", "all: $(OUT)klipper.bin\n\tcp $(OUT)klipper.bin /dev/full"))
+        "all: $(target-y)", "all: $(target-y)\n\tcp $(OUT)klipper.bin /dev/full"))
     with pytest.raises(BuildError) as info:
         await builder.build(make_profile(F446))
     assert "The disk is full" in str(info.value)

@@ -91,3 +91,24 @@ def test_every_command_is_documented():
             for flag in action.option_strings:
                 if flag.startswith("--") and flag != "--help":
                     assert flag in cli, f"octoflash {name} {flag} is missing from docs/cli.md"
+
+
+def test_every_row_of_the_reliability_table_names_a_test_that_exists():
+    """docs/reliability.md: each row names its test; each named test is in tests/."""
+    text = read("docs", "reliability.md")
+    rows = [line for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| case") and "---" not in line]
+    assert len(rows) >= 25
+    missing = []
+    for row in rows:
+        cell = row.rstrip(" |").rsplit("|", 1)[-1]
+        files = re.findall(r"`(test_[a-z0-9_]+\.py)::", cell)
+        assert files, f"a row without its test: {row}"
+        current = None
+        for token in re.findall(r"`([^`]+)`", cell):
+            if "::" in token:
+                current, token = token.split("::", 1)
+            source = read("tests", current)
+            if not re.search(rf"^(async )?def {re.escape(token)}\b", source, re.M):
+                missing.append(f"{current}::{token}")
+    assert not missing, f"named in docs/reliability.md but not in tests/: {missing}"

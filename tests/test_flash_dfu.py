@@ -81,6 +81,27 @@ async def test_katapult_over_dfu_mass_erases_and_falls_back_without_it(rig, arti
     assert rig.service.calls == []          # Klipper does not use a board in DFU mode
 
 
+async def test_a_failed_retry_after_a_refused_mass_erase_names_both_runs(rig, artifact_dir):
+    board = rig.machine.add_board("octopus", "stm32f446xx", bootloader=None,
+                                  firmware={"version": "v0.11", "bridge": True}, mode="dfu")
+    board.set_fault("dfu_mass_erase_unsupported")
+    board.set_fault("dfu_download_error")
+    profile = octopus_profile("kat", "btt-octopus-f446-katapult", dfu_serial=board.dfu_serial)
+    art = write_artifact(artifact_dir("kat"), profile="kat", preset=profile.preset.id,
+                         target="katapult", app_address=0x08000000, bootloader_app_start=0x08008000)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written
+    assert result.message == (
+        "dfu-util failed: error get_status: LIBUSB_ERROR_PIPE (on the retry without mass "
+        "erase; the first run stopped at: Error during special command \"MASS_ERASE\" "
+        "get_status)")
+    assert result.recovery.startswith("The flash was partly written.")
+    assert result.recovery.endswith("Then flash this profile again.")
+    assert "F429" not in result.recovery
+    assert board.mode == "dfu"
+
+
 async def test_mass_erase_wipes_the_old_application(rig, artifact_dir):
     board = rig.machine.add_board("octopus", "stm32f446xx", bootloader=None,
                                   firmware={"version": "v0.11", "bridge": True}, mode="dfu")
@@ -172,9 +193,37 @@ async def test_download_error_half_way(rig, artifact_dir):
                                           config=rig.config), rig.context())
     assert result.state == "failed" and result.written
     assert "LIBUSB_ERROR_PIPE" in result.message
-    assert "cannot be damaged" in result.recovery and "btt-octopus-f446-katapult" in result.recovery
+    assert "cannot be damaged" in result.recovery
+    # A build without a bootloader: no advice to put Katapult back (this image would erase
+    # it again), and no sentence about another board variant.
+    assert result.recovery.endswith("Then flash this profile again.")
+    assert "katapult" not in result.recovery.lower() and "F429" not in result.recovery
     assert board.mode == "dfu"
     assert rig.service.calls == ["stop", "start"]
+
+
+async def test_a_complete_dfu_write_whose_board_does_not_come_back(rig, artifact_dir):
+    board = _nobootloader(rig)
+    board.set_fault("no_return")
+    rig.config.timeouts.reconnect = 1.0
+    profile = octopus_profile(preset="btt-octopus-f446-canbridge-nobootloader",
+                              canbus_uuid=board.canbus_uuid, klipper_mcu="mcu")
+    art = write_artifact(artifact_dir("nb"), profile="octopus", preset=profile.preset.id,
+                         app_address=0x08000000)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written and result.board_back is False
+    assert result.message == ("Written completely, but the board did not come back within "
+                              "1 s (waited for the USB-CAN bridge and can0).")
+    assert "partly" not in result.recovery
+    assert result.recovery.startswith("dfu-util reported the whole image downloaded. "
+                                      "Power-cycle the board")
+    assert "with the BOOT0 jumper removed" in result.recovery
+    assert result.recovery.endswith("Then flash this profile again with the dfu method.")
+    assert "F429" not in result.recovery and "katapult" not in result.recovery.lower()
+    image = open(art.path(), "rb").read()
+    assert board.read_flash(0x08000000, len(image)) == image
+    assert rig.service.calls == ["stop", "start"] and result.klipper_restarted
 
 
 async def test_hung_dfu_util_is_stopped_at_the_write_timeout(rig, artifact_dir):

@@ -333,3 +333,242 @@ async def test_a_bridge_that_takes_its_time_to_re_enumerate(rig, artifact_dir):
     assert board.mode == "klipper-canbridge" and result.board_back
     waited = {s.kind: s.duration for s in result.steps}
     assert waited["wait_return"] >= 0.3      # it was not there at once, and was waited for
+
+
+# --- the right words after a failure (issue 8, item 10) ---------------------------------
+
+def _step(result, kind):
+    return next(s for s in result.steps if s.kind == kind)
+
+
+async def test_a_board_whose_katapult_reports_another_mcu_is_refused_at_once(rig, artifact_dir):
+    # The user copied the board's by-id path but chose the F446 preset; the board is an
+    # F407.  No USB scan here (as with a board the scan cannot see): the board's own
+    # Katapult port is the first thing that tells its chip.
+    board = rig.machine.add_board("usb", "stm32f407xx", firmware={"version": "v0.12.0"})
+    rig.config.timeouts.bootloader_wait = 20.0          # the real default
+    profile = Profile(name="usb", preset=USB_SERIAL_PRESET, serial=board.by_id_path(),
+                      klipper_mcu="mcu", source="cli")
+    art = write_artifact(artifact_dir("u"), profile="usb", preset=USB_SERIAL_PRESET.id,
+                         bridge=False)
+    before = board.read_flash(0x08008000, 32768)
+    result = await execute_plan(make_plan(profile, art, config=rig.config),
+                                rig.context(with_discovery=False))
+    assert result.state == "refused" and result.check == "mcu" and not result.written
+    port = f"usb-katapult_stm32f407xx_{board.chip_id}-if00"
+    assert result.message == (
+        f"The board entered Katapult as {port} (with this board's chip id): its Katapult "
+        "reports stm32f407xx, but the build is for stm32f446xx. Nothing was written.")
+    assert "did not show up" not in result.summary()
+    assert "stm32f407xx board" in result.hint
+    assert result.recovery.startswith("Nothing was written, but the board waits in Katapult")
+    wait = _step(result, "wait_katapult_usb")
+    assert wait.status == "failed" and wait.duration < 5.0      # at once, not after 20 s
+    assert rig.writes() == [] and board.read_flash(0x08008000, 32768) == before
+    assert board.mode == "katapult"
+    assert rig.service.calls == ["stop", "start"] and result.klipper_restarted
+
+
+async def test_a_bridge_that_comes_back_as_katapult_of_another_mcu_is_refused_at_once(
+        rig, artifact_dir):
+    # A plan made without a scan knows no chip id: the Katapult port that appears right
+    # after the bootloader request is the board.
+    board = rig.machine.add_board("octopus", "stm32f407xx",
+                                  firmware={"version": "v0.12.0", "bridge": True})
+    rig.config.timeouts.bootloader_wait = 20.0
+    profile = octopus_profile(canbus_uuid=board.canbus_uuid)
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
+    result = await execute_plan(make_plan(profile, art, config=rig.config),
+                                rig.context(with_discovery=False))
+    assert result.state == "refused" and result.check == "mcu", result.summary()
+    assert (f"entered Katapult as usb-katapult_stm32f407xx_{board.chip_id}-if00 (right after "
+            "the bootloader request): its Katapult reports stm32f407xx, but the build is for "
+            "stm32f446xx") in result.message
+    assert _step(result, "wait_katapult_usb").duration < 5.0
+    assert rig.writes() == [] and "waits in Katapult" in result.recovery
+    assert rig.service.calls == ["stop", "start"]
+
+
+async def test_a_verified_write_whose_board_does_not_come_back_is_not_called_partial(
+        rig, artifact_dir):
+    board = _bridge(rig)
+    board.set_fault("no_return")
+    rig.config.timeouts.reconnect = 1.0
+    profile = octopus_profile(canbus_uuid=board.canbus_uuid, klipper_mcu="mcu")
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written and result.board_back is False
+    assert result.message == ("Written and verified by Katapult, but the board did not come "
+                              "back within 1 s (waited for the USB-CAN bridge and can0).")
+    assert result.verified_sha == result.expected_sha
+    assert "partly" not in result.recovery
+    assert result.recovery.startswith("The write completed and Katapult read it back and "
+                                      "verified it")
+    assert "Power-cycle the board" in result.recovery
+    assert "CAN pins and speed" in result.recovery and "--artifact ID" in result.recovery
+    assert "btt-octopus-f446-katapult" in result.recovery and "F429" not in result.recovery
+    image = open(art.path(), "rb").read()
+    assert board.read_flash(0x08008000, len(image)) == image
+    assert rig.service.calls == ["stop", "start"] and result.klipper_restarted
+
+
+async def test_write_error_then_complete_error_reports_the_write_error(rig, artifact_dir):
+    # The connection breaks during the write; flashtool then sends COMPLETE in its
+    # ``finally``, which fails too, and Python prints both errors, the COMPLETE one last.
+    board = _bridge(rig)
+    board.set_fault("katapult_link_lost")
+    profile = octopus_profile(canbus_uuid=board.canbus_uuid, klipper_mcu="mcu")
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written
+    assert result.message.startswith("flashtool.py: Flash write failed, flash address 0x800")
+    assert result.message.endswith("(Error sending command [SEND_BLOCK] to Device) (then also: "
+                                   "Error sending command [COMPLETE] to Device)")
+    assert not result.hint            # not "Katapult did not answer" (that is for CONNECT)
+    assert result.recovery.startswith("The application area was partly written; Katapult "
+                                      "itself was not touched.")
+    assert board.mode == "katapult"   # COMPLETE never arrived: Katapult still waits
+    assert rig.service.calls == ["stop", "start"]
+
+
+def test_the_first_of_chained_flashtool_errors_is_the_cause():
+    from moonraker_octoflash.flash.katapult import read_run
+    from moonraker_octoflash.tools import ToolResult
+    # What the real flashtool.py (Python 3.11) prints on stderr; run_tool drops blank lines.
+    stderr = """ERROR:root:Flash Tool Error
+Traceback (most recent call last):
+  File "/home/pi/katapult/scripts/flashtool.py", line 429, in send_file
+    resp = await self.send_command(
+  File "/home/pi/katapult/scripts/flashtool.py", line 407, in send_command
+    raise FlashError("Error sending command [%s] to Device" % (cmdname))
+FlashError: Error sending command [SEND_BLOCK] to Device
+The above exception was the direct cause of the following exception:
+Traceback (most recent call last):
+  File "/home/pi/katapult/scripts/flashtool.py", line 1077, in run
+    await flasher.send_file()
+  File "/home/pi/katapult/scripts/flashtool.py", line 433, in send_file
+    raise FlashError(
+FlashError: Flash write failed, flash address 0x8009000
+During handling of the above exception, another exception occurred:
+Traceback (most recent call last):
+  File "/home/pi/katapult/scripts/flashtool.py", line 1101, in main
+    await sock.run()
+  File "/home/pi/katapult/scripts/flashtool.py", line 1085, in run
+    await flasher.finish()
+  File "/home/pi/katapult/scripts/flashtool.py", line 493, in finish
+    await self.send_command("COMPLETE")
+  File "/home/pi/katapult/scripts/flashtool.py", line 407, in send_command
+    raise FlashError("Error sending command [%s] to Device" % (cmdname))
+FlashError: Error sending command [COMPLETE] to Device""".split("\n")
+    stdout = ["Flashing '/x/klipper.bin'..."]
+    run = read_run(ToolResult(["flashtool.py"], 1, stdout + stderr, stderr, 1.0))
+    assert run.error == ("Flash write failed, flash address 0x8009000 "
+                         "(Error sending command [SEND_BLOCK] to Device)")
+    assert run.later_errors == ["Error sending command [COMPLETE] to Device"]
+    # A single error of several lines keeps them all.
+    single = ["ERROR:root:Flash Tool Error", "Traceback (most recent call last):",
+              '  File "/x/flashtool.py", line 1101, in main', "    await sock.run()",
+              "FlashError: MCU returned by Katapult does not match MCU identified in "
+              "klipper.bin.", "Katapult MCU: stm32f407xx", "Klipper Binary MCU: stm32f446xx"]
+    run = read_run(ToolResult(["flashtool.py"], 1, single, single, 1.0))
+    assert run.error.split("\n") == [
+        "MCU returned by Katapult does not match MCU identified in klipper.bin.",
+        "Katapult MCU: stm32f407xx", "Klipper Binary MCU: stm32f446xx"]
+    assert run.later_errors == []
+
+
+@pytest.mark.parametrize("preset_id", [p for p in ("btt-octopus-f446-canbridge",
+                                                   "btt-octopus-f429-canbridge",
+                                                   "btt-octopus-f407-canbridge",
+                                                   "btt-octopus-h723-canbridge",
+                                                   "btt-octopus-f429-canbridge-nobootloader",
+                                                   "btt-octopus-h723-katapult")])
+def test_recovery_text_fits_the_board_variant(preset_id, tmp_path):
+    from moonraker_octoflash.flash.executor import recovery_text
+    preset = get_preset(preset_id)
+    variant = preset_id.split("-")[2]                    # f446, f429, f407, h723
+    profile = Profile(name="b", preset=preset, canbus_uuid="0123456789ab", source="cli")
+    art = write_artifact(str(tmp_path), profile="b", preset=preset_id, target=preset.target,
+                         mcu=preset.mcu, app_address=preset.app_address,
+                         bootloader_app_start=preset.bootloader_app_start,
+                         extra_files={"deployer.bin": b"D" * 4096}
+                         if preset.target == "katapult" else None)
+    texts = []
+    for method in [m["method"] for m in preset.flash_methods]:
+        plan = make_plan(profile, art, method=method)
+        for complete in (False, True):
+            texts.append(recovery_text(plan, write_started=True, in_bootloader=False,
+                                       write_complete=complete))
+    for text in texts:
+        others = {"f446", "f429", "f407", "h723"} - {variant}
+        assert not any(o.upper() in text or f"-{o}-" in text for o in others), text
+        assert ("HE0/HE2" in text) == (variant == "h723"), text
+        assert ("cannot be put into DFU mode from software" in text) == (variant == "f429")
+        if preset.target == "klipper" and preset.app_address != 0x08000000:
+            assert f"btt-octopus-{variant}-katapult" in text
+        if "nobootloader" in preset_id:
+            assert "katapult" not in text.lower()
+
+
+# --- the board comes back as what the new firmware makes of it (issue 8, item 13) -------
+
+async def test_a_bridge_build_written_through_a_serial_port_comes_back_as_a_can_adapter(
+        rig, artifact_dir):
+    # The board runs USB-serial Klipper; the profile (reached by `serial:`) builds the
+    # USB-CAN bridge.  After the write there is no serial port: the board is a gs_usb
+    # adapter (1d50:606f) with its CAN uuid, and can0 comes up.
+    board = rig.machine.add_board("octopus", "stm32f446xx", firmware={"version": "v0.12.0"},
+                                  boot_delay=0.3)
+    klipper_port = board.by_id_path()
+    rig.config.timeouts.reconnect = 20.0
+    profile = Profile(name="octopus", preset=get_preset("btt-octopus-f446-canbridge"),
+                      serial=klipper_port, klipper_mcu="mcu", source="cli")
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id,
+                         bridge=True)
+    plan = make_plan(profile, art, devices=await rig.scan(), config=rig.config)
+    assert plan.transport == "usb-serial"
+    result = await execute_plan(plan, rig.context())
+    assert result.ok, result.summary()
+    assert board.mode == "klipper-canbridge" and not os.path.exists(klipper_port)
+    assert result.board_back is True
+    assert result.board_detail == (f"USB-CAN bridge 1d50:606f on USB {board.port_path}, "
+                                   f"canbus_uuid {board.canbus_uuid}, can0 up")
+    wait = _step(result, "wait_return")
+    assert wait.status == "done" and wait.duration < 10.0
+    assert any(f"canbus_uuid: {board.canbus_uuid}" in w and "no serial port" in w
+               for w in result.warnings)
+    assert rig.service.calls == ["stop", "start"]
+
+
+async def test_a_bridge_build_through_a_serial_port_without_a_scan_claims_nothing(
+        rig, artifact_dir):
+    board = rig.machine.add_board("octopus", "stm32f446xx", firmware={"version": "v0.12.0"})
+    rig.config.timeouts.reconnect = 20.0
+    profile = Profile(name="octopus", preset=get_preset("btt-octopus-f446-canbridge"),
+                      serial=board.by_id_path(), klipper_mcu="mcu", source="cli")
+    art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
+    result = await execute_plan(make_plan(profile, art, config=rig.config),
+                                rig.context(with_discovery=False))
+    assert result.ok, result.summary()
+    # Without USB discovery a bridge cannot be seen: not waited for the serial port
+    # that will never return, and not claimed either way.
+    assert result.board_back is None
+    assert _step(result, "wait_return").duration < 5.0
+    assert board.mode == "klipper-canbridge"
+
+
+def test_the_resolved_config_tells_a_bridge_build(tmp_path):
+    from moonraker_octoflash.flash.executor import builds_usb_can_bridge
+    profile = Profile(name="o", preset=get_preset("btt-octopus-f446-canbridge"),
+                      serial="/dev/serial/by-id/usb-Klipper_stm32f446xx_ABC-if00", source="cli")
+    art = write_artifact(str(tmp_path), profile="o", preset=profile.preset.id, bridge=False)
+    plan = make_plan(profile, art)
+    assert builds_usb_can_bridge(plan) is False          # klipper.bin's dictionary: no bridge
+    with open(art.path("config"), "w") as f:
+        f.write('CONFIG_MCU="stm32f446xx"\nCONFIG_USBCANBUS=y\n')
+    assert builds_usb_can_bridge(plan) is True           # the resolved config decides
+    with open(art.path("config"), "w") as f:
+        f.write('CONFIG_MCU="stm32f446xx"\n# CONFIG_USBCANBUS is not set\n')
+    assert builds_usb_can_bridge(plan) is False

@@ -90,18 +90,22 @@ async def test_cancelling_a_run_of_several_restarts_klipper(rig, artifact_dir):
 
 
 class _BrokenStart(KlipperService):
+    """Klipper runs; stopping works, starting it again does not."""
+
     def __init__(self):
         self.calls = []
+        self.running = True
 
     async def stop(self):
         self.calls.append("stop")
+        self.running = False
 
     async def start(self):
         self.calls.append("start")
         raise UnavailableError("Cannot start klipper: Interactive authentication required")
 
     async def is_active(self):
-        return False
+        return self.running
 
 
 async def test_a_failed_restart_is_reported_not_hidden(rig, artifact_dir):
@@ -138,17 +142,84 @@ async def test_klipper_stop_that_fails_writes_nothing(rig, artifact_dir):
     assert result.state == "failed" and not result.written
     assert "sudo asked for a password" in result.message
     assert rig.machine.tool_invocations() == []
-    assert ctx.service.calls == ["stop", "start"]
+    # Klipper still runs after the refused stop: nothing to start again
+    assert ctx.service.calls == ["stop"] and result.klipper_restarted is None
 
 
 @pytest.mark.skipif(not shutil.which("systemctl"), reason="systemctl not installed")
-async def test_systemctl_service_reports_what_went_wrong():
-    # No systemd runs here: the real systemctl fails, and the error says so.
-    service = SystemctlService("klipper", use_sudo=False, timeout=10)
+async def test_systemctl_service_reports_what_went_wrong(tmp_path):
+    # systemd is said to run (its folder exists), but the real systemctl fails: the error says so.
+    service = SystemctlService("klipper", use_sudo=False, timeout=10, systemd_dir=str(tmp_path))
+    assert service.has_systemd()
     assert await service.is_active() is False
     with pytest.raises(UnavailableError) as caught:
         await service.stop()
     assert str(caught.value).startswith("Cannot stop klipper (systemctl exit")
+
+
+async def test_without_systemd_klipper_runs_when_its_api_socket_answers(tmp_path):
+    sock = str(tmp_path / "klippy.sock")
+    service = SystemctlService("klipper", use_sudo=False, timeout=5, api_socket=sock,
+                               systemd_dir=str(tmp_path / "no-systemd"))
+    assert not service.has_systemd()
+    assert await service.is_active() is False           # no socket: Klipper is not running
+    server = await asyncio.start_unix_server(lambda r, w: w.close(), path=sock)
+    try:
+        assert await service.is_active() is True
+        with pytest.raises(UnavailableError) as caught:
+            await service.stop()
+        assert "systemd does not run here" in str(caught.value)
+        assert caught.value.hint == "Stop Klipper yourself, then flash again"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_without_systemd_and_klipper_not_running_the_flash_needs_no_stop(rig, artifact_dir,
+                                                                             tmp_path):
+    bridge, _node = _boards(rig)
+    profile = octopus_profile(canbus_uuid=bridge.canbus_uuid, klipper_mcu="mcu")
+    art = write_artifact(artifact_dir("o"), profile="octopus", preset=profile.preset.id)
+    ctx = rig.context()
+    ctx.service = SystemctlService("klipper", use_sudo=False, timeout=5,
+                                   api_socket=str(tmp_path / "klippy.sock"),
+                                   systemd_dir=str(tmp_path / "no-systemd"))
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), ctx)
+    assert result.ok, result.summary()
+    steps = {s.kind: s for s in result.steps}
+    assert steps["stop_klipper"].status == "skipped"
+    assert steps["stop_klipper"].message == "not needed: Klipper was not running"
+    assert steps["start_klipper"].status == "skipped"
+    assert result.klipper_stopped is False and result.klipper_restarted is None
+    assert not any("could not be" in w for w in result.warnings)
+    assert not any(e.stage == "start_klipper" for e in rig.events)
+
+
+async def test_klipper_not_running_is_not_stopped_nor_started(rig, artifact_dir):
+    bridge, _node = _boards(rig)
+    rig.machine.set_klipper_running(False)
+    profile = octopus_profile(canbus_uuid=bridge.canbus_uuid, klipper_mcu="mcu")
+    art = write_artifact(artifact_dir("o"), profile="octopus", preset=profile.preset.id)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.ok, result.summary()
+    assert rig.service.calls == [] and rig.machine.klipper_running is False
+    assert result.steps[0].kind == "stop_klipper" and result.steps[0].status == "skipped"
+
+
+async def test_step_records_say_klipper_was_stopped_once_for_several_boards(rig, artifact_dir):
+    bridge, node = _boards(rig)
+    octo_plan, ebb_plan = _plans(rig, artifact_dir, await rig.scan(), bridge, node)
+    results = await execute_plans([octo_plan, ebb_plan], rig.context())
+    assert all(r.ok for r in results)
+    for result in results:
+        stop = next(s for s in result.steps if s.kind == "stop_klipper")
+        start = next(s for s in result.steps if s.kind == "start_klipper")
+        assert stop.status == "done" and stop.message in (
+            "Klipper stopped", "Klipper was stopped once for every board of this run")
+        assert start.status == "done" and result.klipper_stopped and result.klipper_restarted
+    assert rig.service.calls == ["stop", "start"]
 
 
 def test_systemctl_uses_sudo_without_a_prompt_when_not_root():

@@ -6,11 +6,14 @@ restart test comes last because it restarts that Moonraker.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
 from fixtures_moonraker import MoonrakerProcess, RpcError, start_standin
+from moonraker_octoflash.presets import list_presets
 from moonraker_octoflash.sim.klippy import SimMcu
+from moonraker_octoflash.sim.trees import TREES_DIR
 
 pytestmark = pytest.mark.moonraker
 
@@ -80,9 +83,23 @@ def test_the_component_serves_its_page(moonraker):
 
 
 def test_presets_over_http(moonraker):
-    presets = moonraker.result("GET", "/server/octoflash/presets")["presets"]
+    result = moonraker.result("GET", "/server/octoflash/presets")
+    presets = result["presets"]
     ids = [p["id"] for p in presets]
-    assert len(ids) == 12 and "btt-octopus-f446-canbridge" in ids
+    assert len(ids) == len(list_presets()) and "btt-octopus-f446-canbridge" in ids
+    assert "btt-ebb-klipper-1m" in ids
+    assert "No Klipper config folder" in result["from_klipper"]["error"]
+    # Presets read from the config/*.cfg headers of the Klipper checkout (two
+    # headers of the simulated tree), read again on every request.
+    shutil.copytree(os.path.join(TREES_DIR, "klipper", "config"),
+                    os.path.join(moonraker.data_dir, "klipper-src", "config"))
+    from_klipper = moonraker.result("GET", "/server/octoflash/presets")["from_klipper"]
+    assert (from_klipper["files_read"], from_klipper["files_skipped"]) == (2, 1)
+    [toolhead] = from_klipper["presets"]
+    assert toolhead["id"] == "klipper-sim-toolhead-g0b1"
+    assert toolhead["klipper_configs"] == ["sim-toolhead-g0b1.cfg"]
+    assert toolhead["kconfig"]["CONFIG_STM32_MMENU_CANBUS_PB0_PB1"] == "y"
+    assert "more than one processor" in from_klipper["skipped"]["sim-mainboard-unknown.cfg"]
     f446 = next(p for p in presets if p["id"] == "btt-octopus-f446-canbridge")
     assert f446["app_address"] == "0x08008000" and f446["mcu"] == "stm32f446xx"
 
@@ -90,7 +107,7 @@ def test_presets_over_http(moonraker):
 async def test_jsonrpc_methods_follow_moonraker_naming(moonraker, ws_factory):
     ws = await ws_factory(moonraker)
     presets = await ws.call("server.octoflash.presets")
-    assert len(presets["presets"]) == 12
+    assert len(presets["presets"]) == len(list_presets())
     profiles = await ws.call("server.octoflash.profiles")
     assert [p["name"] for p in profiles["profiles"]] == ["octopus"]
     one = await ws.call("server.octoflash.get_profile", {"name": "octopus"})

@@ -20,8 +20,29 @@ APP_WITH_BOOTLOADER = {"f446": 0x08008000, "f429": 0x08008000, "f407": 0x0800800
                        "h723": 0x08020000}
 
 
-def test_exactly_the_twelve_ids():
-    assert sorted(p.id for p in list_presets()) == sorted(EXPECTED_IDS)
+def test_exactly_the_twelve_octopus_ids():
+    octopus = [p.id for p in list_presets() if p.id.startswith("btt-octopus-")]
+    assert sorted(octopus) == sorted(EXPECTED_IDS)
+
+
+def test_every_preset_file_is_valid_and_ids_are_unique():
+    seen = []
+    for name in sorted(os.listdir(PRESET_DIR)):
+        with open(os.path.join(PRESET_DIR, name)) as f:
+            doc = json.load(f)
+        check("preset", doc, name)
+        seen += [p["id"] for p in doc["presets"]]
+    assert len(seen) == len(set(seen)) == len(list_presets())
+
+
+def test_toolhead_presets_cover_their_klipper_configs_and_mcus():
+    for p in list_presets():
+        assert mcu_info(p.mcu) is not None, p.id
+    ebb = get_preset("btt-ebb-klipper-1m")
+    assert ebb.klipper_configs == ("sample-bigtreetech-ebb-canbus-v1.1.cfg",
+                                   "sample-bigtreetech-ebb-canbus-v1.2.cfg")
+    assert get_preset("btt-ebb-sb2209-rp2040-katapult-1m").dfu_instructions == ""
+    assert "EBB SB" in get_preset("btt-ebb-sb-katapult-1m").dfu_instructions
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -89,3 +110,12 @@ def test_docs_presets_table_is_generated_from_the_data():
         "docs/presets.md is stale: run python3 -m moonraker_octoflash.docgen > docs/presets.md"
     for pid in EXPECTED_IDS:
         assert f"`{pid}`" in committed
+
+
+def test_each_toolhead_family_has_its_katapult_preset():
+    """Recovery advice names the Katapult preset of the profile's own board family."""
+    presets = list_presets()
+    for p in presets:
+        if p.target == "klipper" and not p.id.startswith("btt-octopus-"):
+            assert any(k.target == "katapult" and k.family == p.family and k.mcu == p.mcu
+                       for k in presets), p.id

@@ -1,4 +1,4 @@
-"""The twelve presets against REAL Klipper and Katapult checkouts (arm-none-eabi-gcc).
+"""The curated presets against REAL Klipper and Katapult checkouts (arm-none-eabi-gcc).
 
 Runs only when OCTOFLASH_KLIPPER_PATH and/or OCTOFLASH_KATAPULT_PATH name
 checkouts and the cross compiler is installed, e.g.:
@@ -20,12 +20,19 @@ import time
 from pathlib import Path
 
 import pytest
+from test_presets_build import PRESET_IDS, check_artifact, differences, expected_for
+from toolhead_expectations import (
+    TOOLHEAD_IDS,
+    expected_app_address,
+    expected_files,
+    expected_toolhead,
+    vector_table_problem,
+)
 
 from moonraker_octoflash.build import CROSS_COMPILER, Builder
 from moonraker_octoflash.errors import ValidationError
 from moonraker_octoflash.kconfig import parse_config
 from moonraker_octoflash.tools import find_program
-from test_presets_build import PRESET_IDS, check_artifact, differences, expected_for
 
 pytestmark = pytest.mark.realfw
 
@@ -33,15 +40,19 @@ KLIPPER = os.environ.get("OCTOFLASH_KLIPPER_PATH", "")
 KATAPULT = os.environ.get("OCTOFLASH_KATAPULT_PATH", "")
 
 
+def _is_katapult(preset_id: str) -> bool:
+    return preset_id.endswith("-katapult") or "-katapult-" in preset_id
+
+
 def _checkout_for(preset_id: str) -> str:
-    return KATAPULT if preset_id.endswith("-katapult") else KLIPPER
+    return KATAPULT if _is_katapult(preset_id) else KLIPPER
 
 
 def _skip_reason(preset_id: str) -> str:
     if find_program(CROSS_COMPILER) is None:
         return f"{CROSS_COMPILER} is not installed"
     if not _checkout_for(preset_id):
-        var = "OCTOFLASH_KATAPULT_PATH" if preset_id.endswith("-katapult") else "OCTOFLASH_KLIPPER_PATH"
+        var = "OCTOFLASH_KATAPULT_PATH" if _is_katapult(preset_id) else "OCTOFLASH_KLIPPER_PATH"
         return f"{var} is not set"
     return ""
 
@@ -58,8 +69,10 @@ def _state(checkout: str) -> tuple:
 @pytest.fixture(scope="module")
 def real_builder(tmp_path_factory: pytest.TempPathFactory) -> Builder:
     root = tmp_path_factory.mktemp("realfw-builds")
+    # OCTOFLASH_BUILD_JOBS / OCTOFLASH_BUILD_NICE keep the builds gentle on a shared machine.
     return Builder(str(root), klipper_path=KLIPPER or None, katapult_path=KATAPULT or None,
-                   keep=2)
+                   keep=2, jobs=int(os.environ.get("OCTOFLASH_BUILD_JOBS", "0")) or None,
+                   nice=int(os.environ.get("OCTOFLASH_BUILD_NICE", "10")))
 
 
 @pytest.mark.parametrize("preset_id", PRESET_IDS)
@@ -77,6 +90,30 @@ async def test_real_firmware_builds_as_the_guide_says(preset_id, real_builder, m
     assert _state(_checkout_for(preset_id)) == before
     sizes = ", ".join(f"{f.name} {f.size} bytes" for f in result.artifact.files)
     print(f"\n{preset_id}: {sizes}, {result.artifact.source_version}, {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("preset_id", TOOLHEAD_IDS)
+async def test_real_toolhead_firmware_builds_as_its_sources_say(preset_id, real_builder,
+                                                                make_profile):
+    reason = _skip_reason(preset_id)
+    if reason:
+        pytest.skip(reason)
+    before = _state(_checkout_for(preset_id))
+    started = time.monotonic()
+    result = await real_builder.build(make_profile(preset_id, name=preset_id[:60]))
+    seconds = time.monotonic() - started
+    artifact = result.artifact
+    resolved = parse_config(Path(artifact.path("config")).read_text())
+    assert differences(expected_toolhead(preset_id), resolved) == {}
+    assert [f.name for f in artifact.files] == expected_files(preset_id)
+    assert artifact.app_address == expected_app_address(preset_id)
+    main = Path(artifact.path(artifact.main_file))
+    assert vector_table_problem(main, artifact.app_address, artifact.flash_size) is None
+    if artifact.target == "klipper":
+        assert artifact.dict_mcu == artifact.mcu
+    assert _state(_checkout_for(preset_id)) == before
+    sizes = ", ".join(f"{f.name} {f.size} bytes" for f in artifact.files)
+    print(f"\n{preset_id}: {sizes}, {artifact.source_version}, {seconds:.1f} s")
 
 
 async def test_real_rebuild_without_changes_is_skipped(real_builder, make_profile):
@@ -108,4 +145,8 @@ async def test_real_kconfig_refuses_impossible_symbols(preset_id, overrides, sym
     profile = make_profile(preset_id, name="refused", kconfig=overrides)
     with pytest.raises(ValidationError) as info:
         await real_builder.build(profile)
+    if symbol.endswith("12MHZ"):
+        # No such symbol: refused against the checkout's Kconfig before make runs.
+        assert f"{symbol}: no such symbol in this firmware's Kconfig" in str(info.value)
+        return
     assert f"{symbol}: asked for y, Kconfig gave not set" in str(info.value)

@@ -411,7 +411,7 @@ async def test_changed_profile_counts_as_an_update(printer, client):
     await entry_when(client, "octoflash_spare", state_is("up_to_date"))
     assert printer.running_version("spare") == new(printer)
 
-    profile["kconfig"]["CONFIG_WANT_NEOPIXEL"] = "n"
+    profile["kconfig"]["CONFIG_INITIAL_PINS"] = "\"PA1\""
     await client.call("server.octoflash.post_profile", profile)
     entry = await entry_when(client, "octoflash_spare", state_is("differs"))
     assert entry["version"] == as_published(new(printer))

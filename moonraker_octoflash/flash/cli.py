@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sys
 from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
@@ -17,10 +18,13 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 from ..discovery import DeviceSnapshot, scan
 from ..errors import NotFoundError, ValidationError
 from ..events import Progress
+from ..settings import data_path_for_config
 from ..service import KlipperService, SystemctlService
 from .config import FlashConfig
 from .executor import FlashContext, execute_plans
 from .plan import FlashPlan, make_plan, order_for_flash
+from .remote import find_moonraker, flash_through_moonraker
+from .writer_lock import WriterLock, busy_message, probe, writer_lock_path
 
 
 # --- environment: the real machine, or the simulated one named in [octoflash] ----------
@@ -45,11 +49,12 @@ class _Environment:
         return {"by_id_dir": self.config.by_id_dir, "can_interfaces": interfaces,
                 "can_listen_time": self.listen_time}
 
-    def service(self, unit: str) -> KlipperService:
+    def service(self, unit: str, data_path: str) -> KlipperService:
         if self.machine is not None:
             from ..sim.klipper_service import SimulatedKlipperService
             return SimulatedKlipperService(self.machine)
-        return SystemctlService(unit)
+        # Without systemd, Klipper runs when its API socket answers.
+        return SystemctlService(unit, api_socket=os.path.join(data_path, "comms", "klippy.sock"))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -170,10 +175,13 @@ def _find_artifact(ctx: Any, profile: Any, artifact_id: Optional[str]) -> Any:
 
 
 def _confirm(plans: List[FlashPlan], out: TextIO) -> Tuple[bool, str]:
+    return _confirm_count(len(plans), out)
+
+
+def _confirm_count(count: int, out: TextIO) -> Tuple[bool, str]:
     if not sys.stdin.isatty():
         return False, ("not asking on a non-terminal: pass --yes to flash, or --dry-run "
                        "to see the plan")
-    count = len(plans)
     out.write(f"Flash {count} board{'s' if count != 1 else ''} as shown? [y/N] ")
     out.flush()
     try:
@@ -189,6 +197,25 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
         raise ValidationError("Name at least one profile to flash (see `octoflash scan`)")
     env = _Environment(ctx.settings, None)
     profiles = order_for_flash([ctx.profile(name) for name in args.profiles])
+    data_path = data_path_for_config(ctx.config_path)
+    lock_path = writer_lock_path(data_path)
+    if not args.dry_run and not args.local:
+        # The Moonraker of this config runs: it does the job (one job runner,
+        # one history).  It has no bootloader-overwrite switch: that stays here.
+        link, why = find_moonraker(ctx.config_path, ctx.settings.build_path)
+        if link is not None and not args.allow_bootloader_overwrite:
+            return flash_through_moonraker(
+                link, profiles, args, out, err,
+                confirm=lambda count: _confirm_count(count, err if args.json else out))
+        if why:
+            (err if args.json else out).write(f"note: {why}\n")
+    if not args.dry_run:
+        # Another writer (Moonraker or another octoflash) is at work: say so
+        # before even scanning, and again (race-free) when the flash starts.
+        free, holder = asyncio.run(probe(lock_path))
+        if not free:
+            err.write(f"octoflash flash: {busy_message(holder)}\n")
+            return 1
     artifacts = [_find_artifact(ctx, p, args.artifact) for p in profiles]
     json_out = bool(args.json)
     log = err if json_out else out
@@ -219,9 +246,11 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
             if not ok:
                 err.write(f"octoflash flash: {why}\n")
                 return 1
-        flash_ctx = FlashContext(service=env.service(args.klipper_service),
+        flash_ctx = FlashContext(service=env.service(args.klipper_service, data_path),
                                  on_progress=_Printer(log),
-                                 discover=env.scan)
+                                 discover=env.scan,
+                                 writer_lock=WriterLock(lock_path, kind="cli",
+                                                        profiles=[p.profile_name for p in plans]))
         results = asyncio.run(execute_plans(plans, flash_ctx))
     if json_out:
         json.dump({"plans": [p.to_json() for p in plans],
@@ -255,4 +284,7 @@ def add_parsers(subparsers: Any) -> None:
                         "(it erases the bootloader)")
     p.add_argument("--klipper-service", default="klipper", metavar="UNIT",
                    help="systemd unit stopped and started around the flash (default klipper)")
+    p.add_argument("--local", action="store_true",
+                   help="flash from here even when Moonraker (with octoflash) runs; by "
+                        "default Moonraker is asked to do it")
     p.set_defaults(handler=cmd_flash)

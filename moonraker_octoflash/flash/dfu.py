@@ -90,22 +90,31 @@ class DfuFlasher:
                     instructions: str = "", board: str = "the board") -> DfuOutcome:
         """Run dfu-util; raise ``WriteFailed`` saying what happened and what to do."""
         outcome = await self._run(argv, timeout)
+        first: Optional[DfuOutcome] = None
         if (not outcome.ok and fallback_argv is not None
                 and any(MASS_ERASE_FAILED in e for e in outcome.errors)):
             self.on_progress(Progress("erase", "The board refused the mass erase; writing "
                                       "again with a plain erase of the pages written", None))
+            first = outcome
             outcome = await self._run(fallback_argv, timeout)
             outcome.notes.insert(0, "mass erase not supported: written with :leave only "
                                     "(only the pages the image covers were erased)")
         if outcome.ok:
             return outcome
         errors = "; ".join(outcome.errors) or f"exit code {outcome.returncode}"
+        if first is not None:
+            # Two runs failed: the second one's error is the cause, but say what led to it
+            # (and the mass erase may have touched the flash even if the retry did not).
+            errors += (f" (on the retry without mass erase; the first run stopped at: "
+                       f"{'; '.join(first.errors)})")
+            outcome.write_started = outcome.write_started or first.write_started
         tail = outcome.lines[-12:]
         if any(NO_DEVICE in e for e in outcome.errors):
             raise WriteFailed(f"No board in DFU mode: dfu-util found no 0483:df11 device for {board}.",
                               hint=instructions or "Put the board into DFU mode (boot jumper, "
                               "then reset) and try again.",
-                              log_tail=tail, returncode=outcome.returncode, write_started=False)
+                              log_tail=tail, returncode=outcome.returncode,
+                              write_started=outcome.write_started)
         if any(SEVERAL_DEVICES in e for e in outcome.errors):
             raise WriteFailed("Several boards are in DFU mode and dfu-util will not guess which "
                               "to write.", hint="Set dfu_serial in the profile (see `octoflash "

@@ -2,7 +2,11 @@
 
 Klipper is started again on every exit path once a stop was attempted —
 success, refusal, failure, timeout and cancellation (a hung tool is killed
-by ``run_tool`` when its task is cancelled).  The result says what happened
+by ``run_tool`` when its task is cancelled).  Klipper that is not running is
+not stopped (and not started afterwards).  With ``FlashContext.writer_lock``
+the whole run, from before Klipper is stopped until it was started again,
+holds the machine-wide writer lock (``writer_lock.py``): a second writer in
+another process is refused before anything is touched.  The result says what happened
 and, when the board's flash was touched and the board did not come back,
 how to recover it: DFU mode, then the Katapult preset.
 """
@@ -12,23 +16,36 @@ import asyncio
 import dataclasses
 import os
 import time
-from typing import Any, Awaitable, Callable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
+from ..artifacts import CONFIG_NAME, read_data_dictionary_file
 from ..discovery.klipper import find_mcu, klipper_mcus
-from ..discovery.serial import list_serial_ports
-from ..discovery.snapshot import DeviceSnapshot
+from ..discovery.serial import SerialPort, list_serial_ports, parse_by_id_name
+from ..discovery.snapshot import DeviceSnapshot, profile_is_usb_can_bridge
 from ..errors import OctoflashError
 from ..events import Progress, ProgressCallback, null_progress
+from ..kconfig import parse_config
 from ..service import KlipperService, NullService
 from ..tools import ToolTimeout
 from . import results as R
-from .checks import CheckRefused, check_dfu_layout, check_katapult_status, run_checks
+from .checks import (CheckRefused, check_dfu_layout, check_katapult_status, image_mcu,
+                     run_checks)
 from .dfu import DfuFlasher
 from .katapult import KatapultFlasher, katapult_sha1
-from .plan import KATAPULT_DEVICE, FlashPlan, FlashStep, dfu_instructions, order_for_flash
+from .plan import (FLASH_BASE, KATAPULT_DEVICE, FlashPlan, FlashStep, dfu_instructions,
+                   order_for_flash)
 from .results import FlashResult, StepRecord, WriteFailed
+from .writer_lock import WriterBusy, WriterLock
 
 Discover = Callable[[], Awaitable[DeviceSnapshot]]
+# What a stop_klipper step record says, by what the stop did.
+_STOP_RECORD = {"stopped": ("done", "Klipper stopped"),
+                "not_running": ("skipped", "not needed: Klipper was not running"),
+                "left_stopped": ("skipped", "not needed: Klipper was left stopped by an "
+                                            "interrupted flash; it is started when this one ends")}
+# Steps during which the board has been asked into its bootloader.
+_BOOTLOADER_KINDS = frozenset({"request_bootloader", "wait_katapult_usb", "wait_katapult_can",
+                               "katapult_status"})
 _METHOD_TEXT = {"dfu": "dfu-util", "usb-serial": "Katapult over USB serial",
                 "can": "Katapult over CAN", "usb-can-bridge": "Katapult behind the USB-CAN bridge"}
 KlipperStatus = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -50,10 +67,17 @@ class FlashContext:
     klipper_status: Optional[KlipperStatus] = None
     result: Optional[FlashResult] = None           # the current/last result, also on cancel
     results: List[FlashResult] = dataclasses.field(default_factory=list)
+    writer_lock: Optional[WriterLock] = None       # one writer per machine (CLI and component)
 
 
 class _Restart:
-    """Stops Klipper once and starts it again whatever happens."""
+    """Stops Klipper once (when it runs) and starts it again whatever happens.
+
+    ``outcome`` says what the stop step did: ``stopped``, ``not_running``
+    (no stop needed, and Klipper is not started afterwards) or
+    ``left_stopped`` (an interrupted flash had stopped it: it is started
+    when this run ends).
+    """
 
     def __init__(self, ctx: FlashContext, emit: Callable[..., None]) -> None:
         self.ctx = ctx
@@ -61,9 +85,54 @@ class _Restart:
         self.attempted = False
         self.restarted: Optional[bool] = None
         self.error: Optional[str] = None
+        self.outcome: Optional[str] = None
+        self.left_by: Optional[str] = None
+
+    async def _running(self, timeout: float) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.ctx.service.is_active(), timeout))
+        except asyncio.TimeoutError:
+            return True     # cannot tell: stop it to be safe
+        except OctoflashError:
+            return True
+
+    async def take_over(self, previous: Mapping[str, Any], timeout: float) -> None:
+        """A writer that died (killed, power cut) had stopped Klipper: start it when we end."""
+        if not previous.get("klipper_stopped") or await self._running(timeout):
+            return
+        self.attempted = True
+        self.outcome = "left_stopped"
+        who = previous.get("job_id") or f"{previous.get('kind') or 'a process'} " \
+                                         f"pid {previous.get('pid')}"
+        self.left_by = str(who)
+        await self._note(True)
+        self.emit("stop_klipper", f"Klipper was left stopped by an interrupted flash ({who}); "
+                                  "it is started again when this flash ends")
+
+    async def ensure_stopped(self, timeout: float) -> str:
+        """Stop Klipper if it runs; the outcome says what was done."""
+        if self.outcome is not None:
+            return self.outcome
+        if not await self._running(timeout):
+            self.outcome = "not_running"
+            self.emit("stop_klipper", "Klipper is not running: no need to stop it")
+            return self.outcome
+        await self.stop(timeout)
+        self.outcome = "stopped"
+        return self.outcome
+
+    @property
+    def klipper_stopped(self) -> bool:
+        return self.outcome in ("stopped", "left_stopped")
+
+    async def _note(self, stopped: bool) -> None:
+        lock = self.ctx.writer_lock
+        if lock is not None and lock.held:
+            await lock.update(klipper_stopped=stopped)
 
     async def stop(self, timeout: float) -> None:
         self.attempted = True
+        await self._note(True)
         self.emit("stop_klipper", f"Stopping Klipper ({self.ctx.service.describe()})")
         try:
             await asyncio.wait_for(self.ctx.service.stop(), timeout)
@@ -75,6 +144,7 @@ class _Restart:
             try:
                 if await asyncio.wait_for(self.ctx.service.is_active(), timeout):
                     self.attempted = False
+                    await self._note(False)
             except Exception:
                 pass
             raise
@@ -98,6 +168,7 @@ class _Restart:
         try:
             task.result()
             self.restarted = True
+            await self._note(False)
         except BaseException as exc:   # report it; the flash result must still be returned
             self.restarted = False
             self.error = f"Klipper could not be started again: {exc or type(exc).__name__}"
@@ -115,6 +186,7 @@ class _PlanRun:
         self.katapult_ports_before: Set[str] = set()
         self.write_started = False
         self.in_bootloader = False
+        self.bootloader_requested = False
         self.status_block_size = 64
 
     # --- events ----------------------------------------------------------------------
@@ -149,17 +221,45 @@ class _PlanRun:
                 continue
             if step.kind == "stop_klipper":
                 if restart is None:
-                    record.status, record.message = "skipped", "Klipper is stopped for the whole run"
+                    record.status, record.message = "skipped", "not needed"
                     continue
-                await self._timed(record, restart.stop(step.timeout or 60.0))
-                self.result.klipper_stopped = True
+                shared = restart.outcome is not None
+                await self._timed(record, restart.ensure_stopped(step.timeout or 60.0))
+                self.result.klipper_stopped = restart.klipper_stopped
+                record.status, record.message = _STOP_RECORD[restart.outcome or "stopped"]
+                if shared and restart.outcome == "stopped":
+                    record.message = "Klipper was stopped once for every board of this run"
+                elif restart.outcome == "left_stopped":
+                    record.message += f" ({restart.left_by})"
                 continue
             await self._timed(record, self._run_step(step, record))
+
+    async def _note_step(self, kind: str) -> None:
+        """Keep the writer lock's record telling how to recover if this process dies now."""
+        lock = self.ctx.writer_lock
+        if lock is None or not lock.held:
+            return
+        if kind in ("wait_return", "start_klipper", "check_version") and self.write_started:
+            recovery: Optional[str] = (
+                "The write had finished. If the board does not run the new firmware, "
+                "power-cycle it; if it still does not come back: "
+                + (recovery_text(self.plan, write_started=True, in_bootloader=False) or ""))
+        else:
+            recovery = recovery_text(
+                self.plan, write_started=self.write_started or kind in ("write_katapult", "write_dfu"),
+                in_bootloader=self.in_bootloader or kind in _BOOTLOADER_KINDS)
+        await lock.update(stage=kind, profile=self.plan.profile_name, recovery=recovery)
 
     async def _timed(self, record: StepRecord, work: Awaitable[Any]) -> None:
         record.status, record.started = "running", time.time()
         self.emit(record.kind, record.title)
         try:
+            try:
+                await self._note_step(record.kind)
+            except BaseException:
+                if asyncio.iscoroutine(work):
+                    work.close()       # never started
+                raise
             await work
         except asyncio.CancelledError:
             record.status = "cancelled"
@@ -192,7 +292,7 @@ class _PlanRun:
                 return
             self.katapult_ports_before = await self._katapult_ports()
             await katapult.request_bootloader(self._argv(step), timeout=timeout)
-            self.in_bootloader = True
+            self.in_bootloader = self.bootloader_requested = True
         elif kind == "wait_katapult_usb":
             self.katapult_device = await self._wait_katapult_usb(step, timeout)
             record.message = self.katapult_device
@@ -273,18 +373,24 @@ class _PlanRun:
     async def _wait_katapult_usb(self, step: FlashStep, timeout: float) -> str:
         wanted = step.params.get("path")
         mcu = step.params.get("mcu")
+        chip = step.params.get("chip_serial")
 
         async def probe() -> Optional[str]:
             ports, _ = await asyncio.to_thread(list_serial_ports, self.config.by_id_dir)
             katapult = [p for p in ports if p.kind == "katapult"]
-            if wanted:
-                return wanted if any(p.path == wanted for p in katapult) else None
-            new = [p for p in katapult if p.path not in self.katapult_ports_before
-                   and (not mcu or p.mcu == mcu)]
-            if len(new) == 1:
-                return new[0].path
-            same = [p for p in katapult if not mcu or p.mcu == mcu]
-            return same[0].path if len(same) == 1 else None
+            if wanted and any(p.path == wanted for p in katapult):
+                return str(wanted)
+            if not wanted:
+                new = [p for p in katapult if p.path not in self.katapult_ports_before
+                       and (not mcu or p.mcu == mcu)]
+                if len(new) == 1:
+                    return new[0].path
+                same = [p for p in katapult if not mcu or p.mcu == mcu]
+                if len(same) == 1:
+                    return same[0].path
+            _refuse_other_katapult(self.plan, katapult, chip, self.katapult_ports_before
+                                   if self.bootloader_requested else None)
+            return None
         found = await self._poll("katapult", timeout, probe)
         if not found:
             raise WriteFailed(
@@ -340,24 +446,118 @@ class _PlanRun:
             check_dfu_layout(self.plan, found.dfu_layout)
 
     async def _wait_return(self, step: FlashStep, timeout: float) -> None:
-        expect = step.params.get("expect")
+        params = await self._expected_return(step)
+        record = self.result.steps[self.plan.steps.index(step)]
+        record.message = f"waiting for {_awaited_text(params)}"
+        expect = params.get("expect")
         if self.ctx.discover is None:
-            path = step.params.get("path")
+            path = params.get("path")
             if expect == "serial" and path:
                 found = await self._poll("serial", timeout,
                                          lambda: asyncio.to_thread(os.path.exists, path))
                 self.result.board_back = bool(found)
                 self.result.board_detail = path if found else None
+            else:
+                record.message = "not checked: this run has no USB/CAN discovery to see it"
             return
+
+        seen: List[DeviceSnapshot] = []
 
         async def probe() -> Optional[str]:
             devices = await self.snapshot()
-            return _returned(devices, step.params) if devices is not None else None
+            if devices is None:
+                return None
+            seen[:] = [devices]
+            return _returned(devices, params)
         detail = await self._poll("return", timeout, probe)
         self.result.board_back = bool(detail)
         self.result.board_detail = detail
         if detail:
+            record.message = f"back: {detail}"
             self.emit("wait_return", f"Board is back: {detail}", kind="output")
+            if expect == "canbridge-usb":
+                self._bridge_notes(params, seen[0])
+
+    async def _expected_return(self, step: FlashStep) -> Dict[str, Any]:
+        """What the board will look like with the firmware just written.
+
+        The plan waits for the device the profile names; but a Klipper build
+        that makes the board a USB-CAN bridge comes back as a gs_usb adapter
+        (1d50:606f) with a CAN interface and no serial port, and a build that
+        is no bridge comes back as a USB serial port.  The resolved config of
+        the build says which (``CONFIG_USBCANBUS``).
+        """
+        params: Dict[str, Any] = dict(step.params)
+        expect = params.get("expect")
+        if self.plan.profile.target != "klipper" or expect not in ("serial", "canbridge"):
+            return params
+        bridge = await asyncio.to_thread(builds_usb_can_bridge, self.plan)
+        chip = self._chip_serial()
+        interface = self.plan.profile.canbus_interface or "can0"
+        if expect == "serial" and bridge:
+            return {"expect": "canbridge-usb", "chip_serial": chip, "interface": interface,
+                    "path": params.get("path")}
+        if expect == "canbridge" and not bridge and chip:
+            return {"expect": "klipper-usb", "chip_serial": chip}
+        return params
+
+    def _chip_serial(self) -> Optional[str]:
+        """The board's chip id (its USB serial number), from whatever named it."""
+        wait = self.plan.step("wait_katapult_usb")
+        for path in (self.plan.profile.serial, self.katapult_device):
+            if path:
+                _kind, _mcu, chip = parse_by_id_name(os.path.basename(str(path)))
+                if chip:
+                    return chip
+        return wait.params.get("chip_serial") if wait is not None else None
+
+    def _bridge_notes(self, params: Mapping[str, Any], devices: DeviceSnapshot) -> None:
+        """A board reached by serial: that now runs as a USB-CAN bridge."""
+        bridge = devices.usb_by_serial("canbridge", params.get("chip_serial"))
+        uuid = bridge.canbus_uuid if bridge is not None else None
+        interface = params.get("interface") or "can0"
+        if not self.plan.profile.canbus_uuid:
+            self.result.warnings.append(
+                f"'{self.plan.profile_name}' now runs as a USB-CAN bridge: it has no serial "
+                f"port any more. Set canbus_uuid: {uuid or '(see octoflash scan)'} in the "
+                "profile and in printer.cfg's [mcu] section (instead of serial:), so that "
+                "Klipper and the next flash find it.")
+        if not devices.can_interface_up(interface):
+            self.result.warnings.append(
+                f"{interface} is not up yet; Klipper needs it. Check the host's CAN interface "
+                f"set-up (e.g. /etc/network/interfaces.d/{interface}).")
+
+
+def _refuse_other_katapult(plan: FlashPlan, katapult: Sequence[SerialPort],
+                           chip: Optional[str], before: Optional[Set[str]]) -> None:
+    """The board answered as Katapult, but for another MCU: say so at once.
+
+    A port with the board's chip id (or, when the chip id is not known, the
+    one Katapult port that appeared after the request) whose name carries
+    another MCU than the build's is this board; waiting for a port with the
+    expected name would only time out.
+    """
+    expected = image_mcu(plan)
+    if chip:
+        mine = [p for p in katapult if p.serial and p.serial.upper() == str(chip).upper()]
+        how = "with this board's chip id"
+    elif before is not None:
+        mine = [p for p in katapult if p.path not in before]
+        how = "right after the bootloader request"
+        if len(mine) != 1:
+            return
+    else:
+        return
+    other = [p for p in mine if p.mcu and p.mcu != expected]
+    if not other or len(other) != len(mine):
+        return
+    port = other[0]
+    raise CheckRefused(
+        "mcu", f"The board entered Katapult as {port.name} ({how}): its Katapult reports "
+        f"{port.mcu}, but the build is for {expected}.",
+        hint=f"Choose the preset for a {port.mcu} board and build again, or check that the "
+             "profile names the right board.",
+        facts={"artifact": expected, "board": port.mcu, "source": port.path})
 
 
 def _read(path: str) -> bytes:
@@ -365,10 +565,69 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+def builds_usb_can_bridge(plan: FlashPlan) -> bool:
+    """Blocking: does the build make the board a USB-CAN bridge?
+
+    The build's resolved config (``CONFIG_USBCANBUS``) is the truth; without
+    one (a record made by hand), the data dictionary in klipper.bin
+    (``CANBUS_BRIDGE``), then the profile's symbols.
+    """
+    art = plan.artifact
+    try:
+        with open(art.path(CONFIG_NAME), encoding="utf-8") as f:
+            symbols = parse_config(f.read())
+    except OSError:
+        symbols = None
+    if symbols is not None and symbols.get("CONFIG_MCU", "n") != "n":   # a resolved config
+        return symbols.get("CONFIG_USBCANBUS") == "y" or any(
+            k.startswith("CONFIG_STM32_USBCANBUS") and v == "y" for k, v in symbols.items())
+    if art.target == "klipper":
+        try:
+            info = read_data_dictionary_file(art.path())
+        except OSError:
+            info = None
+        if info is not None:
+            return bool(info.get("config", {}).get("CANBUS_BRIDGE"))
+    return profile_is_usb_can_bridge(plan.profile)
+
+
+def _awaited_text(params: Mapping[str, Any]) -> str:
+    expect = params.get("expect")
+    if expect == "canbridge-usb":
+        return (f"the USB-CAN bridge (1d50:606f) with chip id {params.get('chip_serial') or '?'}"
+                " that the new firmware makes of the board")
+    if expect == "klipper-usb":
+        return (f"Klipper's USB serial port (1d50:614e) with chip id "
+                f"{params.get('chip_serial')}")
+    if expect == "canbridge":
+        return f"the USB-CAN bridge and {params.get('interface') or 'can0'}"
+    if expect == "can":
+        return f"node {params.get('uuid')} on {params.get('interface')}"
+    if expect == "serial":
+        return str(params.get("path"))
+    if expect == "katapult":
+        return "Katapult (or the application it starts)"
+    return "the board to leave DFU mode"
+
+
 def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[str]:
     """A description of the board as it came back, or None if not back yet."""
     expect = params.get("expect")
     uuid, interface = params.get("uuid"), params.get("interface")
+    if expect == "canbridge-usb":
+        chip = params.get("chip_serial")
+        dev = devices.usb_by_serial("canbridge", chip) if chip else None
+        if dev is None:
+            return None
+        up = devices.can_interface_up(interface or "can0")
+        return (f"USB-CAN bridge {dev.usb_id} on USB {dev.port_path}, canbus_uuid "
+                f"{dev.canbus_uuid or '?'}, {interface or 'can0'} {'up' if up else 'not up'}")
+    if expect == "klipper-usb":
+        chip = params.get("chip_serial")
+        for port in devices.serial_ports:
+            if port.kind == "klipper" and chip and port.serial == chip:
+                return port.path
+        return None
     if expect == "canbridge":
         dev = devices.usb_by_uuid("canbridge", uuid)
         if dev is not None and devices.can_interface_up(interface or "can0"):
@@ -416,23 +675,90 @@ def _katapult_preset_for(profile: Any) -> Optional[str]:
     return None
 
 
-def recovery_text(plan: FlashPlan, *, write_started: bool, in_bootloader: bool) -> Optional[str]:
-    """How to get the board running again after a flash that did not finish."""
+def _settings_text(plan: FlashPlan) -> str:
+    return ("the new firmware does not start, or talks over another interface than expected: "
+            "check the build's clock reference, communication interface" +
+            (" and CAN pins and speed" if _is_bridge_profile(plan) or plan.transport in
+             ("can", "usb-can-bridge") else "") + " against the board")
+
+
+def _is_bridge_profile(plan: FlashPlan) -> bool:
+    return plan.profile.target == "klipper" and profile_is_usb_can_bridge(plan.profile)
+
+
+def recovery_text(plan: FlashPlan, *, write_started: bool, in_bootloader: bool,
+                  write_complete: bool = False, board_back: bool = False) -> Optional[str]:
+    """How to get the board running again after a flash that did not end well.
+
+    ``write_complete``: the tool reported the whole image written (and, for
+    Katapult, read back and verified); then nothing is half-written and the
+    text is about a board that does not come back (``board_back`` False) or
+    comes back running other firmware (``board_back`` True).  The DFU steps
+    and the Katapult preset named are those of the profile's own board
+    variant.
+    """
     if not write_started:
         if in_bootloader:
-            return ("Nothing was written, but the board waits in Katapult: flash again, or "
-                    "press its reset button once to go back to its firmware.")
+            return ("Nothing was written, but the board waits in Katapult: flash a build made "
+                    "for it, or press its reset button once to go back to its firmware.")
         return None
-    katapult_preset = _katapult_preset_for(plan.profile) or "the Katapult preset for this board"
-    dfu = dfu_instructions(plan.profile.preset)
+    profile = plan.profile
+    katapult_preset = _katapult_preset_for(profile) or "the Katapult preset for this board"
+    dfu = dfu_instructions(profile.preset)
+    keeps_bootloader = profile.target == "klipper" and plan.artifact.app_address != FLASH_BASE
+    if keeps_bootloader:
+        dfu_then = (f"Then flash {katapult_preset} with the dfu method to get the bootloader "
+                    "back, then this profile.")
+    else:
+        dfu_then = "Then flash this profile again with the dfu method."
+    if write_complete and board_back:
+        return ("The write completed, but the board runs other firmware: check that the "
+                "profile names the board that was written (its serial path or canbus_uuid), "
+                f"then flash again. If it still reports the old version, recover over DFU: "
+                f"{dfu} {dfu_then}")
+    if write_complete:
+        if plan.method == "katapult":
+            done = ("The write completed and Katapult read it back and verified it: the image "
+                    "on the board is the build.")
+            bootloader = (" Katapult itself was not touched: double-click the reset button to "
+                          "enter it and flash a build that works (an earlier build is kept: "
+                          "--artifact ID). If Katapult does not come up either, recover over "
+                          f"DFU: {dfu} {dfu_then}")
+            if profile.target == "katapult":
+                done = ("deployer.bin was written and verified; it replaces Katapult on its "
+                        "first start.")
+                bootloader = (f" If nothing comes back, recover over DFU: {dfu} Then flash "
+                              "this profile with the dfu method.")
+        else:
+            done = "dfu-util reported the whole image downloaded."
+            bootloader = (" The STM32's ROM DFU loader cannot be damaged, so the board can "
+                          f"always be recovered: {dfu} {dfu_then}")
+        first = "Power-cycle the board (unplug USB and the 24 V supply)"
+        if plan.method == "dfu":
+            first += ", with the BOOT0 jumper removed: with it fitted the board starts in DFU mode"
+        return (f"{done} {first}. If it still does not come back, "
+                f"{_settings_text(plan)}.{bootloader}")
     if plan.method == "katapult":
         return ("The application area was partly written; Katapult itself was not touched. "
                 "Double-click the reset button to enter Katapult and flash again. If Katapult "
-                f"does not come up, recover over DFU: {dfu} Then flash {katapult_preset} with "
-                "the dfu method, then this profile.")
+                f"does not come up, recover over DFU: {dfu} {dfu_then}")
     return ("The flash was partly written. The STM32's ROM DFU loader cannot be damaged, so "
-            f"the board can always be recovered: {dfu} Then flash again; to get a bootloader "
-            f"back, flash {katapult_preset} over DFU first, then this profile.")
+            f"the board can always be recovered: {dfu} " +
+            ("Then flash again; to get a bootloader back, flash "
+             f"{katapult_preset} over DFU first, then this profile." if keeps_bootloader
+             else "Then flash this profile again."))
+
+
+def _not_back_message(plan: FlashPlan, result: FlashResult, timeout: float) -> str:
+    """A complete write whose board did not come back: what was written, what was awaited."""
+    written = ("Written and verified by Katapult" if result.verified_sha else
+               "Written completely")
+    step = plan.step("wait_return")
+    record = result.steps[plan.steps.index(step)] if step is not None else None
+    awaited = ""
+    if record is not None and record.message.startswith("waiting for "):
+        awaited = f" (waited for {record.message[len('waiting for '):]})"
+    return f"{written}, but the board did not come back within {timeout:g} s{awaited}."
 
 
 def _fail(result: FlashResult, run: _PlanRun, exc: BaseException) -> None:
@@ -510,7 +836,8 @@ async def _check_version(plan: FlashPlan, ctx: FlashContext, result: FlashResult
         result.state = R.FAILED
         result.message = (f"Written, but Klipper reports {obj} running {reported}, not "
                           f"{expected}: the board did not start the new firmware.")
-        result.recovery = recovery_text(plan, write_started=True, in_bootloader=False)
+        result.recovery = recovery_text(plan, write_started=True, in_bootloader=False,
+                                        write_complete=True, board_back=True)
 
 
 def _new_result(plan: FlashPlan) -> FlashResult:
@@ -539,9 +866,9 @@ async def _execute(plan: FlashPlan, ctx: FlashContext, result: FlashResult,
     if result.board_back is False:
         result.state = R.FAILED
         timeout = plan.step("wait_return").timeout if plan.step("wait_return") else 0
-        result.message = (f"Written, but the board did not come back within {timeout:g} s.")
-        result.recovery = ("Power-cycle the board. If it still does not come back: "
-                           + (recovery_text(plan, write_started=True, in_bootloader=False) or ""))
+        result.message = _not_back_message(plan, result, timeout or 0)
+        result.recovery = recovery_text(plan, write_started=True, in_bootloader=False,
+                                        write_complete=True)
     else:
         result.message = f"Wrote {plan.file_name} ({plan.artifact.version})" + (
             f"; {result.board_detail}" if result.board_detail else "")
@@ -550,12 +877,51 @@ async def _execute(plan: FlashPlan, ctx: FlashContext, result: FlashResult,
 def _finish_klipper(result: FlashResult, restart: _Restart, steps_of: FlashPlan) -> None:
     result.klipper_restarted = restart.restarted
     for index, step in enumerate(steps_of.steps):
+        record = result.steps[index]
         if step.kind == "start_klipper":
-            record = result.steps[index]
-            record.status = "done" if restart.restarted else "failed"
-            record.message = restart.error or ""
+            if restart.restarted is None:
+                record.status = "skipped"
+                record.message = ("not needed: Klipper was not running before the flash"
+                                  if restart.outcome == "not_running" else
+                                  "not needed: Klipper was not stopped")
+            else:
+                record.status = "done" if restart.restarted else "failed"
+                record.message = restart.error or ""
+        elif step.kind == "check_version" and record.status == "pending" and \
+                not restart.restarted:
+            record.status, record.message = "skipped", "Klipper is not running"
     if restart.error:
         result.warnings.append(restart.error + " Start it yourself: sudo systemctl start klipper")
+
+
+async def _take_lock(ctx: FlashContext, results: Sequence[FlashResult]) -> bool:
+    """Take the machine-wide writer lock; on refusal every result says who holds it."""
+    lock = ctx.writer_lock
+    if lock is None:
+        return True
+    try:
+        await lock.acquire()
+    except WriterBusy as exc:
+        for result in results:
+            result.state = R.REFUSED
+            result.check = "writer_lock"
+            result.message = str(exc)
+            result.hint = "Wait for that flash to end (see its job or terminal), then flash again."
+            result.finished = time.time()
+        ctx.results.extend(results)
+        ctx.on_progress(Progress("done", str(exc)))
+        return False
+    return True
+
+
+async def _take_over(ctx: FlashContext, restart: _Restart, timeout: float) -> None:
+    if ctx.writer_lock is not None:
+        await restart.take_over(ctx.writer_lock.previous, timeout)
+
+
+async def _let_go(ctx: FlashContext) -> None:
+    if ctx.writer_lock is not None:
+        await ctx.writer_lock.release()
 
 
 async def execute_plan(plan: FlashPlan, ctx: FlashContext) -> FlashResult:
@@ -565,16 +931,23 @@ async def execute_plan(plan: FlashPlan, ctx: FlashContext) -> FlashResult:
     cancelled result is in ``ctx.result``.
     """
     result = _new_result(plan)
+    ctx.result = result
     restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
+    if not await _take_lock(ctx, [result]):
+        return result
     try:
-        await _execute(plan, ctx, result, restart if plan.needs_klipper_stop else None)
-    finally:
         try:
-            await restart.start(plan.config.timeouts.start_klipper)
+            await _take_over(ctx, restart, plan.config.timeouts.stop_klipper)
+            await _execute(plan, ctx, result, restart if plan.needs_klipper_stop else None)
         finally:
-            _finish_klipper(result, restart, plan)
-            result.finished = time.time()
-            ctx.results.append(result)
+            try:
+                await restart.start(plan.config.timeouts.start_klipper)
+            finally:
+                _finish_klipper(result, restart, plan)
+                result.finished = time.time()
+                ctx.results.append(result)
+    finally:
+        await _let_go(ctx)
     if result.state == R.DONE and restart.restarted:
         await _check_version(plan, ctx, result)
     ctx.on_progress(Progress("done", result.summary()))
@@ -591,8 +964,12 @@ async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[F
     results = [_new_result(p) for p in ordered]
     restart = _Restart(ctx, lambda stage, msg: ctx.on_progress(Progress(stage, msg)))
     config = ordered[0].config if ordered else None
+    if config is not None and not await _take_lock(ctx, results):
+        return results
     runnable: List[int] = []
     try:
+        if config is not None:
+            await _take_over(ctx, restart, config.timeouts.stop_klipper)
         for index, (plan, result) in enumerate(zip(ordered, results)):
             ctx.result = result
             run = _PlanRun(plan, ctx, result)
@@ -608,15 +985,15 @@ async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[F
         needs_stop = any(ordered[i].needs_klipper_stop for i in runnable)
         if needs_stop and config is not None:
             try:
-                await restart.stop(config.timeouts.stop_klipper)
+                await restart.ensure_stopped(config.timeouts.stop_klipper)
             except Exception as exc:
                 for i in runnable:
                     results[i].state = R.FAILED
                     results[i].message = f"Klipper could not be stopped, nothing was written: {exc}"
                 raise
         for i in runnable:
-            results[i].klipper_stopped = needs_stop
-            await _execute(ordered[i], ctx, results[i], None, checked=True)
+            results[i].klipper_stopped = restart.klipper_stopped
+            await _execute(ordered[i], ctx, results[i], restart, checked=True)
     except asyncio.CancelledError:
         for result in results:
             if result.state == R.FAILED and not result.message:
@@ -633,6 +1010,7 @@ async def execute_plans(plans: Sequence[FlashPlan], ctx: FlashContext) -> List[F
                 _finish_klipper(result, restart, plan)
                 result.finished = time.time()
             ctx.results.extend(results)
+            await _let_go(ctx)
     for plan, result in zip(ordered, results):
         if result.state == R.DONE and restart.restarted:
             await _check_version(plan, ctx, result)

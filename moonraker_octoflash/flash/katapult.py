@@ -22,7 +22,11 @@ from .checks import CheckRefused, KatapultStatus
 from .results import WriteFailed
 
 _ERROR_MARK = re.compile(r"^ERROR:root:Flash (Tool )?Error")
-_FLASH_ERROR_LINE = re.compile(r"(?:^|\.)FlashError: (?P<msg>.*)$")
+# Python prints the class unqualified for a script (``FlashError: …``), qualified
+# otherwise; the oldest tools raise ``FlashCanError``.
+_FLASH_ERROR_LINE = re.compile(r"^(?:[\w.]*\.)?Flash(?:Can)?Error: (?P<msg>.*)$")
+_CAUSE_LINE = "The above exception was the direct cause of the following exception"
+_DURING_LINE = "During handling of the above exception, another exception occurred"
 _STATUS_PATTERNS = {
     "app_start": re.compile(r"^Application Start: 0x(?P<v>[0-9A-Fa-f]+)"),
     "mcu": re.compile(r"^MCU type: (?P<v>\S+)"),
@@ -60,29 +64,85 @@ def katapult_sha1(data: bytes, block_size: int = 64) -> str:
 class FlashtoolRun:
     returncode: int
     lines: List[str]
-    error: Optional[str]               # the FlashError message, when it failed
+    error: Optional[str]               # the FlashError message, when it failed (the first cause)
     write_started: bool
     write_seen: bool                   # Write complete / Verification Complete printed
     final: Optional[str]               # the closing line (Programming Complete, ...)
     sha: Optional[str]
     pages: Optional[int]
     status: KatapultStatus
+    later_errors: List[str] = dataclasses.field(default_factory=list)   # raised after ``error``
 
     @property
     def legacy(self) -> bool:
         return self.final == "Flash Success"
 
 
+def _exception_chain(err_lines: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """The exceptions of a Python traceback, in the order Python printed them.
+
+    Each entry is (how it follows the one before: ``""``, ``"cause"`` for
+    "The above exception was the direct cause…", ``"during"`` for "During
+    handling of the above exception…"; the exception's message lines).
+    """
+    chain: List[Tuple[str, List[str]]] = []
+    link = ""
+    current: Optional[List[str]] = None
+    for line in err_lines:
+        if line.startswith(_CAUSE_LINE):
+            link, current = "cause", None
+            continue
+        if line.startswith(_DURING_LINE):
+            link, current = "during", None
+            continue
+        if line.startswith("Traceback (most recent call last)") or not line.strip():
+            current = None
+            continue
+        m = _FLASH_ERROR_LINE.search(line)
+        if m:
+            current = [m.group("msg")]
+            chain.append((link, current))
+            link = ""
+        elif current is not None and not line.startswith("  "):
+            current.append(line)       # a message of several lines
+    return chain
+
+
+def _first_cause(err_lines: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """The error that started a failure, and the errors that followed it.
+
+    flashtool always sends COMPLETE after a failed write (in a ``finally``);
+    when the connection is gone that fails too, and Python prints the write
+    error first, then "During handling of the above exception…" and the
+    COMPLETE error.  The first one is what went wrong.
+    """
+    chain = _exception_chain(err_lines)
+    if not chain:
+        return None, []
+    groups: List[List[List[str]]] = []
+    for link, message in chain:
+        if link == "during" or not groups:
+            groups.append([])
+        groups[-1].append(message)
+    first = groups[0]
+    # Within a group, each exception was raised "from" the one before it: the
+    # last is what the tool reported, the earlier ones say why.
+    text = "\n".join(first[-1]).strip()
+    reasons = [" ".join(m).strip() for m in first[:-1]]
+    if reasons:
+        head, _, rest = text.partition("\n")
+        text = f"{head} ({'; '.join(reasons)})" + (f"\n{rest}" if rest else "")
+    later = [" ".join(group[-1]).strip() for group in groups[1:]]
+    return text, later
+
+
 def read_run(result: ToolResult) -> FlashtoolRun:
     lines = result.lines
     error: Optional[str] = None
+    later: List[str] = []
     err_lines = result.stderr_lines
     if any(_ERROR_MARK.match(line) for line in err_lines):
-        for index in range(len(err_lines) - 1, -1, -1):
-            m = _FLASH_ERROR_LINE.search(err_lines[index])
-            if m:
-                error = "\n".join([m.group("msg")] + err_lines[index + 1:]).strip()
-                break
+        error, later = _first_cause(err_lines)
         if error is None:
             error = err_lines[-1] if err_lines else "flashtool.py failed"
     elif result.returncode != 0:
@@ -114,7 +174,7 @@ def read_run(result: ToolResult) -> FlashtoolRun:
         returncode=result.returncode, lines=lines, error=error,
         write_started=any(line.startswith("Flashing '") for line in lines),
         write_seen=sha is not None or pages is not None, final=final, sha=sha, pages=pages,
-        status=status)
+        status=status, later_errors=later)
 
 
 def hint_for(error: str) -> Optional[str]:
@@ -188,7 +248,10 @@ class KatapultFlasher:
             # flashtool's own MCU check refused before writing anything.
             raise CheckRefused("mcu", f"flashtool.py refused the image: {error}",
                                hint="Choose the preset for the board's chip and build again.")
-        return WriteFailed(f"flashtool.py: {error}", hint=hint_for(error),
+        message = f"flashtool.py: {error}"
+        if run.later_errors:
+            message += f" (then also: {'; '.join(run.later_errors)})"
+        return WriteFailed(message, hint=hint_for(error),
                            log_tail=run.lines[-12:], returncode=run.returncode,
                            write_started=run.write_started)
 

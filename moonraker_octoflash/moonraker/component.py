@@ -39,6 +39,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
 from .. import __version__
 from ..discovery.identity import normalize_uuid
 from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
+from ..flash.writer_lock import writer_lock_path
 from ..errors import (ConflictError, NotFoundError, OctoflashError,
                       UnavailableError, ValidationError, clip_text)
 from ..jobs import (DONE, CoreFlashPipeline, Job, JobRunner,
@@ -49,6 +50,8 @@ from ..schemas import load_schema, validator_for
 from ..service import KlipperService
 from ..settings import Settings
 from ..versions import parse_version, update_state
+from . import request_guard
+from .klipper_recovery import after_crash
 
 if TYPE_CHECKING:
     from moonraker.common import WebRequest
@@ -248,7 +251,9 @@ class OctoFlash:
         self.builder = self._make_builder()
         self.pipeline = CoreFlashPipeline(self.settings, self.service,
                                           klipper_status=self._fresh_klipper_status,
-                                          simulation=self.settings.simulation or None)
+                                          simulation=self.settings.simulation or None,
+                                          writer_lock_path=writer_lock_path(self.data_path))
+        self._klipper_recovery: Optional[asyncio.Task] = None
         self.runner = JobRunner(self.builder, pipeline=self.pipeline,
                                 storage=MoonrakerJobStorage(self.db),
                                 preflight=self._preflight,
@@ -344,6 +349,9 @@ class OctoFlash:
                        make_timeout=s.make_timeout)
 
     async def component_init(self) -> None:
+        if request_guard.can_guard(self.server):
+            # Every component is loaded now, so Moonraker's own routes exist.
+            request_guard.guard_moonraker_routes(self.server)
         stored = await self.db.get(PROFILES_KEY, {}) or {}
         for name, data in stored.items():
             try:
@@ -363,7 +371,12 @@ class OctoFlash:
         # Reading the checkouts' Kconfig takes a child process each: not at
         # Moonraker's start, but right after it.
         self._config_check = self.eventloop.create_task(self._check_config_profiles())
-        await self.runner.load()
+        loaded = await self.runner.load()
+        # A flash that died with Moonraker may have left Klipper stopped: see to
+        # it once Moonraker runs (starting Klipper waits for it to connect).
+        interrupted = [j for j in self.runner.interrupted_on_load if j in
+                       {job.id for job in loaded if job.kind == "flash"}]
+        self._klipper_recovery = self.eventloop.create_task(after_crash(self, interrupted))
         if self.settings.simulation:
             # python-can's virtual bus reaches only this process: the
             # simulated CAN nodes must answer from inside Moonraker.
@@ -394,6 +407,8 @@ class OctoFlash:
             self._startup_watch.cancel()
         if self._config_check is not None:
             self._config_check.cancel()
+        if self._klipper_recovery is not None:
+            self._klipper_recovery.cancel()
         # before the database closes: running jobs are recorded as interrupted
         await self.runner.close()
         if self._sim_can is not None:
@@ -444,6 +459,10 @@ class OctoFlash:
             await self._refresh_klipper_status()
 
     async def _on_klippy_started(self, state: Any = None) -> None:
+        if request_guard.can_guard(self.server):
+            # Moonraker registers Klipper's endpoints (/printer/gcode/script)
+            # when Klipper has started; guard them once they exist.
+            request_guard.guard_moonraker_routes(self.server)
         # ready is handled by klippy_ready; error and shutdown end up here only
         if not self.klippy.is_ready():
             self.eventloop.create_task(self._refresh_klipper_status())
@@ -539,6 +558,9 @@ class OctoFlash:
             raise ConflictError(
                 f"Klipper is {state}{what}: flashing '{profile.name}' would stop Klipper and end "
                 "the print. Flash when the print has finished or has been cancelled.")
+        other = await self.pipeline.other_writer()
+        if other:
+            raise ConflictError(other)
         if not self.klippy.is_connected():
             return
         needs_stop = self._klipper_uses(profile) if plan is None \
@@ -778,7 +800,7 @@ class OctoFlash:
     # --- API ------------------------------------------------------------------
 
     def _register_api(self) -> None:
-        from moonraker.common import RequestType
+        from moonraker.common import RequestType, TransportType
         get, post, delete = RequestType.GET, RequestType.POST, RequestType.DELETE
         routes: List[Tuple[str, Any, Callable[..., Awaitable[Any]]]] = [
             ("/server/octoflash/presets", get, self._handle_presets_request),
@@ -794,8 +816,22 @@ class OctoFlash:
             ("/server/octoflash/job/cancel", post, self._handle_job_cancel_request),
             ("/server/octoflash/status", get, self._handle_status_request),
         ]
+        # Changes over HTTP are checked for cross-site requests (request_guard);
+        # where that cannot be done, they are offered over the websocket only.
+        guarded = request_guard.can_guard(self.server)
+        if not guarded:
+            self._warn("octoflash: this Moonraker's HTTP routes are not the ones octoflash "
+                       "knows; profile changes, builds and flashes are accepted over the "
+                       "websocket only", "http_guard")
         for path, types, handler in routes:
-            self.server.register_endpoint(path, types, self._translate_errors(handler))
+            changes = bool(types & (post | delete))
+            transports = TransportType.all()
+            if changes and not guarded:
+                transports &= ~TransportType.HTTP
+            self.server.register_endpoint(path, types, self._translate_errors(handler),
+                                          transports=transports)
+            if changes and guarded:
+                request_guard.guard_route(self.server, path)
 
     def _translate_errors(self, handler: Callable[[WebRequest], Awaitable[Any]]
                           ) -> Callable[[WebRequest], Awaitable[Any]]:
@@ -820,7 +856,9 @@ class OctoFlash:
         return args
 
     async def _handle_presets_request(self, web_request: WebRequest) -> Dict[str, Any]:
-        return {"presets": [p.to_json() for p in list_presets()]}
+        from ..klipper_configs import checkout_report
+        return {"presets": [p.to_json() for p in list_presets()],
+                "from_klipper": await asyncio.to_thread(checkout_report, self.settings.klipper_path)}
 
     async def _handle_profiles_request(self, web_request: WebRequest) -> Dict[str, Any]:
         return {"profiles": [await self.describe_profile(p) for p in self.profiles.values()],

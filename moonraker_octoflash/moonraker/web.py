@@ -10,9 +10,12 @@ each file is an HTTP-only endpoint with its own content type:
     /server/octoflash/web/script   app.js
     /server/octoflash/web/style    style.css
 
-They need no login: the files hold no data.  Everything the page shows
-comes over Moonraker's websocket, with Moonraker's usual authorization (a
-trusted client, or an API key the page asks for).  Mainsail's and Fluidd's
+They need no login: the files hold no data.  They are sent with
+``X-Frame-Options: SAMEORIGIN`` and ``Content-Security-Policy:
+frame-ancestors 'self'``, so no other site can show the page in a frame.
+Everything the page shows comes over Moonraker's websocket, with
+Moonraker's usual authorization (a trusted client, or an API key the page
+asks for).  Mainsail's and Fluidd's
 web servers pass ``/server/...`` to Moonraker, so the page opens on the
 printer's usual address: ``http://printer.local/server/octoflash/web``.
 """
@@ -24,6 +27,8 @@ import os
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
+from .http_routes import http_router, wrap_route
+
 WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")
 PAGE_PATH = "/server/octoflash/web"
 FILES: Dict[str, Tuple[str, str]] = {
@@ -31,6 +36,10 @@ FILES: Dict[str, Tuple[str, str]] = {
     PAGE_PATH + "/script": ("app.js", "application/javascript; charset=utf-8"),
     PAGE_PATH + "/style": ("style.css", "text/css; charset=utf-8"),
 }
+# A page of another site must not show this one in a frame (and trick a
+# click on Flash): browsers old and new.
+FRAME_HEADERS = {"X-Frame-Options": "SAMEORIGIN",
+                 "Content-Security-Policy": "frame-ancestors 'self'"}
 NAVI_TITLE = "Firmware"
 # Material Design Icons "chip" (mdiChip), the form Mainsail's navi.json expects.
 NAVI_ICON = ("M6,4H18V5H21V7H18V9H21V11H18V13H21V15H18V17H21V19H18V20H6V19H3V17H6V15H3V13H6V11"
@@ -45,6 +54,9 @@ def register(component: Any) -> None:
     server = component.server
     if server in _registered:
         return
+    if http_router(server) is None:
+        raise RuntimeError("this Moonraker's HTTP routes are not the ones octoflash knows, "
+                           "so the page could not be kept out of other sites' frames")
     _registered.add(server)
     cache: Dict[str, bytes] = {}
 
@@ -60,6 +72,19 @@ def register(component: Any) -> None:
         server.register_endpoint(path, RequestType.GET, handler_for(path, filename),
                                  transports=TransportType.HTTP, wrap_result=False,
                                  content_type=content_type, auth_required=False)
+        wrap_route(server, path, _with_frame_headers)
+
+
+def _with_frame_headers(base: type) -> type:
+    """``base`` answering with FRAME_HEADERS: no other site may show the page in a frame."""
+    class PageHandler(base):  # type: ignore[valid-type, misc]
+        def set_default_headers(self) -> None:
+            super().set_default_headers()
+            for name, value in FRAME_HEADERS.items():
+                self.set_header(name, value)
+
+    PageHandler.__name__ = PageHandler.__qualname__ = f"OctoflashPage{base.__name__}"
+    return PageHandler
 
 
 def _read(filename: str) -> bytes:

@@ -66,6 +66,8 @@ FAULTS = {
     "dfu_hang": "dfu-util: hangs during the download",
     "katapult_connect_error": "flashtool: Katapult does not answer CONNECT",
     "katapult_write_error": "flashtool: a block write fails half way",
+    "katapult_link_lost": "flashtool: the connection breaks half way through the write, "
+                          "so the COMPLETE command that follows fails too",
     "katapult_verify_error": "flashtool: read-back checksum differs",
     "katapult_hang": "flashtool: hangs during the write",
     "serial_in_use": "flashtool: the serial device is held by another program",

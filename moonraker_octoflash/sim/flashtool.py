@@ -23,6 +23,7 @@ import hashlib
 import os
 import sys
 import time
+import traceback
 from typing import Optional, Sequence, TextIO
 
 from .board import SimulatedBoard, SimulatedMachine
@@ -33,6 +34,10 @@ PROG = "flashtool.py"
 
 class FlashError(Exception):
     pass
+
+
+# The real tool is run as a script: Python prints ``FlashError: …`` unqualified.
+FlashError.__module__ = "__main__"
 
 
 class _Tool:
@@ -129,7 +134,8 @@ class _Tool:
         self.line(f"Flashing '{self.fw_path}'...")
         self.put("\n[")
         delay = self.machine.tool_delay
-        fail_at = 0.4 if board.has_fault("katapult_write_error") else None
+        fail_at = 0.4 if (board.has_fault("katapult_write_error")
+                          or board.has_fault("katapult_link_lost")) else None
         hang_at = 0.3 if board.has_fault("katapult_hang") else None
         board.erase(start, len(padded))
         marks = 0
@@ -141,7 +147,11 @@ class _Tool:
                 cut = int(blocks * fail_at) * block
                 board.write_flash(start, padded[:cut], name=self.fw_path, erase=False,
                                   complete=False)
-                raise FlashError(f"Flash write failed, flash address 0x{start + cut:4X}")
+                try:
+                    raise FlashError("Error sending command [SEND_BLOCK] to Device")
+                except FlashError as exc:
+                    raise FlashError(
+                        f"Flash write failed, flash address 0x{start + cut:4X}") from exc
             self.put("#")
             marks += 1
             time.sleep(delay / 50)
@@ -162,6 +172,9 @@ class _Tool:
 
     def finish(self, board: Optional[SimulatedBoard]) -> None:
         """COMPLETE: Katapult starts the application (a bridge re-enumerates)."""
+        if board is not None and board.has_fault("katapult_link_lost"):
+            time.sleep(min(1.0, self.machine.tool_delay * 4))
+            raise FlashError("Error sending command [COMPLETE] to Device")
         if board is not None and board.mode == "katapult":
             board.reset()
 
@@ -291,12 +304,11 @@ def _parser(legacy: bool) -> argparse.ArgumentParser:
 
 
 def _traceback(err: TextIO, legacy: bool, exc: FlashError) -> None:
-    """What ``logging.exception`` prints for the real tool's FlashError."""
+    """What ``logging.exception`` prints for the real tool's FlashError: Python's
+    own traceback, with a chained error ("During handling of the above
+    exception…", "The above exception was the direct cause…") as it is."""
     err.write(f"ERROR:root:{'Flash Error' if legacy else 'Flash Tool Error'}\n"
-              "Traceback (most recent call last):\n"
-              f"  File \"{os.path.abspath(sys.argv[0])}\", line 1101, in main\n"
-              "    await sock.run()\n"
-              f"__main__.FlashError: {exc}\n")
+              + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     err.flush()
 
 

@@ -129,13 +129,44 @@
     };
     subscribe(rpc);
     rpc.open().then(identify).then(loadAll).catch(function (err) {
-      if (err && (err.code === 401 || err.code === 403)) {
-        setConnection("not authorized", "bad");
-        show($("login"), true);
+      if (isUnauthorized(err)) {
+        askForKey(err);
         return;
       }
       setConnection(String(err && err.message || err), "bad");
     });
+  }
+
+  // Moonraker 0.11 answers a connection it does not trust with JSON-RPC error
+  // -32602 ("Unauthorized", "Invalid API Key"); -32602 alone also means bad
+  // parameters, so the message decides.
+  function isUnauthorized(err) {
+    if (!err) { return false; }
+    if (err.code === 401 || err.code === 403) { return true; }
+    return err.code === -32602 && /unauthori[sz]ed|api key|token/i.test(err.message || "");
+  }
+
+  var keyRefused = "";          // why Moonraker refused the last key given
+
+  function askForKey(err) {
+    if (sessionStorage.getItem(KEY_STORE)) {
+      // Refused: forget it and try once more without (a trusted computer needs none).
+      sessionStorage.removeItem(KEY_STORE);
+      keyRefused = "Moonraker did not accept that API key (" + (err.message || "refused") + ").";
+      reconnect();
+      return;
+    }
+    setConnection("not authorized", "bad");
+    $("login-refused").textContent = keyRefused;
+    show($("login-refused"), !!keyRefused);
+    show($("login"), true);
+    $("api-key").value = "";
+    $("api-key").focus();
+  }
+
+  function reconnect() {
+    if (rpc && rpc.socket) { rpc.onclose = null; rpc.socket.close(); }
+    connect();
   }
 
   function identify() {
@@ -148,6 +179,7 @@
       return rpc.call("server.octoflash.status");
     }).then(function (status) {
       state.status = status;
+      keyRefused = "";
       show($("login"), false);
       setConnection("connected", "good");
     });
@@ -162,8 +194,7 @@
   $("login-form").addEventListener("submit", function (event) {
     event.preventDefault();
     sessionStorage.setItem(KEY_STORE, $("api-key").value);
-    if (rpc && rpc.socket) { rpc.onclose = null; rpc.socket.close(); }
-    connect();
+    reconnect();
   });
 
   // --- loading ------------------------------------------------------------------

@@ -9,6 +9,7 @@ file formats of its own:
                                               "link" objects into an image
   simcc.py objcopy ELF BIN                    flat binary, as flashed
   simcc.py wrap BIN OBJ                       a binary as an object (payloads)
+  simcc.py uf2 ELF UF2                        an RP2040 UF2 file (boot-ROM format)
 
 Compiling does a fixed amount of CPU work per file, so that a full build
 costs noticeably more than an incremental one, and writes a gcc-style
@@ -196,10 +197,8 @@ def cmd_link(argv):
         f.write(ELF_MAGIC + struct.pack("<I", len(header)) + header + bytes(body))
 
 
-def cmd_objcopy(argv):
-    if len(argv) != 2:
-        fail("simcc: objcopy needs ELF BIN")
-    src, dest = argv
+def flat_image(src):
+    """(address, bytes) of a linked image as it lies in flash."""
     with open(src, "rb") as f:
         data = f.read()
     if not data.startswith(ELF_MAGIC):
@@ -213,8 +212,43 @@ def cmd_objcopy(argv):
     reset = header["app_address"] + VECTOR_TABLE_SIZE + 1
     table = struct.pack("<I", header["ram_top"])
     table += struct.pack("<I", reset) * (VECTOR_TABLE_SIZE // 4 - 1)
-    with open(dest, "wb") as f:
-        f.write(table + body)
+    return header["app_address"], table + body
+
+
+def cmd_objcopy(argv):
+    if len(argv) != 2:
+        fail("simcc: objcopy needs ELF BIN")
+    _address, image = flat_image(argv[0])
+    with open(argv[1], "wb") as f:
+        f.write(image)
+
+
+UF2_MAGICS = (0x0A324655, 0x9E5D5157, 0x0AB16F30)
+UF2_FAMILY_RP2040 = 0xE48BFF56
+UF2_FLAG_FAMILY = 0x00002000
+
+
+def cmd_uf2(argv):
+    """256-byte payload blocks, as elf2uf2 writes them for the RP2040 boot ROM.
+
+    An image linked just after the boot stage 2 (0x...100) gets a stand-in
+    stage 2 in front, so the file starts at the beginning of flash.
+    """
+    if len(argv) != 2:
+        fail("simcc: uf2 needs ELF UF2")
+    address, image = flat_image(argv[0])
+    if address & 0xfff == 0x100:
+        address -= 0x100
+        image = b"\xa5" * 0x100 + image
+    image += b"\0" * (-len(image) % 256)
+    count = len(image) // 256
+    with open(argv[1], "wb") as f:
+        for number in range(count):
+            block = struct.pack("<IIIIIIII", UF2_MAGICS[0], UF2_MAGICS[1], UF2_FLAG_FAMILY,
+                                address + 256 * number, 256, number, count, UF2_FAMILY_RP2040)
+            block += image[256 * number:256 * (number + 1)]
+            block += b"\0" * (512 - 4 - len(block)) + struct.pack("<I", UF2_MAGICS[2])
+            f.write(block)
 
 
 def cmd_wrap(argv):
@@ -231,7 +265,7 @@ def main():
         fail(__doc__)
     command, argv = sys.argv[1], sys.argv[2:]
     handlers = {"compile": cmd_compile, "link": cmd_link, "objcopy": cmd_objcopy,
-                "wrap": cmd_wrap}
+                "wrap": cmd_wrap, "uf2": cmd_uf2}
     if command not in handlers:
         fail(f"simcc: unknown command '{command}'")
     handlers[command](argv)
