@@ -69,6 +69,7 @@ class Demo:
             dest = os.path.join(self.sim_dir, kind)
             if not os.path.isdir(os.path.join(dest, ".git")):
                 install_tree(kind, dest)
+        self._present_klipper_checkout(os.path.join(self.sim_dir, "klipper"))
         fresh = not os.path.isdir(os.path.join(self.machine_dir, "boards"))
         self.machine = machine = SimulatedMachine(self.machine_dir)
         if fresh or not machine.boards():
@@ -84,6 +85,28 @@ class Demo:
             link_component()
         except Exception as exc:
             raise DemoError(f"Cannot link the component into Moonraker: {exc}") from exc
+
+    @staticmethod
+    def _present_klipper_checkout(path: str) -> None:
+        """What Mainsail and Fluidd expect of a Klipper checkout: the examples
+        folder Moonraker serves (else a path warning in both clients), and a
+        tracking remote (else Moonraker calls the Klipper entry invalid, which
+        disables Fluidd's "Update all").  The remote is a local one: nothing
+        to fetch from the internet, and no GitHub links to commits GitHub does
+        not have."""
+        from .sim.trees import track_local_origin
+        examples = os.path.join(path, "config")
+        os.makedirs(examples, exist_ok=True)
+        with open(os.path.join(examples, "sample-octoflash-demo.cfg"), "w", encoding="utf-8") as f:
+            f.write("# Klipper's config examples live here; the demo has this one.\n")
+        # untracked and ignored: the checkout stays clean and at its version
+        exclude = os.path.join(path, ".git", "info", "exclude")
+        os.makedirs(os.path.dirname(exclude), exist_ok=True)
+        with open(exclude, "a+", encoding="utf-8") as f:
+            f.seek(0)
+            if "/config/" not in f.read().splitlines():
+                f.write("/config/\n")
+        track_local_origin(path)
 
     def _write_config(self) -> None:
         machine = self.machine

@@ -62,7 +62,9 @@ class GatedPipeline(FlashPipeline):
 
 
 @pytest.fixture
-def setup(tmp_path):
+async def setup(tmp_path):
+    # async: on Python 3.9 an asyncio.Event belongs to the loop current when it
+    # is made, which must be the test's
     pipeline = GatedPipeline()
     storage = MemoryJobStorage()
     updates: List[Dict[str, Any]] = []

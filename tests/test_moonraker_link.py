@@ -70,3 +70,77 @@ def test_the_default_is_the_importable_moonraker(linked_component):
     import moonraker
     assert linked_component == os.path.join(os.path.dirname(moonraker.__file__),
                                             "components", "octoflash.py")
+
+
+# --- a KIAUH install: Moonraker runs from a checkout its virtualenv cannot import ----
+
+def _kiauh(tmp_path):
+    """~/moonraker (a git checkout), ~/moonraker-env and a unit naming both, as KIAUH makes them."""
+    import subprocess
+    home = tmp_path / "home"
+    components = home / "moonraker" / "moonraker" / "components"
+    components.mkdir(parents=True)
+    (components / "klippy_apis.py").write_text("# Moonraker's own component\n")
+    subprocess.run(["git", "init", "-q", str(home / "moonraker")], check=True, timeout=30)
+    (home / "moonraker-env" / "bin").mkdir(parents=True)
+    units = tmp_path / "systemd"
+    units.mkdir()
+    return home, units
+
+
+def test_link_component_finds_the_checkout_beside_the_virtualenv(tmp_path, monkeypatch):
+    from moonraker_octoflash.moonraker import layout
+    home, units = _kiauh(tmp_path)
+    checkout, looked = layout.find_checkout(str(home / "moonraker-env"), str(home))
+    assert checkout == str(home / "moonraker")
+    assert looked == [str(home / "moonraker")]
+
+
+def test_link_component_finds_the_checkout_named_by_the_service(tmp_path, monkeypatch):
+    from moonraker_octoflash.moonraker import layout
+    home, units = _kiauh(tmp_path)
+    elsewhere = tmp_path / "opt" / "moonraker"
+    elsewhere.parent.mkdir(parents=True)
+    (home / "moonraker").rename(elsewhere)
+    data = home / "printer_data"
+    (data / "systemd").mkdir(parents=True)
+    (data / "systemd" / "moonraker.env").write_text(
+        f'MOONRAKER_ARGS="{elsewhere}/moonraker/moonraker.py -d {data}"\n')
+    (units / "moonraker.service").write_text(
+        f"[Service]\nEnvironmentFile={data}/systemd/moonraker.env\n"
+        f"ExecStart={home}/moonraker-env/bin/python $MOONRAKER_ARGS\n")
+    monkeypatch.setenv("OCTOFLASH_SYSTEMD_DIR", str(units))
+    checkout, _looked = layout.find_checkout(str(home / "moonraker-env"), str(home))
+    assert checkout == str(elsewhere)
+    [instance] = layout.find_instances(str(home))
+    assert (instance.data_dir, instance.service, instance.venv_dir) == \
+        (str(data), "moonraker", str(home / "moonraker-env"))
+
+
+def test_link_component_says_where_it_looked(tmp_path, monkeypatch):
+    from moonraker_octoflash.moonraker import link
+    monkeypatch.setenv("OCTOFLASH_SYSTEMD_DIR", str(tmp_path / "no-units"))
+    monkeypatch.setattr(link.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(link, "find_checkout", lambda: (None, ["/home/pi/moonraker"]))
+    with pytest.raises(NotFoundError, match="no Moonraker checkout is at /home/pi/moonraker"):
+        link.components_dir()
+
+
+def test_the_link_is_hidden_from_moonrakers_git_status(tmp_path):
+    import subprocess
+    home, _units = _kiauh(tmp_path)
+    checkout = home / "moonraker"
+
+    def status():
+        return subprocess.run(["git", "-C", str(checkout), "status", "--porcelain"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout
+    untracked_before = status()
+    target = link_component(str(checkout))
+    assert os.path.islink(target)
+    assert status() == untracked_before                    # nothing new for Moonraker to report
+    exclude = (checkout / ".git" / "info" / "exclude").read_text()
+    assert "/moonraker/components/octoflash.py" in exclude.splitlines()
+    link_component(str(checkout))                           # again: listed once
+    assert (checkout / ".git" / "info" / "exclude").read_text() == exclude
+    link_component(str(checkout), remove=True)
+    assert "octoflash" not in (checkout / ".git" / "info" / "exclude").read_text()

@@ -1,7 +1,11 @@
 """What the update manager installs matches what the package declares."""
 import json
 import os
-import tomllib
+
+try:
+    import tomllib
+except ImportError:        # Python < 3.11: the same parser, as a package
+    import tomli as tomllib  # type: ignore[no-redef]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -26,7 +26,7 @@ from fixtures_moonraker import (CAN_NODE_OVERRIDES, MoonrakerWebsocket, RpcError
 from moonraker_octoflash.moonraker.firmware_state import Pending, Running, assess, is_conclusive
 from moonraker_octoflash.profiles import profile_from_json
 from moonraker_octoflash.versions import parse_version
-from semver_oracle import clients_offer_update
+from semver_oracle import clients_offer_update, semver_gt, semver_valid
 
 pytestmark = pytest.mark.moonraker
 
@@ -74,6 +74,47 @@ def test_announcements_wait_for_klipper_to_report_a_board_it_knows():
     assert not is_conclusive(_assess(A_OLD, A_NEW, source="last_flash"))
     assert is_conclusive(_assess(A_OLD, A_NEW, source="last_flash", klipper_object=None))
     assert not is_conclusive(_assess("?", A_NEW, source=""))
+
+
+# --- what the clients conclude from an entry --------------------------------------------
+# Read from Fluidd 192279a8 (src/store/version/getters.ts hasUpdate,
+# src/components/settings/VersionStatus.vue, src/store/version/mutations.ts)
+# and Mainsail df0ef3e3 (src/components/panels/Machine/UpdatePanel/Entry.vue).
+
+def fluidd_has_update(entry: Dict[str, Any]) -> bool:
+    version, remote = semver_valid(entry["version"]), semver_valid(entry["remote_version"])
+    if version and remote:
+        return semver_gt(remote, version)
+    if "current_hash" in entry and "remote_hash" in entry:
+        return entry["current_hash"] != entry["remote_hash"]
+    return False
+
+
+def fluidd_shows(entry: Dict[str, Any]) -> str:
+    """Fluidd's chip or button: "UP TO DATE", "UPDATE", "DIRTY" or "INVALID"."""
+    valid, dirty = entry.get("is_valid", True), entry.get("is_dirty", False)
+    if not valid:
+        return "INVALID"
+    if dirty:
+        return "DIRTY"
+    return "UPDATE" if fluidd_has_update(entry) else "UP TO DATE"
+
+
+def mainsail_shows(entry: Dict[str, Any]) -> str:
+    """Mainsail's button for a "python" entry: "Update", "Unknown" or "Up-to-date"."""
+    version, remote = semver_valid(entry["version"]), semver_valid(entry["remote_version"])
+    if version and remote and semver_gt(remote, version):
+        return "Update"
+    if not version or not remote:
+        return "Unknown"
+    return "Up-to-date"
+
+
+def fluidd_lines(client: MoonrakerWebsocket, start: int, app: str) -> List[str]:
+    """The update dialog's lines in Fluidd: it keeps no text of the completing message."""
+    return [n["params"][0]["message"] for n in client.notifications[start:]
+            if n["method"] == "notify_update_response"
+            and n["params"][0]["application"] == app and not n["params"][0]["complete"]]
 
 
 # --- a real Moonraker, the real component, the simulated machine -----------------------
@@ -232,6 +273,8 @@ async def test_announcement_names_the_profile_and_both_versions(printer, client)
     note = notes["octoflash/octopus"]
     assert "octopus" in note["title"]
     assert old(printer) in note["description"] and new(printer) in note["description"]
+    # Fluidd's bell shows a few lines of it above the link
+    assert len(note["description"]) <= 180 and "octoflash_octopus" in note["description"]
     assert note["priority"] == "normal" and note["source"] == "internal"
 
 
@@ -242,8 +285,10 @@ async def test_update_button_builds_flashes_and_streams_to_the_end(printer, clie
     since = time.time()
     assert await client.call("machine.update.upgrade", {"name": "octoflash_octopus"},
                              timeout=180) == "ok"
-    final = await final_response(client, "octoflash_octopus", start)
-    assert final["message"].endswith(f"firmware updated, the board runs {new(printer)}")
+    await final_response(client, "octoflash_octopus", start)
+    # the result is the last line Fluidd shows too, before the completing message
+    assert fluidd_lines(client, start, "octoflash_octopus")[-1].endswith(
+        f"firmware updated, the board runs {new(printer)}")
     responses = [n["params"][0] for n in client.notifications[start:]
                  if n["method"] == "notify_update_response"
                  and n["params"][0]["application"] == "octoflash_octopus"]
@@ -276,9 +321,11 @@ async def test_update_of_an_up_to_date_board_writes_nothing(printer, client):
     start = len(client.notifications)
     since = time.time()
     assert await client.call("machine.update.client", {"name": "octoflash_toolhead"}) == "ok"
-    last = await final_response(client, "octoflash_toolhead", start)
-    assert "already up to date" in last["message"]
+    await final_response(client, "octoflash_toolhead", start)
+    assert "already up to date" in fluidd_lines(client, start, "octoflash_toolhead")[-1]
     assert printer.written_boards(since) == []
+    entry = (await versions(client))["octoflash_toolhead"]
+    assert (fluidd_shows(entry), mainsail_shows(entry)) == ("UP TO DATE", "Up-to-date")
 
 
 async def test_klipper_down_shows_the_last_flashed_firmware(printer, client):
@@ -294,6 +341,12 @@ async def test_klipper_down_shows_the_last_flashed_firmware(printer, client):
         assert head["version"] == "?"
         assert any("Klipper is not connected" in w for w in head["warnings"])
         assert not clients_offer_update(head["version"], head["remote_version"])
+        # unknown firmware never looks up to date: Mainsail says "Unknown";
+        # Fluidd, which falls back on the hashes, offers Update (no chip)
+        assert mainsail_shows(head) == "Unknown"
+        assert fluidd_shows(head) == "UPDATE"
+        assert head["channel"] != "dev" and "changelog_url" not in head or \
+            "/commits/" in head["changelog_url"]
     finally:
         start = len(client.notifications)
         printer.start_klipper()
@@ -333,8 +386,9 @@ async def test_a_can_node_klipper_names_in_other_case_is_updated(printer, client
     since = time.time()
     assert await client.call("machine.update.upgrade", {"name": "octoflash_toolhead"},
                              timeout=180) == "ok"
-    final = await final_response(client, "octoflash_toolhead", start)
-    assert final["message"].endswith(f"firmware updated, the board runs {new(printer)}")
+    await final_response(client, "octoflash_toolhead", start)
+    assert fluidd_lines(client, start, "octoflash_toolhead")[-1].endswith(
+        f"firmware updated, the board runs {new(printer)}")
     text = "\n".join(update_messages(client, start, "octoflash_toolhead"))
     assert "[request_bootloader]" in text and "Programming Complete" in text
     assert printer.written_boards(since) == ["toolhead"]
@@ -395,8 +449,10 @@ async def test_update_all_flashes_only_auto_update_profiles(printer, client):
     # The firmware is built after the full update (Klipper's own update first).
     done = await client.wait_notification(
         "notify_update_response",
-        lambda r: r["complete"] and "after 'update all'" in r["message"], 120, start=start)
+        lambda r: not r["complete"] and "after 'update all'" in r["message"], 120, start=start)
     assert "1 board(s) flashed" in done["message"]
+    await client.wait_notification("notify_update_response", lambda r: r["complete"], 30,
+                                   start=start)
     assert printer.written_boards(since) == ["octopus"]
     messages = update_messages(client, start)
     assert any("octoflash_toolhead: skipped by 'update all'" in m for m in messages)
@@ -435,8 +491,8 @@ async def test_update_is_refused_when_the_board_cannot_be_reached(printer, clien
         with pytest.raises(RpcError) as err:
             await client.call("machine.update.upgrade", {"name": "octoflash_toolhead"})
         assert "cannot be reached" in err.value.message
-        last = await final_response(client, "octoflash_toolhead", start)
-        assert "cannot be reached" in last["message"]
+        await final_response(client, "octoflash_toolhead", start)
+        assert "cannot be reached" in fluidd_lines(client, start, "octoflash_toolhead")[-1]
         assert printer.written_boards(since) == []
     finally:
         toolhead.reset()
@@ -501,7 +557,42 @@ async def test_update_all_flashes_after_a_moonraker_restart(printer, ws_factory)
     printer.start_klipper()
     done = await client.wait_notification(
         "notify_update_response",
-        lambda r: r["complete"] and "after 'update all'" in r["message"], 120)
+        lambda r: not r["complete"] and "after 'update all'" in r["message"], 120)
     assert "1 board(s) flashed" in done["message"], update_messages(client, 0)
     assert printer.written_boards(since) == ["octopus"]
     assert printer.running_version("octopus") == printer.describe()
+
+
+
+async def test_a_failed_flash_says_how_to_recover_and_offers_update_again(printer, client):
+    # The toolhead is behind (the commit above).  Its write fails half way:
+    # the update ends with the failure in a line both clients show, and the
+    # entry tells what happened and offers the way forward in both clients.
+    await entry_when(client, "octoflash_toolhead", state_is("behind"))
+    toolhead = printer.board("toolhead")
+    toolhead.set_fault("katapult_write_error")
+    start = len(client.notifications)
+    try:
+        with pytest.raises(RpcError):
+            await client.call("machine.update.upgrade", {"name": "octoflash_toolhead"},
+                              timeout=180)
+        await final_response(client, "octoflash_toolhead", start)
+        assert "FAILED: flash failed" in fluidd_lines(client, start, "octoflash_toolhead")[-1]
+    finally:
+        toolhead.set_fault("katapult_write_error", False)
+    entry = await entry_when(client, "octoflash_toolhead",
+                             lambda e: e["octoflash"]["state"] == "unknown")
+    assert any("last flash of it failed" in w and "Update flashes it again" in w
+               for w in entry["warnings"]), entry["warnings"]
+    assert not any("has not written this board" in w for w in entry["warnings"])
+    assert (mainsail_shows(entry), fluidd_shows(entry)) == ("Unknown", "UPDATE")
+    # Update writes it again
+    start = len(client.notifications)
+    assert await client.call("machine.update.upgrade", {"name": "octoflash_toolhead"},
+                             timeout=180) == "ok"
+    await final_response(client, "octoflash_toolhead", start)
+    lines = fluidd_lines(client, start, "octoflash_toolhead")
+    assert any("writing it again" in line for line in lines)
+    assert "firmware updated, the board runs" in lines[-1]
+    entry = await entry_when(client, "octoflash_toolhead", state_is("up_to_date"))
+    assert fluidd_shows(entry) == "UP TO DATE"

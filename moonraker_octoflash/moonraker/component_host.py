@@ -68,6 +68,19 @@ class ComponentHost:
                 return job.to_json()
         return None
 
+    def failed_flash(self, profile: str) -> Optional[Dict[str, Any]]:
+        """The profile's newest flash job when it ended without a complete write
+        (failed, cancelled, interrupted); None when the newest one succeeded.
+        Refusals wrote nothing and are passed over."""
+        runner = self.runner
+        if runner is None:
+            return None
+        for job in runner.jobs(profile=profile):
+            if job.kind != "flash" or job.state in ("queued", "running", "refused"):
+                continue
+            return job.to_json() if job.state in ("failed", "cancelled", "interrupted") else None
+        return None
+
     async def pending_version(self, profile: "Profile", running: Running) -> Pending:
         """What a build would give now, and whether it differs from the running firmware.
 

@@ -25,6 +25,9 @@ class Running:
     detail: str = ""          # for the user: which Klipper MCU / when octoflash wrote it
     klipper_object: Optional[str] = None
     flash: Optional[Dict[str, Any]] = None   # octoflash's last flash job of the profile
+    # octoflash's newest flash of the profile when it failed, was cancelled or
+    # interrupted: the board may hold a partial write
+    failed_flash: Optional[Dict[str, Any]] = None
 
 
 @dataclasses.dataclass
@@ -69,7 +72,9 @@ def assess(profile: "Profile", running: Running, pending: Pending,
     section = f"[octoflash {profile.name}]" if profile.source == "config" else \
         f"profile '{profile.name}'"
     if not running.version.orderable:
-        if running.version.known or running.source:
+        if running.failed_flash is not None and not running.version.known:
+            warnings.append(failed_flash_warning(running.failed_flash))
+        elif running.version.known or running.source:
             warnings.append(
                 f"The board's firmware version {running.version.raw!r} cannot be compared "
                 "(it was not built from a tagged Klipper git checkout).")
@@ -105,6 +110,25 @@ def assess(profile: "Profile", running: Running, pending: Pending,
             f"'Update all' leaves this board alone; set 'auto_update: True' in {section} "
             "to include it.")
     return EntryState(running, pending, update, warnings, anomalies, time.time())
+
+
+def failed_flash_warning(job: Dict[str, Any]) -> str:
+    """What the entry says after octoflash's last flash of the board did not finish."""
+    state = {"failed": "failed", "cancelled": "was cancelled",
+             "interrupted": "was interrupted"}.get(str(job.get("state")), "did not finish")
+    detail = str(job.get("error") or job.get("message") or "").strip().splitlines()
+    reason = f" ({detail[0][:120]})" if detail else ""
+    recovery = str(job.get("recovery") or "").strip()
+    steps = f" To recover: {recovery[:300]}" if recovery else ""
+    return (f"The firmware on this board is unknown: octoflash's last flash of it {state}"
+            f"{reason}, so it may hold a partial write.{steps} Update flashes it again.")
+
+
+def can_flash_again(state: EntryState) -> bool:
+    """Unknown firmware, but a build is possible: Update writes the board again
+    (the way forward after a failed or interrupted flash)."""
+    return (state.update.state == "unknown" and not state.running.version.known
+            and state.pending.version.orderable and not state.pending.error)
 
 
 def is_conclusive(state: EntryState) -> bool:

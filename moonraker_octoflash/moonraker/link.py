@@ -3,8 +3,9 @@
 Moonraker has no plugin path: it imports ``moonraker.components.<section>``
 for every config section.  ``octoflash link-component`` therefore links
 ``octoflash_link.py`` from this package to ``<moonraker>/components/octoflash.py``
-(a symbolic link, or a copy where links are not possible).  Moonraker must be
-restarted afterwards to load it.
+(a symbolic link, or a copy where links are not possible) and lists it in
+the checkout's ``.git/info/exclude``, so Moonraker's own update entry stays
+pristine.  Moonraker must be restarted afterwards to load it.
 """
 from __future__ import annotations
 
@@ -12,23 +13,37 @@ import argparse
 import importlib.util
 import os
 import shutil
-from typing import Any, Optional, TextIO
+import subprocess
+from typing import Any, List, Optional, TextIO, Tuple
 
 from ..errors import NotFoundError, OctoflashError, ValidationError
+from .layout import find_checkout
 
 LINK_NAME = "octoflash.py"
 SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "octoflash_link.py")
 
 
+GIT_TIMEOUT = 20.0
+
+
 def find_moonraker_package() -> str:
-    """The folder of the ``moonraker`` package importable from this Python."""
+    """The ``moonraker`` package of this Python: importable, or the checkout beside its virtualenv.
+
+    A KIAUH install runs Moonraker from a git checkout (``~/moonraker``)
+    with the virtualenv ``~/moonraker-env``, which cannot import
+    ``moonraker``: the checkout is looked for beside the virtualenv, then in
+    the ``moonraker*.service`` units.
+    """
     spec = importlib.util.find_spec("moonraker")
-    if spec is None or not spec.submodule_search_locations:
-        raise NotFoundError(
-            "No 'moonraker' package is importable from this Python. Run this command "
-            "with Moonraker's own Python (e.g. ~/moonraker-env/bin/octoflash) or pass "
-            "--moonraker-path ~/moonraker/moonraker")
-    return os.path.abspath(list(spec.submodule_search_locations)[0])
+    if spec is not None and spec.submodule_search_locations:
+        return os.path.abspath(next(iter(spec.submodule_search_locations)))
+    checkout, looked = find_checkout()
+    if checkout is not None:
+        return os.path.join(checkout, "moonraker")
+    raise NotFoundError(
+        "Moonraker not found: no 'moonraker' package is importable from this Python, "
+        f"and no Moonraker checkout is at {', '.join(looked)}. "
+        "Pass --moonraker-path with Moonraker's checkout (e.g. ~/moonraker)")
 
 
 def components_dir(moonraker_path: Optional[str] = None) -> str:
@@ -62,6 +77,7 @@ def link_component(moonraker_path: Optional[str] = None, remove: bool = False) -
     if remove:
         if exists:
             os.unlink(target)
+        hide_from_git(folder, hide=False)
         return target
     if not os.access(folder, os.W_OK):
         raise OctoflashError(
@@ -74,7 +90,59 @@ def link_component(moonraker_path: Optional[str] = None, remove: bool = False) -
     except OSError:
         shutil.copyfile(SOURCE_FILE, tmp)
     os.replace(tmp, target)   # atomic: Moonraker never sees a half-written file
+    hide_from_git(folder)
     return target
+
+
+def _git(folder: str, *args: str) -> Optional[str]:
+    try:
+        proc = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def exclude_entry(folder: str) -> Optional[Tuple[str, str]]:
+    """(exclude file, the link's line) when ``folder`` is a git checkout's
+    ``moonraker/components``, else None (a pip-installed Moonraker inside some
+    other repository's tree is not Moonraker's checkout)."""
+    top = _git(folder, "rev-parse", "--show-toplevel")
+    checkout = os.path.dirname(os.path.dirname(os.path.realpath(folder)))
+    if not top or os.path.realpath(top) != checkout:
+        return None
+    exclude = _git(folder, "rev-parse", "--git-path", "info/exclude")
+    if not exclude:
+        return None
+    if not os.path.isabs(exclude):
+        exclude = os.path.join(folder, exclude)
+    relative = os.path.relpath(os.path.join(os.path.realpath(folder), LINK_NAME),
+                               os.path.realpath(top))
+    return exclude, "/" + relative.replace(os.sep, "/")
+
+
+def hide_from_git(folder: str, hide: bool = True) -> Optional[str]:
+    """List the link in the checkout's ``.git/info/exclude`` (or take it out); return that file.
+
+    Moonraker's update manager reports untracked ``.py`` files as "Repo has
+    untracked source files"; other extensions hide their links the same way.
+    """
+    entry = exclude_entry(folder)
+    if entry is None:
+        return None
+    path, line = entry
+    lines: List[str] = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    present = line in lines
+    if hide == present:
+        return path
+    lines = [x for x in lines if x != line] + ([line] if hide else [])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + ("\n" if lines else ""))
+    return path
 
 
 def _is_ours(path: str) -> bool:
@@ -98,7 +166,8 @@ def add_parsers(subparsers: Any) -> None:
         help="install the Moonraker component (link octoflash.py into Moonraker's components)")
     p.add_argument("--moonraker-path", metavar="DIR",
                    help="Moonraker checkout or package folder (default: the 'moonraker' "
-                        "package importable from this Python)")
+                        "package importable from this Python, or the checkout beside its "
+                        "virtualenv, e.g. ~/moonraker for ~/moonraker-env)")
     p.add_argument("--remove", action="store_true", help="remove the component link")
     p.set_defaults(handler=_cmd_link_component)
 
@@ -107,8 +176,9 @@ def _cmd_link_component(ctx: Any, out: TextIO, err: TextIO) -> int:
     args: argparse.Namespace = ctx.args
     path = link_component(args.moonraker_path, remove=args.remove)
     if args.remove:
-        out.write(f"Removed {path}. Restart Moonraker and remove the [octoflash] sections.\n")
+        out.write(f"Removed {path}. Remove the [octoflash] sections, then restart Moonraker "
+                  "(or run ./install.sh --uninstall, which does both).\n")
     else:
         out.write(f"Linked {path} -> {SOURCE_FILE}\n"
-                  "Restart Moonraker (sudo systemctl restart moonraker) to load it.\n")
+                  "Restart Moonraker to load it (e.g. sudo systemctl restart moonraker).\n")
     return 0

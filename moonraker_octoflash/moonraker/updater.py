@@ -36,15 +36,15 @@ import json
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from ..discovery.klipper import is_mcu_section, same_mcu
 from ..errors import OctoflashError
 from ..versions import UNKNOWN, parse_version
 from .announcer import FirmwareAnnouncer, Notice
 from .component_host import ComponentHost
-from .firmware_state import (EntryState, Running, assess, describe_reason, is_conclusive,
-                             version_ref)
+from .firmware_state import (EntryState, Running, assess, can_flash_again, describe_reason,
+                             is_conclusive, version_ref)
 
 if TYPE_CHECKING:
     from ..profiles import Profile
@@ -67,6 +67,12 @@ REFRESH_DELAY_CONNECT = 1.0      # after Klipper (re)connects: let the component
 REFRESH_DELAY_DISCONNECT = 3.0   # Klipper going away during a flash is followed by a restart
 DEFERRED_FLASH_MAX_AGE = 30 * 60.0   # a full update's flashes survive a Moonraker restart this long
 PROGRESS_STEP = 10.0             # percent between streamed progress lines
+# Fluidd keeps no text of the update response that completes an update
+# (store/version/mutations.ts, setUpdateResponse): every result line is sent
+# before it, and the completing message only closes the dialog.
+CLOSING_LINE = "Done."
+ANNOUNCEMENT_CHARS = 180          # about four lines of Fluidd's notification menu
+UNKNOWN_HASH = "unknown"
 DEFAULT_REPOS = {"klipper": ("Klipper3d", "klipper"), "katapult": ("Arksine", "katapult")}
 _GITHUB_RE = re.compile(r"github\.com[:/](?P<owner>[^/\s]+)/(?P<repo>[^/\s]+?)(?:\.git)?/?$")
 
@@ -167,7 +173,9 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
         return self._status(profile, self.state)
 
     def _status(self, profile: Optional["Profile"], state: Optional[EntryState]) -> Dict[str, Any]:
-        owner, repo = self.manager.source_repo(profile.target if profile else "klipper")
+        target = profile.target if profile else "klipper"
+        owner, repo = self.manager.source_repo(target)
+        links = self.manager.links_enabled(target)
         version = state.update.version if state else UNKNOWN
         remote = state.update.remote_version if state else UNKNOWN
         status: Dict[str, Any] = {
@@ -199,7 +207,28 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
             "anomalies": list(state.anomalies) if state else [],
             "info_tags": [f"desc={self._description(profile)}"],
         }
-        if state is not None and state.update.version != UNKNOWN \
+        if state is not None and state.update.state == "unknown":
+            # Fluidd shows a green "UP TO DATE" unless hasUpdate (semver, else
+            # current_hash != remote_hash), dirty or invalid; unequal hashes make
+            # it offer Update (which flashes again, see update_entry).  Mainsail
+            # reads only the versions and shows "Unknown".  Its info button opens
+            # changelog_url outside channel "dev": the commits a build would
+            # contain, not a comparison with an unknown commit.
+            current = version_ref(state.running.version) if state.running.version.known \
+                else UNKNOWN_HASH
+            wanted = version_ref(state.pending.version) if state.pending.version.known \
+                else UNKNOWN_HASH
+            if current == wanted:
+                current = UNKNOWN_HASH + "-" + current
+            status["current_hash"] = current
+            status["remote_hash"] = wanted
+            status["channel"] = "stable"
+            if wanted != UNKNOWN_HASH and links:
+                status["changelog_url"] = f"https://github.com/{owner}/{repo}/commits/{wanted}"
+            elif state.pending.version.tag_name:
+                status["changelog_url"] = \
+                    f"https://github.com/{owner}/{repo}/releases/tag/{state.pending.version.tag_name}"
+        elif state is not None and state.update.version != UNKNOWN \
                 and state.update.remote_version != UNKNOWN:
             # Only with both versions known: Fluidd falls back to comparing
             # these when a version is not semver, which would offer updates
@@ -208,8 +237,17 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
             wanted = version_ref(state.pending.version)
             status["current_hash"] = current
             status["remote_hash"] = wanted
-            status["changelog_url"] = \
-                f"https://github.com/{owner}/{repo}/compare/{current}...{wanted}"
+            if links:
+                status["changelog_url"] = \
+                    f"https://github.com/{owner}/{repo}/compare/{current}...{wanted}"
+            else:
+                # Both clients build a GitHub compare link from the hashes on
+                # channel "dev"; outside it they open changelog_url: the
+                # release the versions count from, which GitHub does have.
+                status["channel"] = "stable"
+                tag = state.pending.version.tag_name
+                if tag:
+                    status["changelog_url"] = f"https://github.com/{owner}/{repo}/releases/tag/{tag}"
         status["octoflash"] = dict(state.to_json() if state else {"state": "unknown"},
                                    profile=self.profile_name,
                                    auto_update=bool(profile.auto_update) if profile else False)
@@ -241,6 +279,7 @@ class FirmwareUpdates:
         self.entries: Dict[str, FirmwareUpdater] = {}
         self.announcer = FirmwareAnnouncer(self.server)
         self._repo_cache: Dict[str, Tuple[str, str]] = {}
+        self._not_github: Set[str] = set()   # targets whose origin is known and not on GitHub
         self._refresh_handle: Optional[asyncio.TimerHandle] = None
         self._refresh_task: Optional[asyncio.Task] = None
         self._deferred_task: Optional[asyncio.Task] = None
@@ -341,6 +380,10 @@ class FirmwareUpdates:
             return Running(parse_version(mcu.mcu_version), "klipper",
                            f"reported by Klipper for [{mcu.object_name}]", mcu.object_name,
                            flash)
+        failed = self.host.failed_flash(profile.name)
+        if failed is not None:
+            # after a failed write the last good flash no longer tells what it runs
+            return Running(parse_version(None), "", "", klipper_object, flash, failed)
         if flash is not None:
             artifact = flash.get("artifact") or {}
             text = artifact.get("dict_version") or artifact.get("source_version")
@@ -372,6 +415,12 @@ class FirmwareUpdates:
         if notify:
             self.um.cmd_helper.notify_update_refreshed()
 
+    def links_enabled(self, target: str) -> bool:
+        """Whether GitHub links can show the checkout's commits: not when its
+        origin is elsewhere (a local clone, the demo), where they would point
+        at commits GitHub does not have."""
+        return target not in self._not_github
+
     def source_repo(self, target: str) -> Tuple[str, str]:
         return self._repo_cache.get(target, DEFAULT_REPOS.get(target, DEFAULT_REPOS["klipper"]))
 
@@ -392,6 +441,8 @@ class FirmwareUpdates:
                 and result.lines else None
             if m:
                 self._repo_cache[target] = (m.group("owner"), m.group("repo"))
+            elif result.returncode == 0 and result.lines and result.lines[0].strip():
+                self._not_github.add(target)
 
     # --- when to refresh ---------------------------------------------------------
 
@@ -459,16 +510,19 @@ class FirmwareUpdates:
             log.exception("octoflash: updating announcements failed")
 
     def _notice(self, entry: FirmwareUpdater, state: EntryState) -> Notice:
+        """Short enough for Fluidd's bell, which shows a few lines of the
+        description (line-clamp) above the link."""
         profile = entry.profile
-        board = (profile.description or profile.preset.board) if profile else entry.profile_name
-        owner, repo = self.source_repo(profile.target if profile else "klipper")
+        target = profile.target if profile else "klipper"
+        owner, repo = self.source_repo(target)
         url = f"https://github.com/{owner}/{repo}/compare/" \
-              f"{version_ref(state.running.version)}...{version_ref(state.pending.version)}"
+              f"{version_ref(state.running.version)}...{version_ref(state.pending.version)}" \
+            if self.links_enabled(target) else ""
         title = f"Firmware update for {entry.profile_name}"
-        description = (
-            f"The board of profile '{entry.profile_name}' ({board}) should get new firmware: "
-            f"{describe_reason(state)}. Update '{entry.name}' in the update manager "
-            "(Machine / Settings > Software updates) to build and flash it.")
+        description = f"{describe_reason(state)[:1].upper()}{describe_reason(state)[1:]}. " \
+                      f"Update '{entry.name}' in the update manager."
+        if len(description) > ANNOUNCEMENT_CHARS:
+            description = description[:ANNOUNCEMENT_CHARS - 1] + "…"
         return Notice(title, description, url)
 
     # --- updating ------------------------------------------------------------------
@@ -483,26 +537,44 @@ class FirmwareUpdates:
             return self._defer(entry, profile)
         await self.refresh_entries([entry], notify=False)
         state = entry.state
-        if state is None or not state.update.update_available:
+        again = state is not None and can_flash_again(state)
+        if state is None or not (state.update.update_available or again):
             version = state.running.version.short() if state else UNKNOWN
             why = "already up to date" if state and state.update.state == "up_to_date" else \
                 f"no update known ({state.update.state if state else 'not checked'})"
-            entry.notify_status(
-                f"{why} ({version}); nothing written. To write it anyway, flash "
-                f"'{entry.profile_name}' from octoflash's page.", is_complete=True)
+            detail = f": {state.warnings[0]}" if state and state.warnings and not \
+                state.update.state == "up_to_date" else ""
+            self._conclude(entry, f"{why} ({version}); nothing written{detail}. To write it "
+                                  f"anyway, flash '{entry.profile_name}' from octoflash's page.")
             return False
-        entry.notify_status(f"{describe_reason(state)}")
-        await self._flash(entry, profile)
+        if again:
+            entry.notify_status(f"the board's firmware is unknown; writing it again: a build "
+                                f"gives {state.pending.version.short()}")
+        else:
+            entry.notify_status(f"{describe_reason(state)}")
+        try:
+            await self._flash(entry, profile)
+        except Exception as exc:
+            # Moonraker ends the update with "Error updating …" in the completing
+            # message, which Fluidd does not show: say it before.
+            entry.notify_status(f"FAILED: {plain_error(str(exc))}")
+            raise
         await self.refresh_entries([entry], notify=False)
         after = entry.state
         now = after.running.version.short() if after else UNKNOWN
-        if after is not None and after.update.update_available:
-            entry.notify_status(
-                f"flashed, but the board still does not report the new firmware (it reports "
-                f"{now}); check it in octoflash's page", is_complete=True)
+        if after is not None and (after.update.update_available or after.update.state ==
+                                  "unknown"):
+            self._conclude(entry, f"flashed, but the board does not report the new firmware "
+                                  f"(it reports {now}); check it in octoflash's page")
         else:
-            entry.notify_status(f"firmware updated, the board runs {now}", is_complete=True)
+            self._conclude(entry, f"firmware updated, the board runs {now}")
         return True
+
+    @staticmethod
+    def _conclude(entry: FirmwareUpdater, line: str) -> None:
+        """The result line, then the completing message (see CLOSING_LINE)."""
+        entry.notify_status(line)
+        entry.notify_status(CLOSING_LINE, is_complete=True)
 
     async def _flash(self, entry: FirmwareUpdater, profile: "Profile") -> None:
         """Build and flash through the job runner, streaming its progress; raise on failure."""
@@ -560,6 +632,10 @@ class FirmwareUpdates:
                                 "board); use its own Update button")
             return False
         state = entry.state
+        if state is not None and state.update.state == "unknown":
+            entry.notify_status("not flashed by 'update all': its firmware is unknown (see the "
+                                "entry's warning); use its own Update button")
+            return False
         if state is not None and state.update.state == "up_to_date" and not \
                 self._klipper_may_change():
             entry.notify_status("already up to date; nothing to flash")
@@ -638,7 +714,8 @@ class FirmwareUpdates:
             summary = f"{len(ok)} board(s) flashed" + \
                 (f"; failed: {', '.join(failed)}" if failed else "")
             helper.notify_update_response(
-                as_html_text(f"Firmware update after 'update all': {summary}"), is_complete=True)
+                as_html_text(f"Firmware update after 'update all': {summary}"))
+            helper.notify_update_response(CLOSING_LINE, is_complete=True)
         finally:
             for entry in chosen:
                 if entry.deferred_since is not None:

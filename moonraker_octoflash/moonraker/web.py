@@ -131,3 +131,33 @@ def add_navi_link(config_dir: str, href: str = PAGE_PATH) -> str:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def remove_navi_link(config_dir: str, href: str = PAGE_PATH) -> bool:
+    """Take the page's link out of ``<config>/.theme/navi.json``; True when it was there.
+
+    Other links stay; a file left empty of links is removed.  A file that is
+    not a JSON list is left alone (ValueError says so).
+    """
+    path = os.path.join(os.path.expanduser(config_dir), ".theme", "navi.json")
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        try:
+            loaded: Optional[Any] = json.load(f)
+        except ValueError:
+            loaded = None
+    if not isinstance(loaded, list):
+        raise ValueError(f"{path} is not a JSON list of links; remove the entry by hand")
+    kept = [e for e in loaded if not (isinstance(e, dict) and e.get("href") == href)]
+    if len(kept) == len(loaded):
+        return False
+    if not kept:
+        os.unlink(path)
+        return True
+    tmp = path + ".octoflash-tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(kept, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return True

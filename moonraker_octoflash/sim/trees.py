@@ -103,6 +103,24 @@ def describe(repo: Union[str, Path]) -> str:
 
 
 
+def track_local_origin(repo: Union[str, Path]) -> Path:
+    """Give the checkout an ``origin`` its branch tracks, as a clone has: a bare
+    copy beside it (``<repo>-origin.git``).  Moonraker's update manager calls a
+    checkout without a tracking remote invalid.  Returns the origin's path."""
+    repo = Path(repo)
+    origin = repo.parent / f"{repo.name}-origin.git"
+    branch = _git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    if not origin.exists():
+        _git(repo.parent, "clone", "-q", "--bare", str(repo), str(origin))
+    remotes = _git(repo, "remote").split()
+    if "origin" not in remotes:
+        _git(repo, "remote", "add", "origin", str(origin))
+    _git(repo, "push", "-q", "origin", branch)
+    _git(repo, "fetch", "-q", "origin")
+    _git(repo, "branch", "-q", f"--set-upstream-to=origin/{branch}")
+    return origin
+
+
 def no_cross_compiler(mcu: str) -> None:
     """The simulated trees compile with a stand-in: a build needs no cross compiler."""
     return None

@@ -1,0 +1,63 @@
+"""The demo as Mainsail and Fluidd show it: a clean update panel and bell.
+
+What the clients read (see docs/update-manager.md, "What was checked in the
+clients"): an entry that is not valid disables Fluidd's "Update all" and
+makes Mainsail's start with an error; Moonraker's warnings appear in both
+clients' notifications; links built from an entry's hashes or
+``changelog_url`` point at GitHub.
+"""
+from __future__ import annotations
+
+import pytest
+
+from fixtures_moonraker import DemoThread
+
+pytestmark = pytest.mark.moonraker
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, linked_component):
+    env = DemoThread(str(tmp_path_factory.mktemp("demo"))).start()
+    env.wait_klippy_ready()
+    yield env
+    env.close()
+
+
+def _entries(demo):
+    return demo.result("GET", "/machine/update/status")["version_info"]
+
+
+def test_the_klipper_entry_is_valid_with_a_local_tracking_remote(demo):
+    # Moonraker re-reads the Klipper entry once Klipper tells it its path
+    def klipper():
+        entry = _entries(demo).get("klipper")
+        return entry if entry and entry.get("is_valid") else None
+    try:
+        entry = demo.wait_for(klipper, 60, "the Klipper entry valid")
+    except AssertionError:
+        raise AssertionError(_entries(demo).get("klipper")) from None
+    assert not entry["is_dirty"] and not entry.get("corrupt")
+    assert entry["warnings"] == [], entry["warnings"]
+
+
+def test_no_path_warnings(demo):
+    warnings = demo.result("GET", "/server/info")["warnings"]
+    assert not [w for w in warnings if "config_examples" in w or "does not exist" in w], warnings
+
+
+def test_no_links_to_commits_github_does_not_have(demo):
+    def firmware_entries():
+        entries = {n: e for n, e in _entries(demo).items() if n.startswith("octoflash_")}
+        return entries if entries and all(e["octoflash"]["state"] != "unknown"
+                                          for e in entries.values()) else None
+    entries = demo.wait_for(firmware_entries, 30, "the firmware entries read")
+    for entry in entries.values():
+        # both clients build compare links from the hashes on "dev"; otherwise
+        # they open changelog_url: the release the versions count from
+        assert entry["channel"] != "dev"
+        tag = entry["remote_version"].split("-")[0]
+        assert entry["changelog_url"] == f"https://github.com/Klipper3d/klipper/releases/tag/{tag}"
+    notes = demo.wait_for(
+        lambda: [e for e in demo.result("GET", "/server/announcements/list")["entries"]
+                 if e["feed"].startswith("octoflash/")], 30, "the announcements")
+    assert all(not n["url"] for n in notes), notes
