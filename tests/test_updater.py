@@ -24,6 +24,7 @@ import pytest
 from fixtures_moonraker import (CAN_NODE_OVERRIDES, MoonrakerWebsocket, RpcError,
                                 SimulatedPrinter, octopus_printer, wait_until)
 from moonraker_octoflash.moonraker.firmware_state import Pending, Running, assess, is_conclusive
+from moonraker_octoflash.moonraker.moonraker_internals import KNOWN_VERSIONS, release_of
 from moonraker_octoflash.profiles import profile_from_json
 from moonraker_octoflash.versions import parse_version
 from semver_oracle import clients_offer_update, semver_gt, semver_valid
@@ -251,6 +252,16 @@ async def test_one_entry_per_firmware_profile_with_what_the_clients_read(printer
     assert head["info_tags"] == ["desc=toolhead firmware (CAN toolhead, [mcu Toolhead])"]
     # Only an outdated board that 'update all' skips has a note.
     assert head["anomalies"] == [] and entry["anomalies"] == []
+
+
+async def test_this_moonraker_has_every_internal_the_entries_use(printer, client):
+    """moonraker_internals.check() at start finds the Moonraker the tests run (0.11.0;
+    0.10.0 in the Python 3.9 run) as the entries expect it: no warning."""
+    info = await client.call("server.info")
+    assert release_of(info["moonraker_version"]) in KNOWN_VERSIONS, info["moonraker_version"]
+    assert not [w for w in info["warnings"] if "octoflash" in w], info["warnings"]
+    assert f"Moonraker {info['moonraker_version']} has every internal the firmware entries use" \
+        in printer.output()
 
 
 async def test_a_profile_naming_only_its_klipper_mcu_finds_it_in_any_case(printer, client):

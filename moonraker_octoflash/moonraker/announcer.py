@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional, Protocol
 
 log = logging.getLogger("octoflash.announcer")
 
@@ -35,30 +35,39 @@ def feed_for(profile: str) -> str:
     return FEED_PREFIX + profile
 
 
-class FirmwareAnnouncer:
-    """Keeps exactly the wanted notices in Moonraker's announcements component."""
+class AnnouncementBoard(Protocol):
+    """Moonraker's announcements, as ``moonraker_internals.MoonrakerInternals`` reaches them."""
 
-    def __init__(self, server: Any) -> None:
-        self.server = server
+    def announcements_available(self) -> bool: ...
+
+    async def list_announcements(self) -> List[Dict[str, Any]]: ...
+
+    def add_announcement(self, title: str, description: str, url: str, priority: str,
+                         feed: str) -> Optional[Dict[str, Any]]: ...
+
+    async def remove_announcement(self, entry_id: str) -> None: ...
+
+
+class FirmwareAnnouncer:
+    """Keeps exactly the wanted notices in Moonraker's announcements."""
+
+    def __init__(self, board: AnnouncementBoard) -> None:
+        self.board = board
         self._loaded = False
         self._current: Dict[str, Dict[str, Any]] = {}    # profile -> entry
 
-    def _component(self) -> Optional[Any]:
-        return self.server.lookup_component("announcements", None)
-
-    async def _load(self, announcements: Any) -> None:
+    async def _load(self) -> None:
         if self._loaded:
             return
         self._loaded = True
-        entries = await announcements.get_announcements(include_dismissed=True)
-        for entry in entries:
+        for entry in await self.board.list_announcements():
             feed = str(entry.get("feed", ""))
             if entry.get("source") != "internal" or not feed.startswith(FEED_PREFIX):
                 continue
             profile = feed[len(FEED_PREFIX):]
             if profile in self._current:
                 # A duplicate left by an earlier run: keep the newest only.
-                await self._remove_entry(announcements, entry)
+                await self._remove_entry(entry)
                 continue
             self._current[profile] = entry
 
@@ -70,25 +79,25 @@ class FirmwareAnnouncer:
         longer configured) lose their announcement.
         """
         keep = set(keep) - set(wanted)
-        announcements = self._component()
-        if announcements is None:
+        if not self.board.announcements_available():
             return
-        await self._load(announcements)
+        await self._load()
         for profile, entry in list(self._current.items()):
             notice = wanted.get(profile)
             if profile in keep:
                 continue
             if notice is not None and _same(entry, notice):
                 continue
-            await self._remove_entry(announcements, entry)
+            await self._remove_entry(entry)
             del self._current[profile]
         for profile, notice in wanted.items():
             if profile in self._current:
                 continue
-            entry = announcements.add_internal_announcement(
-                notice.title, notice.description, notice.url, notice.priority,
-                feed_for(profile))
-            self._current[profile] = entry
+            added = self.board.add_announcement(notice.title, notice.description, notice.url,
+                                                notice.priority, feed_for(profile))
+            if added is None:
+                continue
+            self._current[profile] = added
             log.info("octoflash: announced %s", notice.title)
 
     async def clear(self) -> None:
@@ -98,9 +107,9 @@ class FirmwareAnnouncer:
     def current(self) -> Dict[str, Dict[str, Any]]:
         return dict(self._current)
 
-    async def _remove_entry(self, announcements: Any, entry: Dict[str, Any]) -> None:
+    async def _remove_entry(self, entry: Dict[str, Any]) -> None:
         try:
-            await announcements.remove_announcement(entry["entry_id"])
+            await self.board.remove_announcement(entry["entry_id"])
         except Exception as exc:   # already gone (removed by hand): nothing to do
             log.debug("octoflash: announcement %s not removed: %s", entry.get("entry_id"), exc)
 

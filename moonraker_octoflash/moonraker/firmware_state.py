@@ -62,7 +62,7 @@ class EntryState:
         }
 
 
-def assess(profile: "Profile", running: Running, pending: Pending,
+def assess(profile: Profile, running: Running, pending: Pending,
            klipper_connected: bool) -> EntryState:
     """Decide the entry's state and the messages Mainsail and Fluidd show with it."""
     update = update_state(running.version, pending.version, pending.profile_changed,

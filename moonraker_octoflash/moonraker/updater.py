@@ -38,21 +38,19 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
-from ..discovery.klipper import is_mcu_section, same_mcu
+from ..discovery.klipper import same_mcu
 from ..errors import OctoflashError
 from ..versions import UNKNOWN, parse_version
 from .announcer import FirmwareAnnouncer, Notice
-from .component_host import ComponentHost
+from .component_host import (FLASH_FINISHED_EVENT, KLIPPER_MCUS_EVENT, PROFILES_CHANGED_EVENT,
+                             ComponentHost, OctoflashComponent)
 from .firmware_state import (EntryState, Running, assess, can_flash_again, describe_reason,
                              is_conclusive, version_ref)
+from .moonraker_internals import KLIPPY_DISCONNECT, KLIPPY_STARTED, MoonrakerInternals
 
 if TYPE_CHECKING:
+    from ..job_records import JobUpdate
     from ..profiles import Profile
-
-try:   # Moonraker is only importable inside Moonraker (and in the tests)
-    from moonraker.components.update_manager.base_deploy import BaseDeploy
-except ImportError:   # pragma: no cover - the module is then never attached
-    BaseDeploy = object   # type: ignore[assignment,misc]
 
 log = logging.getLogger("octoflash.updater")
 
@@ -62,7 +60,6 @@ ENTRY_PREFIX = "octoflash_"
 # changelog link both clients build from current_hash/remote_hash (channel
 # "dev"): it opens the commits between the running firmware and the checkout.
 CONFIGURED_TYPE = "python"
-KLIPPER_QUERY_TIMEOUT = 5.0
 REFRESH_DELAY_CONNECT = 1.0      # after Klipper (re)connects: let the component read it first
 REFRESH_DELAY_DISCONNECT = 3.0   # Klipper going away during a flash is followed by a restart
 DEFERRED_FLASH_MAX_AGE = 30 * 60.0   # a full update's flashes survive a Moonraker restart this long
@@ -93,7 +90,7 @@ def entry_name(profile_name: str) -> str:
     return ENTRY_PREFIX + profile_name
 
 
-def profile_fingerprint(profile: "Profile") -> str:
+def profile_fingerprint(profile: Profile) -> str:
     """Changes whenever the profile's settings change (Moonraker refreshes on it)."""
     text = json.dumps(profile.to_json(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -101,70 +98,64 @@ def profile_fingerprint(profile: "Profile") -> str:
 
 # --- the entry --------------------------------------------------------------------
 
-class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
-    """One profile's firmware, as an update-manager entry."""
+class FirmwareUpdater:
+    """One profile's firmware, as an update-manager entry.
 
-    def __init__(self, manager: "FirmwareUpdates", profile: "Profile") -> None:
-        name = entry_name(profile.name)
-        # BaseDeploy reads its options from a config section; the entry has
-        # none of its own (Moonraker's refresh_interval applies).
-        config = manager.server.config.read_supplemental_dict({f"update_manager {name}": {}})
-        super().__init__(config, name=name, prefix="Firmware",
-                         cfg_hash=profile_fingerprint(profile))
-        self.last_refresh_time = 0.0     # until the update manager initializes the entry
-        self.last_cfg_hash = ""
+    Moonraker holds the entry's ``slot`` (moonraker_internals.py) and asks
+    this object through it; the entry says things in the update dialog and
+    saves its data through the slot as well.
+    """
+
+    def __init__(self, manager: FirmwareUpdates, profile: Profile) -> None:
+        self.name = entry_name(profile.name)
         self.manager = manager
         self.profile_name = profile.name
         self.state: Optional[EntryState] = None
         self.saved_status: Dict[str, Any] = {}    # the last state, from the database
         self.deferred_since: Optional[float] = None
+        self.slot = manager.internals.make_entry(self.name, profile_fingerprint(profile), self)
 
-    # BaseDeploy interface, called by Moonraker's update manager
+    # asked by the update manager (moonraker_internals.EntryBehaviour)
 
-    async def initialize(self) -> Dict[str, Any]:
-        storage = await super().initialize()
+    def restore(self, storage: Dict[str, Any]) -> None:
         self.saved_status = dict(storage.get("octoflash_status") or {})
         deferred = storage.get("deferred_full_update")
         if isinstance(deferred, (int, float)) and time.time() - deferred < DEFERRED_FLASH_MAX_AGE:
             self.deferred_since = float(deferred)
             self.manager.resume_deferred(self)
-        return storage
-
-    def needs_refresh(self, log_remaining_time: bool = False) -> bool:
-        # Reading versions is cheap (Klipper's status, git describe): do it
-        # whenever Moonraker refreshes, not only once a refresh_interval.
-        return True
 
     async def refresh(self) -> None:
         await self.manager.refresh_entries([self], notify=False)
-        self._save_state()
 
     async def update(self) -> bool:
         return await self.manager.update_entry(self)
 
-    def notify_status(self, msg: str, is_complete: bool = False) -> None:
-        super().notify_status(as_html_text(msg), is_complete)
-
     def close(self) -> None:
         self.manager.close()
 
-    def get_persistent_data(self) -> Dict[str, Any]:
-        data = super().get_persistent_data()
-        data["octoflash_status"] = self.get_update_status() if self.state is not None \
-            else self.saved_status
-        data["deferred_full_update"] = self.deferred_since
-        return data
+    def persistent_data(self) -> Dict[str, Any]:
+        return {"octoflash_status": self.update_status() if self.state is not None
+                else self.saved_status,
+                "deferred_full_update": self.deferred_since}
+
+    # through the slot
+
+    async def initialize(self) -> None:
+        """For an entry added after Moonraker's start (the update manager initialized the others)."""
+        await self.slot.initialize()
 
     def store(self) -> None:
-        """Write the entry's data without marking a refresh (that would make Moonraker
-        skip a user's "check for updates" for a minute)."""
-        self.cmd_helper.get_umdb()[self.name] = self.get_persistent_data()
+        """Save the entry's data without marking a refresh."""
+        self.slot.store()
+
+    def notify_status(self, msg: str, is_complete: bool = False) -> None:
+        self.slot.notify_status(as_html_text(msg), is_complete)
 
     @property
-    def profile(self) -> Optional["Profile"]:
+    def profile(self) -> Optional[Profile]:
         return self.manager.host.profiles().get(self.profile_name)
 
-    def get_update_status(self) -> Dict[str, Any]:
+    def update_status(self) -> Dict[str, Any]:
         profile = self.profile
         if self.state is None:
             if self.saved_status:
@@ -172,7 +163,7 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
             return self._status(profile, None)
         return self._status(profile, self.state)
 
-    def _status(self, profile: Optional["Profile"], state: Optional[EntryState]) -> Dict[str, Any]:
+    def _status(self, profile: Optional[Profile], state: Optional[EntryState]) -> Dict[str, Any]:
         target = profile.target if profile else "klipper"
         owner, repo = self.manager.source_repo(target)
         links = self.manager.links_enabled(target)
@@ -185,7 +176,7 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
             "channel": "dev",
             "channel_invalid": False,
             "need_channel_update": False,
-            "debug_enabled": self.server.is_debug_enabled(),
+            "debug_enabled": self.manager.internals.debug_enabled(),
             "is_valid": True,
             # Never "dirty", "corrupt" or "detached": both clients would replace
             # the Update button with a git recovery that does not apply here.
@@ -253,7 +244,7 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
                                    auto_update=bool(profile.auto_update) if profile else False)
         return status
 
-    def _description(self, profile: Optional["Profile"]) -> str:
+    def _description(self, profile: Optional[Profile]) -> str:
         if profile is None:
             return f"{self.profile_name} firmware (profile removed)"
         what = profile.description or profile.preset.board
@@ -272,29 +263,27 @@ class FirmwareUpdater(BaseDeploy):  # type: ignore[misc,valid-type]
 class FirmwareUpdates:
     """Creates the entries, keeps them fresh, runs their updates and announcements."""
 
-    def __init__(self, component: Any, update_manager: Any) -> None:
-        self.host = ComponentHost(component)
+    def __init__(self, component: OctoflashComponent, internals: MoonrakerInternals) -> None:
+        self.internals = internals
+        self.host = ComponentHost(component, internals)
         self.server = self.host.server
-        self.um = update_manager
         self.entries: Dict[str, FirmwareUpdater] = {}
-        self.announcer = FirmwareAnnouncer(self.server)
+        self.announcer = FirmwareAnnouncer(internals)
         self._repo_cache: Dict[str, Tuple[str, str]] = {}
         self._not_github: Set[str] = set()   # targets whose origin is known and not on GitHub
         self._refresh_handle: Optional[asyncio.TimerHandle] = None
-        self._refresh_task: Optional[asyncio.Task] = None
-        self._deferred_task: Optional[asyncio.Task] = None
+        self._refresh_task: Optional[asyncio.Task[None]] = None
+        self._deferred_task: Optional[asyncio.Task[None]] = None
         self._active_job: Optional[str] = None
         self._last_percent: Optional[float] = None
         self.sync_profiles()
-        reg = self.server.register_event_handler
-        reg("server:klippy_started", self._on_klippy_started)
-        reg("server:klippy_disconnect", self._on_klippy_disconnect)
-        reg("octoflash:klipper_mcus", self._on_klipper_mcus)
-        reg("octoflash:flash_finished", self._on_flash_finished)
-        reg("octoflash:profiles_changed", self._on_profiles_changed)
-        runner = self.host.runner
-        if runner is not None:
-            runner.add_listener(self._on_job_update)
+        on = internals.on_event
+        on(KLIPPY_STARTED, self._on_klippy_started)
+        on(KLIPPY_DISCONNECT, self._on_klippy_disconnect)
+        on(KLIPPER_MCUS_EVENT, self._on_klipper_mcus)
+        on(FLASH_FINISHED_EVENT, self._on_flash_finished)
+        on(PROFILES_CHANGED_EVENT, self._on_profiles_changed)
+        self.host.runner.add_listener(self._on_job_update)
 
     # --- entries -----------------------------------------------------------
 
@@ -310,14 +299,13 @@ class FirmwareUpdates:
             entry = self.entries[name]
             if entry.profile_name not in wanted:
                 del self.entries[name]
-                if self.um.updaters.get(name) is entry:
-                    del self.um.updaters[name]
+                self.internals.remove_entry(entry.slot)
         for pname, profile in wanted.items():
             name = entry_name(pname)
             if name in self.entries:
-                self.entries[name].cfg_hash = profile_fingerprint(profile)
+                self.entries[name].slot.set_config_hash(profile_fingerprint(profile))
                 continue
-            if name in self.um.updaters:
+            if self.internals.has_entry(name):
                 self.server.add_warning(
                     f"octoflash: the update manager already has an entry named '{name}'; "
                     f"profile '{pname}' gets none. Rename the profile or that entry.",
@@ -325,7 +313,7 @@ class FirmwareUpdates:
                 continue
             entry = FirmwareUpdater(self, profile)
             self.entries[name] = entry
-            self.um.updaters[name] = entry
+            self.internals.add_entry(entry.slot)
             added.append(entry)
         return added
 
@@ -342,32 +330,7 @@ class FirmwareUpdates:
 
     # --- reading versions --------------------------------------------------
 
-    async def _klipper_status(self) -> Tuple[bool, Dict[str, Any]]:
-        """(connected, status) with the MCUs and their config sections from Klipper."""
-        kconn = self.server.lookup_component("klippy_connection")
-        if not kconn.is_connected():
-            return False, {}
-        kapis = self.server.lookup_component("klippy_apis")
-        try:
-            names = await asyncio.wait_for(kapis.get_object_list(default=None),
-                                           KLIPPER_QUERY_TIMEOUT)
-            if names is None:
-                raise LookupError("no object list")
-            query: Dict[str, Any] = {n: None for n in names if is_mcu_section(n)}
-            # settings for the boards (lower-cased names, Klipper's defaults);
-            # config for the names as printer.cfg writes them, which the
-            # objects also use, when Klipper has no object for a section yet
-            query["configfile"] = ["settings", "config"]
-            status = await asyncio.wait_for(kapis.query_objects(query, default=None),
-                                            KLIPPER_QUERY_TIMEOUT)
-            if status is None:
-                raise LookupError("no status")
-            return True, status
-        except (asyncio.TimeoutError, LookupError, Exception) as exc:
-            log.info("octoflash: Klipper's MCUs not read (%s); using the component's copy", exc)
-            return True, self.host.cached_klipper_status()
-
-    def _running(self, profile: "Profile", connected: bool,
+    def _running(self, profile: Profile, connected: bool,
                  status: Dict[str, Any]) -> Running:
         from ..discovery.klipper import klipper_mcus
         from ..discovery.snapshot import DeviceSnapshot
@@ -402,7 +365,7 @@ class FirmwareUpdates:
             [e for e in entries if e.name in self.entries]
         if targets:
             await self._read_source_repos()
-            connected, status = await self._klipper_status()
+            connected, status = await self.host.read_klipper_status()
             for entry in targets:
                 profile = entry.profile
                 if profile is None:
@@ -413,7 +376,7 @@ class FirmwareUpdates:
                 entry.store()
         await self.update_announcements()
         if notify:
-            self.um.cmd_helper.notify_update_refreshed()
+            self.internals.notify_update_refreshed()
 
     def links_enabled(self, target: str) -> bool:
         """Whether GitHub links can show the checkout's commits: not when its
@@ -465,7 +428,7 @@ class FirmwareUpdates:
         try:
             # The update manager's lock: never read versions in the middle of
             # one of its updates or refreshes.
-            async with self.um.cmd_request_lock:
+            async with self.internals.request_lock:
                 await self.refresh_entries()
         except Exception:
             log.exception("octoflash: refreshing the firmware entries failed")
@@ -529,11 +492,10 @@ class FirmwareUpdates:
 
     async def update_entry(self, entry: FirmwareUpdater) -> bool:
         """``machine.update.client/upgrade`` for one entry; ``full`` defers (see module)."""
-        helper = entry.cmd_helper
         profile = entry.profile
         if profile is None:
             raise self.server.error(f"Profile '{entry.profile_name}' no longer exists", 404)
-        if helper.is_full_update():
+        if self.internals.is_full_update():
             return self._defer(entry, profile)
         await self.refresh_entries([entry], notify=False)
         state = entry.state
@@ -576,11 +538,8 @@ class FirmwareUpdates:
         entry.notify_status(line)
         entry.notify_status(CLOSING_LINE, is_complete=True)
 
-    async def _flash(self, entry: FirmwareUpdater, profile: "Profile") -> None:
+    async def _flash(self, entry: FirmwareUpdater, profile: Profile) -> None:
         """Build and flash through the job runner, streaming its progress; raise on failure."""
-        runner = self.host.runner
-        if runner is None:
-            raise self.server.error("octoflash's job runner is not available", 503)
         problem = await self.host.board_problem(profile)
         if problem:
             raise self.server.error(plain_error(f"Update refused: {problem}"), 503)
@@ -593,40 +552,38 @@ class FirmwareUpdates:
         self._last_percent = None
         entry.notify_status(f"job {job.id} started: build, then flash")
         try:
-            await runner.wait(job.id)
+            await self.host.runner.wait(job.id)
         finally:
             self._active_job = None
         if job.state != "done":
             detail = (job.error or job.message or job.state).splitlines()[0]
-            recovery = f" {job.recovery}" if getattr(job, "recovery", None) else ""
+            recovery = f" {job.recovery}" if job.recovery else ""
             raise self.server.error(plain_error(f"{job.kind} {job.state}: {detail}{recovery}"),
                                     500)
 
-    def _on_job_update(self, update: Any) -> None:
+    def _on_job_update(self, update: JobUpdate) -> None:
         """Stream the running update's job into ``notify_update_response``."""
         job = update.job
         if self._active_job is None or job.id != self._active_job:
             return
-        entry = self.entry_for(job.profile)
-        if entry is None:
+        if self.entry_for(job.profile) is None:
             return
-        helper = entry.cmd_helper
+        notify = self.internals.notify_update_response
         if update.event == "output":
             if update.message:
-                helper.notify_update_response(as_html_text(update.message))
+                notify(as_html_text(update.message))
         elif update.event == "step":
             self._last_percent = None
-            helper.notify_update_response(
-                as_html_text(f"[{job.stage}] {update.message or job.message}"))
+            notify(as_html_text(f"[{job.stage}] {update.message or job.message}"))
         elif update.event == "progress" and job.percent is not None:
             last = self._last_percent
             if last is None or job.percent - last >= PROGRESS_STEP or job.percent >= 100:
                 self._last_percent = job.percent
-                helper.notify_update_response(as_html_text(f"[{job.stage}] {job.percent:.0f}%"))
+                notify(as_html_text(f"[{job.stage}] {job.percent:.0f}%"))
 
     # --- "update all" ------------------------------------------------------------
 
-    def _defer(self, entry: FirmwareUpdater, profile: "Profile") -> bool:
+    def _defer(self, entry: FirmwareUpdater, profile: Profile) -> bool:
         if not profile.auto_update:
             entry.notify_status("skipped by 'update all' (auto_update is off for this "
                                 "board); use its own Update button")
@@ -648,8 +605,7 @@ class FirmwareUpdates:
         return False
 
     def _klipper_may_change(self) -> bool:
-        klipper = self.um.updaters.get("klipper")
-        status = klipper.get_update_status() if klipper is not None else {}
+        status = self.internals.entry_status("klipper")
         return bool(status.get("commits_behind") or
                     status.get("remote_version", UNKNOWN) != status.get("version", UNKNOWN))
 
@@ -664,12 +620,12 @@ class FirmwareUpdates:
     async def _run_deferred(self) -> None:
         await asyncio.sleep(0.5)   # let the full update take its next step first
         try:
-            async with self.um.cmd_request_lock:   # free once the full update has ended
+            async with self.internals.request_lock:   # free once the full update has ended
                 pass
             # After Klipper's update it restarts; its MCUs tell what they run
             # once it is back.  Waited for outside the lock.
             await self._wait_for_klipper()
-            async with self.um.cmd_request_lock:
+            async with self.internals.request_lock:
                 await self._deferred_flashes()
         except Exception:
             log.exception("octoflash: flashing after 'update all' failed")
@@ -679,9 +635,9 @@ class FirmwareUpdates:
         chosen = [e for e in self.entries.values() if e.deferred_since is not None]
         if not chosen:
             return
-        helper = self.um.cmd_helper
+        internals = self.internals
         app = chosen[0].name if len(chosen) == 1 else "octoflash"
-        helper.set_update_info(app, id(self))
+        internals.begin_update(app, id(self))
         ok: List[str] = []
         failed: List[str] = []
         try:
@@ -693,8 +649,7 @@ class FirmwareUpdates:
                     continue
                 entry.deferred_since = None
                 entry.store()
-                kconn = self.server.lookup_component("klippy_connection")
-                if kconn.is_printing():
+                if internals.klipper_printing():
                     entry.notify_status("not flashed: Klipper is printing")
                     failed.append(profile.name)
                     continue
@@ -713,16 +668,16 @@ class FirmwareUpdates:
             await self.refresh_entries(notify=False)
             summary = f"{len(ok)} board(s) flashed" + \
                 (f"; failed: {', '.join(failed)}" if failed else "")
-            helper.notify_update_response(
+            internals.notify_update_response(
                 as_html_text(f"Firmware update after 'update all': {summary}"))
-            helper.notify_update_response(CLOSING_LINE, is_complete=True)
+            internals.notify_update_response(CLOSING_LINE, is_complete=True)
         finally:
             for entry in chosen:
                 if entry.deferred_since is not None:
                     entry.deferred_since = None
                     entry.store()
-            helper.clear_update_info()
-            helper.notify_update_refreshed()
+            internals.end_update()
+            internals.notify_update_refreshed()
 
     def close(self) -> None:
         """Moonraker is stopping: no more refreshes (running jobs end with the runner)."""
@@ -736,30 +691,24 @@ class FirmwareUpdates:
     async def _wait_for_klipper(self, timeout: float = 120.0) -> None:
         """Until Klipper is past its start-up (ready, or in error: an MCU with
         old firmware is exactly what puts it there), or ``timeout``."""
-        kconn = self.server.lookup_component("klippy_connection")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = str(getattr(kconn.state, "name", kconn.state)).lower()
-            if kconn.is_connected() and state not in ("startup", "disconnected"):
+            if self.internals.klipper_connected() and \
+                    self.internals.klipper_state() not in ("startup", "disconnected"):
                 return
             await asyncio.sleep(0.5)
 
 
-def attach(component: Any) -> Optional[FirmwareUpdates]:
-    """Add the firmware entries to the update manager, when ``[update_manager]`` is configured.
+def attach(component: OctoflashComponent) -> Optional[FirmwareUpdates]:
+    """Add the firmware entries to the update manager, when ``[update_manager]`` is configured
+    and this Moonraker has what they need (``MoonrakerInternals.check``).
 
     Called from the component's ``__init__``: entries must be in the update
     manager before its ``component_init``, which forgets unknown names.
     """
-    server = component.server
-    um = server.lookup_component("update_manager", None)
-    if um is None:
-        if not server.config.has_section("update_manager"):
-            log.info("octoflash: no [update_manager]; firmware entries are not added")
-            return None
-        # Moonraker loads components in no particular order: load it now.
-        um = server.load_component(server.config, "update_manager", None)
-        if um is None:
-            log.info("octoflash: the update manager failed to load; no firmware entries")
-            return None
-    return FirmwareUpdates(component, um)
+    internals = MoonrakerInternals.for_server(component.server)
+    if internals is None:
+        return None
+    if not internals.check().entries_usable:
+        return None
+    return FirmwareUpdates(component, internals)
