@@ -366,3 +366,16 @@ async def test_announcements_are_kept_in_step_through_the_internals():
     assert len(bell.entries) == 1
     await announcer.sync({})
     assert bell.entries == []
+
+
+def test_an_update_manager_that_cannot_be_loaded_is_a_warning():
+    class Unloadable(Server):
+        def load_component(self, config: Any, name: str, default: Any = None) -> Any:
+            raise ImportError("no module named update_manager")
+
+    server = Unloadable()
+    server.components.pop("update_manager")
+    assert updater.attach(Component(server)) is None
+    [(message, _)] = server.warnings
+    assert message.startswith(HEAD + "0.11.0: it lacks (reaching the update manager failed: "
+                              "no module named update_manager)")

@@ -2,7 +2,8 @@
 
 Moonraker offers a component no way to add entries to its update manager or
 announcements to the notification bell; octoflash does both through the
-internals below, and no other module touches them.  ``attach`` (updater.py)
+internals below, and no other module of the entries touches them (the
+component reads Klipper on its own, in component.py).  ``attach`` (updater.py)
 runs ``MoonrakerInternals.check()`` at start: it reads the running
 Moonraker's version and looks for every internal in the table.  On a version
 outside 0.10–0.11 it warns and works on; when an internal is missing it
@@ -236,17 +237,26 @@ class MoonrakerInternals:
 
     @classmethod
     def for_server(cls, server: Server) -> Optional[MoonrakerInternals]:
-        """The update manager's internals, or None without ``[update_manager]``."""
-        um = server.lookup_component("update_manager", None)
-        if um is None:
-            if not server.config.has_section("update_manager"):
-                log.info("octoflash: no [update_manager]; firmware entries are not added")
-                return None
-            # Moonraker loads components in no particular order: load it now.
-            um = server.load_component(server.config, "update_manager", None)
+        """The update manager's internals, or None without ``[update_manager]`` (or when it
+        cannot be reached: then with the warning ``check()`` gives)."""
+        try:
+            um = server.lookup_component("update_manager", None)
             if um is None:
-                log.info("octoflash: the update manager failed to load; no firmware entries")
-                return None
+                if not server.config.has_section("update_manager"):
+                    log.info("octoflash: no [update_manager]; firmware entries are not added")
+                    return None
+                # Moonraker loads components in no particular order: load it now.
+                um = server.load_component(server.config, "update_manager", None)
+        except Exception as exc:
+            log.exception("octoflash: reaching the update manager failed")
+            internals = cls(server, None)
+            internals._report(InternalsReport(
+                internals.moonraker_version(), False,
+                [f"(reaching the update manager failed: {exc})"], []))
+            return None
+        if um is None:
+            log.info("octoflash: the update manager failed to load; no firmware entries")
+            return None
         return cls(server, um)
 
     # --- the check at start ---------------------------------------------------
@@ -268,18 +278,21 @@ class MoonrakerInternals:
             missing, missing_announcements = [f"(the check failed: {exc})"], []
         report = InternalsReport(version, release in KNOWN_VERSIONS, missing,
                                  missing_announcements)
+        self._report(report)
+        return report
+
+    def _report(self, report: InternalsReport) -> None:
         self._announcements_usable = report.announcements_usable
         warning = report.warning()
         if warning is None:
             log.info("octoflash: Moonraker %s has every internal the firmware entries use",
-                     version)
-        else:
-            log.warning(warning)
-            try:
-                self.server.add_warning(warning, warn_id=WARNING_ID)
-            except Exception:
-                log.exception("octoflash: adding a Moonraker warning failed")
-        return report
+                     report.version)
+            return
+        log.warning(warning)
+        try:
+            self.server.add_warning(warning, warn_id=WARNING_ID)
+        except Exception:
+            log.exception("octoflash: adding a Moonraker warning failed")
 
     def _find_missing(self) -> Tuple[List[str], List[str]]:
         server = self.server
