@@ -42,8 +42,8 @@ async def after_crash(component: Any, interrupted: List[str]) -> None:
             running, note = await _start_klipper(component, record)
             await lock.update(klipper_stopped=not running)
             if not running:
-                component._warn(f"octoflash: {note}", "klipper_left_stopped")
-            component._console(("// " if running else "!! ") + f"octoflash: {note}")
+                component.warn(f"octoflash: {note}", "klipper_left_stopped")
+            component.console.say(("// " if running else "!! ") + f"octoflash: {note}")
         if job_id:
             await runner.explain_interrupted(job_id, recovery=record.get("recovery"),
                                              klipper=note)
@@ -57,7 +57,7 @@ async def _start_klipper(component: Any, record: Dict[str, Any]) -> Tuple[bool, 
     """(Klipper runs now, what to tell the user)."""
     who = f"job {record['job_id']}" if record.get("job_id") else \
         f"{record.get('kind') or 'a process'} pid {record.get('pid')}"
-    service, klippy = component.service, component.klippy
+    service, klippy = component.service, component.klipper.klippy
     # Moonraker connects to a Klipper that runs within a moment of starting.
     await service._wait(lambda: klippy.is_connected(), 5.0)
     if klippy.is_connected():
