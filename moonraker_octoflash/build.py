@@ -12,7 +12,8 @@ Every profile builds in its own folder, ``<build root>/<profile>/``::
 The checkout's own ``.config`` and ``out/`` are never touched.  A build is
 skipped when neither the checkout (``git describe`` plus a fingerprint of
 uncommitted changes) nor the rendered config changed since the profile's
-last good build, and that build's files still match their record.  make runs at a lower CPU priority (nice) so that a print
+last good build, and that build's files still match their record.  make runs at a
+lower CPU priority (nice) so that a print
 in progress keeps its host CPU.
 """
 from __future__ import annotations
@@ -226,8 +227,8 @@ class Builder:
         self._tables: Dict[str, Tuple[Tuple[str, str], Dict[str, SymbolInfo]]] = {}
 
     @classmethod
-    def from_settings(cls, settings: "Settings", machine: Optional["Machine"] = None
-                      ) -> "Builder":
+    def from_settings(cls, settings: Settings, machine: Optional[Machine] = None
+                      ) -> Builder:
         """The builder the ``[octoflash]`` settings describe, for ``machine``'s compilers."""
         if machine is None:
             from .machine import load_machine

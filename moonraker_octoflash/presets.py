@@ -108,7 +108,7 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     return presets, mcus
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_all() -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     presets: Dict[str, Preset] = {}
     mcus: Dict[str, McuInfo] = {}

@@ -70,7 +70,7 @@ def _macro_text(value: Any) -> str:
 class OctoflashApi:
     """The endpoints and remote methods of one octoflash component."""
 
-    def __init__(self, component: "OctoFlash") -> None:
+    def __init__(self, component: OctoFlash) -> None:
         self.c = component
         self.server = component.server
 

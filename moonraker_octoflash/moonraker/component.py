@@ -56,7 +56,7 @@ DEVICE_CACHE_SECONDS = 5.0
 
 
 class OctoFlash:
-    def __init__(self, config: "ConfigHelper") -> None:
+    def __init__(self, config: ConfigHelper) -> None:
         self.server = config.get_server()
         self.eventloop = self.server.get_event_loop()
         self.data_path = str(self.server.get_app_args().get("data_path", "~/printer_data"))
@@ -381,5 +381,5 @@ def _devices_changed(before: Dict[str, Any], after: Dict[str, Any]) -> bool:
     return strip(before) != strip(after)
 
 
-def load_component(config: "ConfigHelper") -> OctoFlash:
+def load_component(config: ConfigHelper) -> OctoFlash:
     return OctoFlash(config)

@@ -22,7 +22,7 @@ OUTPUT_NOTIFY_INTERVAL = 0.2    # seconds between output-line notifications, per
 
 
 class JobConsole:
-    def __init__(self, server: "Server", on_flash_finished: Callable[[], None]) -> None:
+    def __init__(self, server: Server, on_flash_finished: Callable[[], None]) -> None:
         self.server = server
         self.on_flash_finished = on_flash_finished
         self._console_at: Dict[str, float] = {}

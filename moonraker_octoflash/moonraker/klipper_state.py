@@ -35,7 +35,7 @@ STARTUP_POLL_INTERVAL = 2.0
 class KlipperState:
     """Reads Klipper through Moonraker; sends ``octoflash:klipper_mcus`` on news."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.eventloop = server.get_event_loop()
         self.status: Dict[str, Any] = {}

@@ -26,8 +26,8 @@ Warn = Callable[[str, str], None]
 
 
 class ProfileStore:
-    def __init__(self, db: Any, warn: Warn, holder: Callable[[str], Optional["Job"]],
-                 builder: Optional["Builder"]) -> None:
+    def __init__(self, db: Any, warn: Warn, holder: Callable[[str], Optional[Job]],
+                 builder: Optional[Builder]) -> None:
         self.db = db
         self.warn = warn
         self.holder = holder            # the job holding a profile, if any
@@ -54,7 +54,7 @@ class ProfileStore:
 
     # --- loading ------------------------------------------------------------
 
-    def read_config(self, config: "ConfigHelper") -> None:
+    def read_config(self, config: ConfigHelper) -> None:
         """The ``[octoflash NAME]`` sections; a broken one is a warning naming it."""
         profiles: Dict[str, Profile] = {}
         for section_name in config.get_prefix_sections("octoflash "):
@@ -113,7 +113,7 @@ class ProfileStore:
 
     # --- changes through the API ----------------------------------------------
 
-    async def save(self, args: Dict[str, Any]) -> "tuple[Profile, str]":
+    async def save(self, args: Dict[str, Any]) -> tuple[Profile, str]:
         """Create or change an API profile; returns it and "created" or "updated"."""
         data = args.get("profile") if isinstance(args.get("profile"), dict) else dict(args)
         assert isinstance(data, dict)

@@ -122,7 +122,7 @@ class SimulatedMachine:
                 "next_usb_address": 5, "next_index": 0})
 
     @classmethod
-    def from_env(cls) -> "SimulatedMachine":
+    def from_env(cls) -> SimulatedMachine:
         directory = os.environ.get(ENV_DIR)
         if not directory:
             raise RuntimeError(f"{ENV_DIR} is not set: the tool doubles need a simulated machine")
@@ -214,7 +214,7 @@ class SimulatedMachine:
                   chip_id: Optional[str] = None, canbus_uuid: Optional[str] = None,
                   dfu_serial: Optional[str] = None, can_interface: str = "can0",
                   leave_status_error: bool = True, boot_delay: float = 0.0,
-                  katapult_version: str = "v0.0.1-110-gb0bf421") -> "SimulatedBoard":
+                  katapult_version: str = "v0.0.1-110-gb0bf421") -> SimulatedBoard:
         """Create a board.  ``firmware`` describes a Klipper already in flash
         (``version``, ``bridge``); ``mode`` defaults to what a reset leads to."""
         if transport not in ("usb", "can"):
@@ -261,24 +261,24 @@ class SimulatedMachine:
             board.set_mode(mode, delay=0.0)
         return board
 
-    def board(self, name: str) -> "SimulatedBoard":
+    def board(self, name: str) -> SimulatedBoard:
         if not os.path.isfile(os.path.join(self.boards_dir, name, "state.json")):
             raise KeyError(name)
         return SimulatedBoard(self, name)
 
-    def boards(self) -> List["SimulatedBoard"]:
+    def boards(self) -> List[SimulatedBoard]:
         names = sorted(os.listdir(self.boards_dir)) if os.path.isdir(self.boards_dir) else []
         return [SimulatedBoard(self, n) for n in names
                 if os.path.isfile(os.path.join(self.boards_dir, n, "state.json"))]
 
-    def board_for_tty(self, path: str) -> Optional["SimulatedBoard"]:
+    def board_for_tty(self, path: str) -> Optional[SimulatedBoard]:
         real = os.path.realpath(path)
         for b in self.boards():
             if os.path.realpath(b.tty_path) == real:
                 return b
         return None
 
-    def board_for_uuid(self, uuid: str) -> Optional["SimulatedBoard"]:
+    def board_for_uuid(self, uuid: str) -> Optional[SimulatedBoard]:
         wanted = normalize_uuid(uuid)
         for b in self.boards():
             if b.canbus_uuid == wanted:

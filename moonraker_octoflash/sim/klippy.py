@@ -801,7 +801,7 @@ class StandInThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="klippy-standin",
                                         daemon=True)
 
-    def start(self) -> "StandInThread":
+    def start(self) -> StandInThread:
         self._thread.start()
         self.call(self.standin.start)
         if self.control is not None:
