@@ -497,11 +497,12 @@ class Builder:
         emit(Progress("link", "Saving the artifact", 99.0, kind="step"))
         artifact = await asyncio.to_thread(
             self.store.add, profile=name, preset=profile.preset.id,  # type: ignore[attr-defined]
-            target=target, mcu=resolved_mcu, app_address=fields.pop("app_address"),
+            target=target, mcu=resolved_mcu, app_address=int(fields.pop("app_address")),  # type: ignore[call-overload]
             source_version=version.describe, files=files, config_path=config_path,
             log_path=log_path, source_dirty=version.dirty,
             source_fingerprint=version.fingerprint, rendered_sha256=rendered_sha,
-            log_lines=log.make_lines, build_seconds=round(seconds, 3), **fields)
+            log_lines=log.make_lines, build_seconds=round(seconds, 3),
+            **fields)  # type: ignore[arg-type]
         main = artifact.file()
         emit(Progress("done", f"Built {main.name} for {name}: {main.size} bytes, "
                               f"{artifact.source_version}", 100.0, kind="step"))

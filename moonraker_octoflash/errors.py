@@ -73,8 +73,9 @@ class BuildError(ToolError):
 class FlashError(ToolError):
     """A write failed or could not be confirmed; ``recovery`` says how to get the board back."""
 
-    def __init__(self, message: str, *, recovery: Optional[str] = None, **kw) -> None:
-        super().__init__(message, **kw)
+    def __init__(self, message: str, *, recovery: Optional[str] = None,
+                 hint: Optional[str] = None) -> None:
+        super().__init__(message, hint=hint)
         self.recovery = recovery
 
 

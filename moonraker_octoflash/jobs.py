@@ -357,7 +357,8 @@ class JobRunner:
         self._emit(job, "state", "queued")
         task = asyncio.get_running_loop().create_task(self._guard(job, body))
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+        job_id = job.id
+        task.add_done_callback(lambda _t: self._tasks.pop(job_id, None))
         await self._prune()
 
     async def _guard(self, job: Job, body: Awaitable[None]) -> None:

@@ -119,10 +119,11 @@ class CoreFlashPipeline(FlashPipeline):
         data = result.to_json()
         if result.state == flash_results.DONE:
             return data
+        error: OctoflashError
         if result.state == flash_results.REFUSED:
-            exc: OctoflashError = CheckFailed(result.message, hint=result.hint)
+            error = CheckFailed(result.message, hint=result.hint)
         else:
-            exc = FlashError(result.message or f"flash {result.state}",
-                             recovery=result.recovery, hint=result.hint)
-        exc.details = data   # type: ignore[attr-defined]
-        raise exc
+            error = FlashError(result.message or f"flash {result.state}",
+                               recovery=result.recovery, hint=result.hint)
+        setattr(error, "details", data)   # noqa: B010  (read by the runner)
+        raise error

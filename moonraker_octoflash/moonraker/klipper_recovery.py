@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import OctoflashError
 from ..flash.writer_lock import WriterBusy, WriterLock, describe_holder, writer_lock_path
@@ -36,7 +36,8 @@ async def after_crash(component: Any, interrupted: List[str]) -> None:
                 "start it: sudo systemctl start klipper"))
         return
     try:
-        job_id = record.get("job_id") if record.get("kind") == "moonraker" else None
+        own_job: Optional[str] = record.get("job_id") if record.get("kind") == "moonraker" \
+            else None
         note = None
         if record.get("klipper_stopped"):
             running, note = await _start_klipper(component, record)
@@ -44,8 +45,8 @@ async def after_crash(component: Any, interrupted: List[str]) -> None:
             if not running:
                 component.warn(f"octoflash: {note}", "klipper_left_stopped")
             component.console.say(("// " if running else "!! ") + f"octoflash: {note}")
-        if job_id:
-            await runner.explain_interrupted(job_id, recovery=record.get("recovery"),
+        if own_job:
+            await runner.explain_interrupted(own_job, recovery=record.get("recovery"),
                                              klipper=note)
     except Exception:
         log.exception("octoflash: could not check what an interrupted flash left behind")

@@ -77,7 +77,7 @@ def register(component: Any) -> None:
 
 def _with_frame_headers(base: type) -> type:
     """``base`` answering with FRAME_HEADERS: no other site may show the page in a frame."""
-    class PageHandler(base):  # type: ignore[valid-type, misc]
+    class PageHandler(base):
         def set_default_headers(self) -> None:
             super().set_default_headers()
             for name, value in FRAME_HEADERS.items():

@@ -579,11 +579,13 @@ class SimulatedBoard:
                 f.write(data)
             state = self.state
             if complete:
-                info = {"kind": kind} if kind else classify_image(data, name, state["mcu"])
+                info: Dict[str, Any] = {"kind": kind} if kind else \
+                    classify_image(data, name, state["mcu"])
                 if info["kind"] == "katapult" and address != FLASH_BASE:
                     info = {"kind": "data"}
-                info.update(address=address, size=len(data), name=os.path.basename(name),
-                            sha256=hashlib.sha256(data).hexdigest())
+                info.update({"address": address, "size": len(data),
+                             "name": os.path.basename(name),
+                             "sha256": hashlib.sha256(data).hexdigest()})
                 state["regions"] = [r for r in state.get("regions", [])
                                     if not (r["address"] < end and r["address"] + r["size"] > address)]
                 state["regions"].append(info)
