@@ -66,6 +66,14 @@ BOOTLOADER_STAGES = frozenset({"request_bootloader", "wait_katapult_usb", "wait_
 AFTER_WRITE_STAGES = frozenset({"wait_return", "start_klipper", "check_version", "done"})
 NO_CANCEL_STAGES = UNSAFE_STAGES | BOOTLOADER_STAGES | AFTER_WRITE_STAGES
 
+
+
+def _method_write_steps() -> frozenset:
+    """Every flash method's write steps (the registry is imported at first use)."""
+    from .flash.methods import write_kinds
+    return write_kinds()
+
+
 # The flash job a pipeline is executing for (set in the job's own task), so
 # the machine-wide writer lock can name it to another process.
 CURRENT_JOB_ID: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar(
@@ -557,7 +565,7 @@ class JobRunner:
         if not job.active:
             raise ConflictError(f"Job {job_id} has already ended ({job.state})")
         current = self._current_flash_stage(job)
-        if current in UNSAFE_STAGES:
+        if current in UNSAFE_STAGES or current in _method_write_steps():
             raise ConflictError(
                 f"Job {job_id} is writing the board ({current}); stopping now could leave "
                 "it without firmware. It will finish on its own in a moment.")

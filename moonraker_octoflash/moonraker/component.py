@@ -39,6 +39,8 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, List,
 from .. import __version__
 from ..discovery.identity import normalize_uuid
 from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
+from ..flash.methods import method_names
+from ..flash.methods import to_json as flash_methods_json
 from ..flash.writer_lock import writer_lock_path
 from ..errors import (ConflictError, NotFoundError, OctoflashError,
                       UnavailableError, ValidationError, clip_text)
@@ -83,7 +85,7 @@ def _request_schema(properties: Dict[str, Any], required: List[str]) -> Dict[str
 # A flash request's arguments, from the API and from a macro alike.
 _FLASH_ARGS = _request_schema(
     {"profile": _NAME, "build": {"type": "boolean"}, "force": {"type": "boolean"},
-     "method": {"enum": ["dfu", "katapult"]},
+     "method": {"enum": method_names()},
      "artifact_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
     ["profile"])
 
@@ -939,7 +941,7 @@ class OctoFlash:
 
     async def _handle_plan_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
-            {"profile": _NAME, "method": {"enum": ["dfu", "katapult"]},
+            {"profile": _NAME, "method": {"enum": method_names()},
              "artifact_id": {"type": "string", "maxLength": 64}}, ["profile"]))
         profile = self.get_profile(args["profile"])
         artifact = await self._find_artifact(profile, args["artifact_id"]) \
@@ -1005,6 +1007,7 @@ class OctoFlash:
         s = self.settings
         return {
             "version": __version__,
+            "flash_methods": flash_methods_json(),
             "simulation": bool(s.simulation),
             "klipper": {
                 "connected": bool(self.klippy.is_connected()),
