@@ -22,7 +22,7 @@ from ..settings import data_path_for_config
 from ..service import KlipperService, SystemctlService
 from .config import FlashConfig
 from .executor import FlashContext, execute_plans
-from .methods import device_labels, method_names
+from .methods import all_methods, device_labels, method_names
 from .plan import FlashPlan, make_plan, order_for_flash
 from .remote import find_moonraker, flash_through_moonraker
 from .writer_lock import WriterLock, busy_message, probe, writer_lock_path
@@ -278,7 +278,9 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print plans and results as JSON")
     p.add_argument("--method", choices=method_names(),
-                   help="how to write (default: the profile's, else the preset's first)")
+                   help="how to write (default: the profile's, else the preset's first): "
+                        + "; ".join(f"{m.name}, {m.label}: {m.enter.rstrip('.')}"
+                                    for m in all_methods()))
     p.add_argument("--artifact", metavar="ID", help="a build id instead of the latest build")
     p.add_argument("--allow-bootloader-overwrite", action="store_true",
                    help="write an image linked at 0x08000000 even where Katapult was seen "

@@ -451,8 +451,8 @@ def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[st
             return f"node {uuid} answers on {interface} as Klipper"
         return None
     if expect == "serial":
-        port = devices.serial_port(params.get("path"))
-        return f"{port.path}" if port is not None and port.kind != "katapult" else None
+        seen = devices.serial_port(params.get("path"))
+        return f"{seen.path}" if seen is not None and seen.kind != "katapult" else None
     if expect == "katapult":
         mcu = params.get("mcu")
         for dev in devices.usb_of_kind("katapult"):
@@ -465,8 +465,8 @@ def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[st
         node = devices.can_node(uuid, interface) if uuid else None
         if node is not None:
             return f"node {uuid} answers on {interface} as {node.application}"
-        port = devices.serial_port(params.get("path"))
-        return f"{port.path}" if port is not None else None
+        app = devices.serial_port(params.get("path"))
+        return f"{app.path}" if app is not None else None
     return None
 
 
@@ -601,7 +601,8 @@ async def _execute(plan: FlashPlan, ctx: FlashContext, result: FlashResult,
     result.state = R.DONE
     if result.board_back is False:
         result.state = R.FAILED
-        timeout = plan.step("wait_return").timeout if plan.step("wait_return") else 0
+        wait = plan.step("wait_return")
+        timeout = wait.timeout if wait is not None else 0
         result.message = _not_back_message(plan, result, timeout or 0)
         result.recovery = recovery_text(plan, write_started=True, in_bootloader=False,
                                         write_complete=True)
