@@ -40,8 +40,6 @@ _STOP_RECORD = {"stopped": ("done", "Klipper stopped"),
                 "not_running": ("skipped", "not needed: Klipper was not running"),
                 "left_stopped": ("skipped", "not needed: Klipper was left stopped by an "
                                             "interrupted flash; it is started when this one ends")}
-_METHOD_TEXT = {"dfu": "dfu-util", "usb-serial": "Katapult over USB serial",
-                "can": "Katapult over CAN", "usb-can-bridge": "Katapult behind the USB-CAN bridge"}
 KlipperStatus = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
@@ -208,7 +206,9 @@ class _PlanRun:
             self.emit("check", check.message, kind="output")
 
     async def steps(self, restart: Optional[_Restart]) -> None:
-        how = _METHOD_TEXT.get(self.plan.transport) or transport_text(self.plan.transport)
+        transport = self.plan.transport
+        how = get_method(self.plan.method).transports_short.get(transport) or \
+            transport_text(transport)
         self.emit("flash", f"Flashing '{self.plan.profile_name}' ({how})")
         for index, step in enumerate(self.plan.steps):
             record = self.result.steps[index]

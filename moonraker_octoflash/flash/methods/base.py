@@ -51,6 +51,7 @@ class FlashMethod:
     device_kinds: Tuple[str, ...] = ()              # USB device kinds it writes through
     connections: Tuple[str, ...] = ()               # profile connections it serves
     transports: Mapping[str, str] = {}              # its transports, as the plan names them
+    transports_short: Mapping[str, str] = {}        # the same, in the flash's progress line
     step_names: Mapping[str, str] = {}              # its step kinds, human-readable
     write_kinds: frozenset = frozenset()            # steps/stages during which flash is written
     bootloader_kinds: frozenset = frozenset()       # steps after the board was sent to a loader

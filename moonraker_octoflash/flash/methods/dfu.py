@@ -90,6 +90,7 @@ class DfuMethod(FlashMethod):
     device_kinds = ("dfu",)
     connections = ("dfu", "serial", "can")
     transports = {DFU: "dfu-util (STM32 ROM bootloader in DFU mode)"}
+    transports_short = {DFU: "dfu-util"}
     step_names = {"wait_dfu": "Wait for the board in DFU mode",
                   "write_dfu": "Write with dfu-util"}
     write_kinds = frozenset({"write_dfu"})

@@ -46,6 +46,8 @@ class KatapultMethod(FlashMethod):
         USB_CAN_BRIDGE: "Katapult behind the USB-CAN bridge (request over CAN, write over USB "
                         "serial)",
     }
+    transports_short = {USB_SERIAL: "Katapult over USB serial", CAN: "Katapult over CAN",
+                        USB_CAN_BRIDGE: "Katapult behind the USB-CAN bridge"}
     step_names = {"request_bootloader": "Ask the board to enter Katapult",
                   "wait_katapult_usb": "Wait for the Katapult serial port",
                   "wait_katapult_can": "Wait for Katapult to answer on CAN",

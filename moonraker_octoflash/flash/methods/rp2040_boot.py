@@ -112,6 +112,7 @@ class Rp2040BootMethod(FlashMethod):
     device_kinds = ("rp2040_boot", "rp2350_boot")
     connections = ("serial", "can")
     transports = {TRANSPORT: "rp2040_flash (RP2040 boot ROM in BOOTSEL mode)"}
+    transports_short = {TRANSPORT: "rp2040_flash"}
     step_names = {"build_rp2040_flash": "Build Klipper's rp2040_flash",
                   "wait_bootsel": "Wait for the board in BOOTSEL mode",
                   "write_rp2040": "Write with rp2040_flash"}
