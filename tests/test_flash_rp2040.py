@@ -174,6 +174,17 @@ async def test_a_wrong_image_is_refused_before_rp2040_flash_runs(rig, artifact_d
     assert board.mode == "bootsel"
 
 
+async def test_a_board_waiting_in_bootsel_picks_the_boot_rom(rig, artifact_dir):
+    art = katapult_artifact(artifact_dir("k"))
+    profile = nitehawk_katapult(serial="/dev/serial/by-id/usb-katapult_rp2040_E66-if00")
+    assert make_plan(profile, art, devices=await rig.scan(),
+                     config=rig.config).method == "katapult"      # nothing in BOOTSEL
+    bootsel_board(rig)
+    plan = make_plan(profile, art, devices=await rig.scan(), config=rig.config)
+    assert plan.method == "rp2040_boot"
+    assert plan.step("wait_return").params["expect"] == "katapult"
+
+
 async def test_an_rp2350_in_bootsel_is_not_written_with_an_rp2040_build(rig, artifact_dir):
     bootsel_board(rig, "other", "rp2350")
     plan = make_plan(nitehawk_katapult(), katapult_artifact(artifact_dir("k")),

@@ -176,7 +176,8 @@ def _katapult_on_usb(profile: Any) -> bool:
     return any(k.startswith("CONFIG_STM32_USB_") and v == "y" for k, v in profile.kconfig().items())
 
 
-def choose_method(profile: Any, method: Optional[str], status: Optional[BoardStatus]) -> str:
+def choose_method(profile: Any, method: Optional[str], status: Optional[BoardStatus],
+                  devices: Optional[DeviceSnapshot] = None) -> str:
     methods = [m["method"] for m in profile.preset.flash_methods]
     if method:
         if method not in methods:
@@ -188,7 +189,7 @@ def choose_method(profile: Any, method: Optional[str], status: Optional[BoardSta
         return str(profile.flash_method)
     for name in methods:
         known = find_method(name)
-        if known is not None and known.preferred(profile, status):
+        if known is not None and known.preferred(profile, status, devices):
             return name
     return methods[0]
 
@@ -274,7 +275,7 @@ def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
             f"Artifact {artifact.id} is {artifact.target} firmware but profile "
             f"'{profile.name}' builds {profile.target}")
     status = devices.status_of(profile) if devices is not None else None
-    chosen = choose_method(profile, method, status)
+    chosen = choose_method(profile, method, status, devices)
     method_info = profile.preset.flash_method(chosen) or {"method": chosen}
     part = get_method(chosen).plan(PlanInput(profile=profile, artifact=artifact,
                                              entry=method_info, devices=devices,

@@ -62,7 +62,8 @@ class FlashMethod:
         """A flash_methods entry for a preset that does not list this method, or None."""
         return None
 
-    def preferred(self, profile: Any, status: Optional[BoardStatus]) -> bool:
+    def preferred(self, profile: Any, status: Optional[BoardStatus],
+                  devices: Optional[DeviceSnapshot] = None) -> bool:
         """True when the board's state makes this the method to use (no method asked for)."""
         return self.board_state is not None and status is not None and \
             status.state == self.board_state

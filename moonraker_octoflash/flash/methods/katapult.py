@@ -57,7 +57,7 @@ class KatapultMethod(FlashMethod):
     bootloader_kinds = frozenset({"request_bootloader", "wait_katapult_usb",
                                   "wait_katapult_can", "katapult_status"})
 
-    def preferred(self, profile: Any, status: Any) -> bool:
+    def preferred(self, profile: Any, status: Any, devices: Any = None) -> bool:
         # Katapult is there: replace it with the deployer, no jumper.
         return status is not None and status.state == "bootloader" and \
             profile.target == "katapult"

@@ -133,6 +133,14 @@ class Rp2040BootMethod(FlashMethod):
                 "note": "Through the boot ROM (BOOTSEL: hold BOOT, press RESET) with Klipper's "
                         "rp2040_flash; erases only the sectors the image covers."}
 
+    def preferred(self, profile: Any, status: Any, devices: Any = None) -> bool:
+        """The board is not seen running, and one board of its chip waits in BOOTSEL."""
+        if devices is None or (status is not None and status.state != "not_found"):
+            return False
+        boot = [d for d in devices.usb if d.kind in self.device_kinds]
+        wanted = BOOT_KINDS.get(find_mcu(str(profile.mcu)).key)
+        return len(boot) == 1 and boot[0].kind == wanted
+
     def plan(self, given: PlanInput) -> PlanPart:
         profile, artifact, config = given.profile, given.artifact, given.config
         t = config.timeouts
