@@ -5,9 +5,10 @@ record, the profile and the MCU's flash (its size and where it starts come
 from the MCU's facts), and the board as the last scan saw it (Klipper's
 ``mcu_constants.MCU``, then each method's own: Katapult's USB product
 string, the DFU flash layout, a Katapult found on a board about to get an
-image linked at the start of flash; see ``methods/*.py``).  ``check_katapult_status`` runs once Katapult has answered a
-status request (``flashtool.py -s``), before the write: its MCU type and its
-application start against the image.
+image linked at the start of flash; see ``methods/*.py``).
+``check_katapult_status`` runs once Katapult has answered a status request
+(``flashtool.py -s``), before the write: its MCU type and its application
+start against the image.
 """
 from __future__ import annotations
 
