@@ -195,7 +195,7 @@ class Demo:
 
     # --- the Klipper stand-in ------------------------------------------------
 
-    def _klipper_mcus(self) -> List["SimMcu"]:
+    def _klipper_mcus(self) -> List[SimMcu]:
         """What a starting Klipper finds: each board's running firmware."""
         from .sim.klippy import SimMcu
         assert self.machine is not None

@@ -54,6 +54,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("octoflash.jobs")
 
+def _method_write_steps() -> frozenset:
+    """Every flash method's write steps (the registry is imported at first use)."""
+    from .flash.methods import write_kinds
+    return write_kinds()
+
+
 
 class FlashPipeline:
     """The two calls a flash job makes into the core."""
@@ -266,7 +272,7 @@ class JobRunner:
         if not job.active:
             raise ConflictError(f"Job {job_id} has already ended ({job.state})")
         current = self._current_flash_stage(job)
-        if current in UNSAFE_STAGES:
+        if current in UNSAFE_STAGES or current in _method_write_steps():
             raise ConflictError(
                 f"Job {job_id} is writing the board ({current}); stopping now could leave "
                 "it without firmware. It will finish on its own in a moment.")

@@ -40,6 +40,14 @@ class Preset:
     klipper_configs: Tuple[str, ...] = ()   # Klipper config/*.cfg files this preset covers
     origin: str = "curated"                 # "curated", "klipper-config" or "mcu"
 
+    def __post_init__(self) -> None:
+        # Methods that serve a chip without being listed (the RP2040 boot ROM) add
+        # themselves, after the listed ones: the registry is imported at first use.
+        from .flash.methods import offered_methods
+        extra = offered_methods(self)
+        if extra:
+            object.__setattr__(self, "flash_methods", tuple(self.flash_methods) + extra)
+
     @property
     def family(self) -> str:
         """The board family, the id without its variant (``btt-octopus``, ``btt-ebb-sb``)."""

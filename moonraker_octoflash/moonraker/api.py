@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 
 from .. import __version__
 from ..errors import OctoflashError, ValidationError, clip_text
+from ..flash.methods import method_names
+from ..flash.methods import to_json as flash_methods_json
 from ..jobs import Job
 from ..presets import list_presets
 from ..schemas import load_schema, validator_for
@@ -38,7 +40,7 @@ def _request_schema(properties: Dict[str, Any], required: List[str]) -> Dict[str
 # A flash request's arguments, from the API and from a macro alike.
 _FLASH_ARGS = _request_schema(
     {"profile": _NAME, "build": {"type": "boolean"}, "force": {"type": "boolean"},
-     "method": {"enum": ["dfu", "katapult"]},
+     "method": {"enum": method_names()},
      "artifact_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
     ["profile"])
 
@@ -205,7 +207,7 @@ class OctoflashApi:
 
     async def _handle_plan_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
-            {"profile": _NAME, "method": {"enum": ["dfu", "katapult"]},
+            {"profile": _NAME, "method": {"enum": method_names()},
              "artifact_id": {"type": "string", "maxLength": 64}}, ["profile"]))
         profile = self.c.get_profile(args["profile"])
         artifact = await self.c.find_artifact(profile, args["artifact_id"]) \
@@ -272,6 +274,7 @@ class OctoflashApi:
         return {
             "version": __version__,
             "machine": self.c.machine.name,
+            "flash_methods": flash_methods_json(),
             "klipper": {
                 "connected": bool(self.c.klipper.is_connected()),
                 "state": self.c.klipper.state_name(),

@@ -51,10 +51,23 @@ def validator_for(schema: Dict[str, Any]) -> Any:
     return _strict_validator()(schema)
 
 
+# Where each schema names a flash method; the enum there is the registry's names.
+_METHOD_ENUMS = {"profile": ("properties", "flash_method"),
+                 "preset": ("$defs", "flash_method", "properties", "method")}
+
+
 @functools.cache
 def load_schema(name: str) -> Dict[str, Any]:
     with open(os.path.join(HERE, f"{name}.schema.json"), encoding="utf-8") as f:
-        return json.load(f)
+        schema: Dict[str, Any] = json.load(f)
+    where = _METHOD_ENUMS.get(name)
+    if where is not None:
+        from ..flash.methods import method_names   # imported at first use: no cycle
+        node = schema
+        for key in where:
+            node = node[key]
+        node["enum"] = method_names()
+    return schema
 
 
 @functools.cache

@@ -183,8 +183,8 @@ class _Client:
             self.closed = True
 
 
-def _fixed_mcus(mcus: List["SimMcu"]) -> "McuSource":
-    def source() -> List["SimMcu"]:
+def _fixed_mcus(mcus: List[SimMcu]) -> McuSource:
+    def source() -> List[SimMcu]:
         return mcus
     return source
 
