@@ -242,7 +242,7 @@ class Demo:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
-        console = open(os.path.join(self.data_dir, "logs", "moonraker-console.log"), "ab")
+        console = open(os.path.join(self.data_dir, "logs", "moonraker-console.log"), "ab")  # noqa: SIM115
         self.moonraker = subprocess.Popen(
             [sys.executable, "-m", "moonraker", "-d", self.data_dir],
             stdout=console, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -60,7 +60,7 @@ def test_the_command_line_offers_every_method(capsys):
 
 
 def test_the_component_request_schemas_take_the_registry():
-    from moonraker_octoflash.moonraker import component
+    from moonraker_octoflash.moonraker import api as component
     assert component._FLASH_ARGS["properties"]["method"]["enum"] == method_names()
     source = open(component.__file__, encoding="utf-8").read()
     assert '"dfu", "katapult"' not in source
@@ -82,7 +82,7 @@ def test_the_page_gets_its_labels_from_the_status():
         "RP2040 boot ROM in BOOTSEL mode"
     app = open(os.path.join(ROOT, "moonraker_octoflash", "web", "app.js"), encoding="utf-8").read()
     assert "state.status.flash_methods" in app
-    from moonraker_octoflash.moonraker import component
+    from moonraker_octoflash.moonraker import api as component
     source = open(component.__file__, encoding="utf-8").read()
     assert '"flash_methods": flash_methods_json()' in source
 

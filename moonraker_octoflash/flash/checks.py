@@ -87,7 +87,7 @@ def check_artifact_file(plan: FlashPlan, actual_sha256: Optional[str]) -> CheckR
                            f"Build {art.id} of '{plan.profile_name}' has no {plan.file_name} "
                            f"(it holds: {names}).",
                            hint="Build the profile again; a Katapult build needs a deployment "
-                                "application (CONFIG_STM32_FLASH_START_…) for deployer.bin.")
+                                "application (CONFIG_STM32_FLASH_START_…) for deployer.bin.") from None
     if actual_sha256 is None:
         raise CheckRefused("sha256", f"{plan.file_path} is missing.",
                            hint="Build the profile again.")
