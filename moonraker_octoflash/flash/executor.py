@@ -310,14 +310,22 @@ class _PlanRun:
             return
 
         seen: List[DeviceSnapshot] = []
+        # A USB-CAN bridge enumerates before the host brings its interface up:
+        # give the interface a moment before saying it is not up.
+        bridge_seen: List[float] = []
 
         async def probe() -> Optional[str]:
             devices = await self.snapshot()
             if devices is None:
                 return None
             seen[:] = [devices]
-            return _returned(devices, params) or \
+            found = _returned(devices, params) or \
                 get_method(self.plan.method).returned(devices, params)
+            if found and found.endswith(" not up") and expect == "canbridge-usb":
+                bridge_seen.append(time.monotonic())
+                if bridge_seen[-1] - bridge_seen[0] < INTERFACE_UP_GRACE:
+                    return None
+            return found
         detail = await self.poll("return", timeout, probe)
         self.result.board_back = bool(detail)
         self.result.board_detail = detail
@@ -420,6 +428,10 @@ def _awaited_text(params: Mapping[str, Any]) -> str:
     if expect == "katapult":
         return "Katapult (or the application it starts)"
     return "the board to leave DFU mode"
+
+
+# Seconds a USB-CAN bridge that is back may wait for its CAN interface to come up.
+INTERFACE_UP_GRACE = 3.0
 
 
 def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[str]:
