@@ -26,8 +26,8 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from moonraker_octoflash.discovery import scan  # noqa: E402
-from moonraker_octoflash.sim.board import SimulatedMachine  # noqa: E402
+from moonraker_octoflash.discovery import scan
+from moonraker_octoflash.sim.board import SimulatedMachine
 
 
 def _figures(samples: List[float]) -> Dict[str, float]:
@@ -45,7 +45,7 @@ async def _measure(machine: SimulatedMachine, rounds: int, listen: float, can: b
         stop = asyncio.Event()
         ticks: List[float] = []
 
-        async def ticker() -> None:
+        async def ticker(stop: asyncio.Event = stop, ticks: List[float] = ticks) -> None:
             while not stop.is_set():
                 ticks.append(time.monotonic())
                 await asyncio.sleep(0.005)

@@ -33,11 +33,11 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from moonraker_octoflash.build import Builder  # noqa: E402
+from moonraker_octoflash.build import Builder
 from moonraker_octoflash.sim.trees import no_cross_compiler
-from moonraker_octoflash.presets import Preset  # noqa: E402
-from moonraker_octoflash.profiles import Profile, profile_from_json  # noqa: E402
-from moonraker_octoflash.sim.trees import change_source, install_tree  # noqa: E402
+from moonraker_octoflash.presets import Preset
+from moonraker_octoflash.profiles import Profile, profile_from_json
+from moonraker_octoflash.sim.trees import change_source, install_tree
 
 # A CAN toolhead (BTT EBB36/42-like) as the third, non-Octopus profile.
 TOOLHEAD = Preset(
@@ -105,7 +105,8 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="octoflash-bench-") as tmp:
         work = Path(tmp)
         checkout = prepare_checkout(work, args.klipper_path)
-        builder = Builder(str(work / "builds"), klipper_path=str(checkout), jobs=args.jobs, cross_compiler=no_cross_compiler)
+        builder = Builder(str(work / "builds"), klipper_path=str(checkout), jobs=args.jobs,
+                          cross_compiler=no_cross_compiler)
         tree = "real" if args.klipper_path else "simulated"
         print(f"Klipper tree: {tree} ({checkout}), {len(profiles)} profiles, -j{args.jobs}")
 

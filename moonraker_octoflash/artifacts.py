@@ -90,7 +90,7 @@ class Artifact:
         return data
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "Artifact":
+    def from_json(cls, data: Dict[str, Any]) -> Artifact:
         data = dict(data)
         data["files"] = [ArtifactFile(**f) for f in data.get("files", [])]
         data["app_address"] = int(str(data["app_address"]), 0)

@@ -12,7 +12,8 @@ Every profile builds in its own folder, ``<build root>/<profile>/``::
 The checkout's own ``.config`` and ``out/`` are never touched.  A build is
 skipped when neither the checkout (``git describe`` plus a fingerprint of
 uncommitted changes) nor the rendered config changed since the profile's
-last good build, and that build's files still match their record.  make runs at a lower CPU priority (nice) so that a print
+last good build, and that build's files still match their record.  make runs at a
+lower CPU priority (nice) so that a print
 in progress keeps its host CPU.
 """
 from __future__ import annotations
@@ -226,8 +227,8 @@ class Builder:
         self._tables: Dict[str, Tuple[Tuple[str, str], Dict[str, SymbolInfo]]] = {}
 
     @classmethod
-    def from_settings(cls, settings: "Settings", machine: Optional["Machine"] = None
-                      ) -> "Builder":
+    def from_settings(cls, settings: Settings, machine: Optional[Machine] = None
+                      ) -> Builder:
         """The builder the ``[octoflash]`` settings describe, for ``machine``'s compilers."""
         if machine is None:
             from .machine import load_machine
@@ -496,11 +497,12 @@ class Builder:
         emit(Progress("link", "Saving the artifact", 99.0, kind="step"))
         artifact = await asyncio.to_thread(
             self.store.add, profile=name, preset=profile.preset.id,  # type: ignore[attr-defined]
-            target=target, mcu=resolved_mcu, app_address=fields.pop("app_address"),
+            target=target, mcu=resolved_mcu, app_address=int(fields.pop("app_address")),  # type: ignore[call-overload]
             source_version=version.describe, files=files, config_path=config_path,
             log_path=log_path, source_dirty=version.dirty,
             source_fingerprint=version.fingerprint, rendered_sha256=rendered_sha,
-            log_lines=log.make_lines, build_seconds=round(seconds, 3), **fields)
+            log_lines=log.make_lines, build_seconds=round(seconds, 3),
+            **fields)  # type: ignore[arg-type]
         main = artifact.file()
         emit(Progress("done", f"Built {main.name} for {name}: {main.size} bytes, "
                               f"{artifact.source_version}", 100.0, kind="step"))

@@ -29,7 +29,11 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .sim.board import SimulatedMachine
+    from .sim.klippy import SimMcu
 
 OLD_FIRMWARE = "v0.12.0-200-g5b3a0c1"
 DEFAULT_PORT = 7125
@@ -51,9 +55,9 @@ class Demo:
         self.klippy_socket = os.path.join(self.data_dir, "comms", "klippy.sock")
         self.control_socket = os.path.join(self.machine_dir, "klippy-control.sock")
         self.moonraker: Optional[subprocess.Popen] = None
-        self.standin = None
-        self.control = None
-        self.machine = None
+        self.standin: Any = None
+        self.control: Any = None
+        self.machine: Optional[SimulatedMachine] = None
 
     # --- setting up ---------------------------------------------------------
 
@@ -191,11 +195,11 @@ class Demo:
 
     # --- the Klipper stand-in ------------------------------------------------
 
-    def _klipper_mcus(self) -> List[object]:
+    def _klipper_mcus(self) -> List[SimMcu]:
         """What a starting Klipper finds: each board's running firmware."""
         from .sim.klippy import SimMcu
         assert self.machine is not None
-        mcus: List[object] = []
+        mcus: List[SimMcu] = []
         for klipper_name, board_name in (("mcu", "octopus"), ("toolhead", "toolhead")):
             board = self.machine.board(board_name)
             status = self.machine.klipper_mcu_status(board_name) or {}
@@ -238,7 +242,7 @@ class Demo:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
-        console = open(os.path.join(self.data_dir, "logs", "moonraker-console.log"), "ab")
+        console = open(os.path.join(self.data_dir, "logs", "moonraker-console.log"), "ab")  # noqa: SIM115
         self.moonraker = subprocess.Popen(
             [sys.executable, "-m", "moonraker", "-d", self.data_dir],
             stdout=console, stderr=subprocess.STDOUT, env=env, start_new_session=True)

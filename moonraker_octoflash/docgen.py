@@ -10,8 +10,28 @@ from __future__ import annotations
 import sys
 from typing import List
 
+from .flash.methods import all_methods, find_method, step_names
 from .mcus import known_mcus
 from .presets import list_presets, mcu_info
+
+
+def _label(method: str) -> str:
+    found = find_method(method)
+    return found.label if found is not None else method
+
+
+def flash_methods_markdown() -> str:
+    """The table of flash methods in docs/flashing.md, from the registry."""
+    out = ["| method | writes through | USB devices | serves | how to get the board ready |",
+           "|---|---|---|---|---|"]
+    for m in all_methods():
+        ids = ", ".join(f"`{v:04x}:{p:04x}` ({m.device_labels.get(k, k)})"
+                        for (v, p), k in m.usb_ids.items())
+        out.append(f"| `{m.name}` | {m.label}: {m.summary} | {ids} | "
+                   f"{', '.join(m.connections)} | {m.enter} |")
+    steps = ", ".join(f"`{kind}` ({name})" for kind, name in step_names().items())
+    out += ["", f"Their steps: {steps}."]
+    return "\n".join(out) + "\n"
 
 
 def _symbols(kconfig: dict) -> str:
@@ -42,8 +62,9 @@ def presets_markdown() -> str:
         "maker's manual. Every symbol was checked against upstream Klipper",
         "(v0.13.0-730) and Katapult (v0.0.1-109) with their own kconfiglib, and every",
         "toolhead preset was built there with arm-none-eabi-gcc. The RP2040 boards are",
-        "written through Katapult only for now; their first install through the boot ROM",
-        "(BOOTSEL) uses the `katapult.uf2` a Katapult build keeps. Not curated: the Mellow",
+        "written through Katapult; their first install goes through the boot ROM",
+        "(BOOTSEL, method `rp2040_boot`) with the `katapult.uf2` a Katapult build keeps.",
+        "Not curated: the Mellow",
         "Fly SHT36/SHT42. Upstream Klipper has no config file or header for them; Mellow's",
         "own pages give the CAN interface as \"CAN bus on PA8/PA9\", which is no entry of",
         "Klipper's menu, keep the other values in screenshots, and the MCU changed between",
@@ -95,11 +116,12 @@ def presets_markdown() -> str:
         size = f"{info.flash_size // 1024} KiB" if info else "?"
         methods = []
         for m in p.flash_methods:
-            if m["method"] == "dfu":
+            label = _label(m["method"])
+            if "address" in m:
                 extra = ":mass-erase" if m.get("mass_erase") else ""
-                methods.append(f"DFU at {m['address']}{extra}")
+                methods.append(f"{label} at {m['address']}{extra}")
             else:
-                methods.append("Katapult" + (f" ({m['file']})" if m.get("file") else ""))
+                methods.append(label + (f" ({m['file']})" if m.get("file") else ""))
         out.append(f"| `{p.id}` | {p.target} | `{p.mcu}` | {size} | 0x{p.app_address:08x} | "
                    f"{'; '.join(methods)} |")
     out.append("")
@@ -122,7 +144,7 @@ def presets_markdown() -> str:
         out.append("Written with:")
         out.append("")
         for m in p.flash_methods:
-            label = "DFU" if m["method"] == "dfu" else "Katapult"
+            label = _label(m["method"])
             where = f" at {m['address']}" if "address" in m else ""
             out.append(f"- {label}{where}: {m.get('note', '')}".rstrip())
         out.append("")

@@ -73,8 +73,10 @@ class BuildError(ToolError):
 class FlashError(ToolError):
     """A write failed or could not be confirmed; ``recovery`` says how to get the board back."""
 
-    def __init__(self, message: str, *, recovery: Optional[str] = None, **kw) -> None:
-        super().__init__(message, **kw)
+    def __init__(self, message: str, *, recovery: Optional[str] = None,
+                 log_tail: Optional[List[str]] = None, returncode: Optional[int] = None,
+                 hint: Optional[str] = None) -> None:
+        super().__init__(message, log_tail=log_tail, returncode=returncode, hint=hint)
         self.recovery = recovery
 
 

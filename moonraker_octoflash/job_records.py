@@ -36,7 +36,7 @@ NO_CANCEL_STAGES = UNSAFE_STAGES | BOOTLOADER_STAGES | AFTER_WRITE_STAGES
 
 # The flash job a pipeline is executing for (set in the job's own task), so
 # the machine-wide writer lock can name it to another process.
-CURRENT_JOB_ID: "contextvars.ContextVar[Optional[str]]" = contextvars.ContextVar(
+CURRENT_JOB_ID: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
     "octoflash_job_id", default=None)
 
 DEFAULT_HISTORY_SIZE = 50
@@ -122,7 +122,7 @@ class Job:
         return data
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "Job":
+    def from_json(cls, data: Dict[str, Any]) -> Job:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
         values["id"] = data["job_id"]

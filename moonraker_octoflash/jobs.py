@@ -41,19 +41,30 @@ from .errors import (CheckFailed, ConflictError, NotFoundError,
                      OctoflashError, ValidationError, clip_text)
 from .discovery.snapshot import profile_is_usb_can_bridge
 from .events import Progress
-from .job_records import (  # noqa: F401  (the runner's records, also read from here)
-    QUEUED, RUNNING, DONE, FAILED, CANCELLED, REFUSED, INTERRUPTED, FINAL_STATES, ACTIVE_STATES, UNSAFE_STAGES, BOOTLOADER_STAGES, AFTER_WRITE_STAGES, NO_CANCEL_STAGES, CURRENT_JOB_ID, DEFAULT_HISTORY_SIZE, DEFAULT_LOG_LINES, MAX_LINE_CHARS, MAX_MESSAGE_CHARS, DEFAULT_HISTORY_BYTES, JobStep, Job, JobUpdate, JobListener, JobStorage, MemoryJobStorage, _record_size)
+# The runner's records; other modules may read them from here too.
+from .job_records import (  # noqa: F401
+    QUEUED, RUNNING, DONE, FAILED, CANCELLED, REFUSED, INTERRUPTED, FINAL_STATES, ACTIVE_STATES,
+    UNSAFE_STAGES, BOOTLOADER_STAGES, AFTER_WRITE_STAGES, NO_CANCEL_STAGES, CURRENT_JOB_ID,
+    DEFAULT_HISTORY_SIZE, DEFAULT_LOG_LINES, MAX_LINE_CHARS, MAX_MESSAGE_CHARS,
+    DEFAULT_HISTORY_BYTES, JobStep, Job, JobUpdate, JobListener, JobStorage, MemoryJobStorage,
+    _record_size)
 
 if TYPE_CHECKING:
     from .profiles import Profile
 
 log = logging.getLogger("octoflash.jobs")
 
+def _method_write_steps() -> frozenset:
+    """Every flash method's write steps (the registry is imported at first use)."""
+    from .flash.methods import write_kinds
+    return write_kinds()
+
+
 
 class FlashPipeline:
     """The two calls a flash job makes into the core."""
 
-    async def prepare(self, profile: "Profile", artifact: Any,
+    async def prepare(self, profile: Profile, artifact: Any,
                       options: Dict[str, Any]) -> Any:
         """Find the board and return the plan (an object with ``to_json()``)."""
         raise NotImplementedError
@@ -77,9 +88,9 @@ def _new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime()) + "-" + secrets.token_hex(2)
 
 
-def update_order(profiles: Sequence["Profile"]) -> List["Profile"]:
+def update_order(profiles: Sequence[Profile]) -> List[Profile]:
     """CAN nodes first, then USB boards, the USB-CAN bridge last (it carries the bus)."""
-    def key(p: "Profile") -> int:
+    def key(p: Profile) -> int:
         if profile_is_usb_can_bridge(p):
             return 2
         return 0 if p.connection == "can" else 1
@@ -203,7 +214,7 @@ class JobRunner:
 
     # --- starting jobs -----------------------------------------------------
 
-    async def start_build(self, profile: "Profile", *, force: bool = False,
+    async def start_build(self, profile: Profile, *, force: bool = False,
                           origin: str = "api") -> Job:
         self._check_open()
         self._check_profile_free(profile.name)
@@ -211,7 +222,7 @@ class JobRunner:
         await self._launch(job, self._run_build(job, profile, force))
         return job
 
-    async def start_flash(self, profile: "Profile", *, build: bool = True,
+    async def start_flash(self, profile: Profile, *, build: bool = True,
                           force: bool = False, method: Optional[str] = None,
                           artifact_id: Optional[str] = None,
                           origin: str = "api") -> Job:
@@ -234,7 +245,7 @@ class JobRunner:
         await self._launch(job, self._run_flash(job, profile))
         return job
 
-    async def start_update_all(self, profiles: Sequence["Profile"], *,
+    async def start_update_all(self, profiles: Sequence[Profile], *,
                                origin: str = "api") -> Job:
         """Build and flash several profiles in one job, the USB-CAN bridge last."""
         self._check_open()
@@ -261,7 +272,7 @@ class JobRunner:
         if not job.active:
             raise ConflictError(f"Job {job_id} has already ended ({job.state})")
         current = self._current_flash_stage(job)
-        if current in UNSAFE_STAGES:
+        if current in UNSAFE_STAGES or current in _method_write_steps():
             raise ConflictError(
                 f"Job {job_id} is writing the board ({current}); stopping now could leave "
                 "it without firmware. It will finish on its own in a moment.")
@@ -352,7 +363,8 @@ class JobRunner:
         self._emit(job, "state", "queued")
         task = asyncio.get_running_loop().create_task(self._guard(job, body))
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self._tasks.pop(jid, None))
+        job_id = job.id
+        task.add_done_callback(lambda _t: self._tasks.pop(job_id, None))
         await self._prune()
 
     async def _guard(self, job: Job, body: Awaitable[None]) -> None:
@@ -544,7 +556,7 @@ class JobRunner:
 
     # --- job bodies --------------------------------------------------------
 
-    async def _build_step(self, job: Job, profile: "Profile", force: bool) -> Any:
+    async def _build_step(self, job: Job, profile: Profile, force: bool) -> Any:
         if self._build_lock.locked():
             job.message = "waiting for another build to finish"
             self._emit(job, "progress", job.message)
@@ -571,13 +583,13 @@ class JobRunner:
         self._add_log(job, f"[build] {build_step.message}")
         return artifact, skipped
 
-    async def _run_build(self, job: Job, profile: "Profile", force: bool) -> None:
+    async def _run_build(self, job: Job, profile: Profile, force: bool) -> None:
         await self._start(job)
         _artifact, skipped = await self._build_step(job, profile, force)
         job.result.update(skipped=skipped, artifact_id=(job.artifact or {}).get("id"))
         job.percent = 100.0
 
-    async def _obtain_artifact(self, job: Job, profile: "Profile") -> Any:
+    async def _obtain_artifact(self, job: Job, profile: Profile) -> Any:
         options = job.options
         if options.get("artifact_id"):
             assert self.find_artifact is not None
@@ -603,7 +615,7 @@ class JobRunner:
         artifact, _skipped = await self._build_step(job, profile, bool(options.get("force")))
         return artifact
 
-    async def _flash_body(self, job: Job, profile: "Profile") -> None:
+    async def _flash_body(self, job: Job, profile: Profile) -> None:
         """Build (or pick) the firmware, plan, check, write.  Raises on failure."""
         assert self.pipeline is not None
         artifact = await self._obtain_artifact(job, profile)
@@ -625,11 +637,11 @@ class JobRunner:
         job.result.update(result or {})
         job.percent = 100.0
 
-    async def _run_flash(self, job: Job, profile: "Profile") -> None:
+    async def _run_flash(self, job: Job, profile: Profile) -> None:
         await self._start(job)
         await self._flash_body(job, profile)
 
-    async def _run_update_all(self, job: Job, profiles: Sequence["Profile"]) -> None:
+    async def _run_update_all(self, job: Job, profiles: Sequence[Profile]) -> None:
         await self._start(job)
         results: Dict[str, str] = {}
         for index, profile in enumerate(profiles):

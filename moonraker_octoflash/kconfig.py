@@ -21,7 +21,7 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import BuildError, ValidationError
 from .tools import LineCallback, ToolTimeout, run_tool
@@ -410,7 +410,7 @@ def check_against_kconfig(requested: Mapping[str, str], table: Mapping[str, Symb
 
 
 def _symbols(kconfig_file: str) -> Dict[str, Tuple[str, bool]]:
-    import kconfiglib  # type: ignore[import-not-found]
+    import kconfiglib
 
     kconf = kconfiglib.Kconfig(kconfig_file, warn=False)
     names = {kconfiglib.BOOL: "bool", kconfiglib.TRISTATE: "tristate", kconfiglib.INT: "int",
@@ -430,7 +430,7 @@ def _explain(kconfig_file: str, config_path: str, requested: Mapping[str, str],
              symbols: Sequence[str]) -> Dict[str, Dict[str, str]]:
     import difflib
 
-    import kconfiglib  # type: ignore[import-not-found]
+    import kconfiglib
 
     kconf = kconfiglib.Kconfig(kconfig_file, warn=False)
     kconf.load_config(config_path, replace=True)
@@ -458,7 +458,7 @@ def _explain(kconfig_file: str, config_path: str, requested: Mapping[str, str],
                  if kconfiglib.expr_value(p) == 0]
         return " and ".join(condition(p) for p in parts) or expr(cond)
 
-    def prompt_node(item: object) -> Optional[object]:
+    def prompt_node(item: object) -> Any:
         for node in getattr(item, "nodes", []):
             if node.prompt:
                 return node

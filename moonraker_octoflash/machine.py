@@ -49,7 +49,7 @@ class Machine(Protocol):
         """The compiler a build for ``mcu`` needs installed, or None when it needs none."""
         ...
 
-    def klipper_control(self) -> Optional["KlipperService"]:
+    def klipper_control(self) -> Optional[KlipperService]:
         """How Klipper is stopped and started here; None: the adapter's usual way."""
         ...
 
@@ -66,7 +66,7 @@ class RealMachine:
 
     name = "this computer"
 
-    def __init__(self, settings: Optional["Settings"] = None) -> None:
+    def __init__(self, settings: Optional[Settings] = None) -> None:
         self.settings = settings
         self.by_id_dir: Optional[str] = None
 
@@ -88,7 +88,7 @@ class RealMachine:
                 return compiler
         return "arm-none-eabi-gcc"
 
-    def klipper_control(self) -> Optional["KlipperService"]:
+    def klipper_control(self) -> Optional[KlipperService]:
         return None
 
     async def open(self) -> None:
@@ -106,7 +106,7 @@ def check_machine_spec(spec: str) -> None:
             "[ARGUMENT]; leave it unset to use this computer")
 
 
-def load_machine(settings: "Settings") -> Machine:
+def load_machine(settings: Settings) -> Machine:
     """The machine the settings name (``[octoflash] machine``), or this computer."""
     spec = (settings.machine or "").strip()
     if not spec:

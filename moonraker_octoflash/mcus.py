@@ -84,7 +84,16 @@ def find_mcu(name: str) -> McuFacts:
              "or start from a preset (octoflash presets).")
 
 
-def _chosen(symbols: Mapping[str, str], pattern: "re.Pattern[str]") -> List[str]:
+def flash_base(mcu: str) -> Optional[int]:
+    """Where ``mcu``'s flash starts (its facts: 0x08000000 on the STM32, 0x10000000 on the
+    RP2040), or None for an MCU octoflash has no facts for."""
+    try:
+        return find_mcu(mcu).flash_base
+    except ValidationError:
+        return None
+
+
+def _chosen(symbols: Mapping[str, str], pattern: re.Pattern[str]) -> List[str]:
     return [k for k, v in symbols.items() if pattern.fullmatch(k) and v.strip() == "y"]
 
 
@@ -134,7 +143,7 @@ def missing_choices(facts: McuFacts, target: str, symbols: Mapping[str, str]) ->
     return missing
 
 
-def _offset(symbols: Mapping[str, str], pattern: "re.Pattern[str]") -> Optional[int]:
+def _offset(symbols: Mapping[str, str], pattern: re.Pattern[str]) -> Optional[int]:
     chosen = _chosen(symbols, pattern)
     if len(chosen) != 1:
         return None

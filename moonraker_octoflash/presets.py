@@ -40,6 +40,14 @@ class Preset:
     klipper_configs: Tuple[str, ...] = ()   # Klipper config/*.cfg files this preset covers
     origin: str = "curated"                 # "curated", "klipper-config" or "mcu"
 
+    def __post_init__(self) -> None:
+        # Methods that serve a chip without being listed (the RP2040 boot ROM) add
+        # themselves, after the listed ones: the registry is imported at first use.
+        from .flash.methods import offered_methods
+        extra = offered_methods(self)
+        if extra:
+            object.__setattr__(self, "flash_methods", tuple(self.flash_methods) + extra)
+
     @property
     def family(self) -> str:
         """The board family, the id without its variant (``btt-octopus``, ``btt-ebb-sb``)."""
@@ -108,7 +116,7 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     return presets, mcus
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_all() -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     presets: Dict[str, Preset] = {}
     mcus: Dict[str, McuInfo] = {}

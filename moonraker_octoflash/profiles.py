@@ -195,7 +195,7 @@ def parse_kconfig_lines(text: str, where: str) -> Dict[str, str]:
     return symbols
 
 
-def name_clash(name: str, names: "Iterable[str]") -> Optional[str]:
+def name_clash(name: str, names: Iterable[str]) -> Optional[str]:
     """Another profile name that differs from ``name`` only in letter case."""
     folded = name.casefold()
     for other in names:

@@ -73,7 +73,7 @@ class Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], data_path: str) -> "Settings":
+    def from_options(cls, options: Mapping[str, Any], data_path: str) -> Settings:
         """Settings from ``[octoflash]`` options (text or typed values).
 
         ``{data_path}`` and ``~`` in paths are expanded; unknown options are

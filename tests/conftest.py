@@ -9,7 +9,7 @@ if HERE not in sys.path:
 pytest_plugins = ["fixtures_build", "fixtures_flash", "fixtures_moonraker"]
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
     import hostile
     if hostile.CASES["count"]:
         terminalreporter.write_line(

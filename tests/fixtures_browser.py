@@ -33,7 +33,7 @@ class Browser:
         self.console_errors: List[str] = []
         self._reader: Optional[asyncio.Task] = None
 
-    async def start(self) -> "Browser":
+    async def start(self) -> Browser:
         self.proc = subprocess.Popen(
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile_dir}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -34,11 +34,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from moonraker_octoflash.discovery.serial import klipper_by_id_name  # noqa: E402
-from moonraker_octoflash.sim.board import SimulatedMachine, make_klipper_image  # noqa: E402
-from moonraker_octoflash.sim.machine import machine_option  # noqa: E402
-from moonraker_octoflash.sim.klippy import KlippyStandIn, SimMcu, StandInThread  # noqa: E402
-from moonraker_octoflash.sim.trees import change_source, install_tree  # noqa: E402
+from moonraker_octoflash.discovery.serial import klipper_by_id_name
+from moonraker_octoflash.sim.board import SimulatedMachine, make_klipper_image
+from moonraker_octoflash.sim.machine import machine_option
+from moonraker_octoflash.sim.klippy import KlippyStandIn, SimMcu, StandInThread
+from moonraker_octoflash.sim.trees import change_source, install_tree
 
 MACROS_FILE = os.path.join(REPO, "docs", "macros.cfg")
 
@@ -271,7 +271,7 @@ class MoonrakerWebsocket:
         self._arrived = asyncio.Event()
         self._reader: Optional[asyncio.Task] = None
 
-    async def __aenter__(self) -> "MoonrakerWebsocket":
+    async def __aenter__(self) -> MoonrakerWebsocket:
         from tornado.websocket import websocket_connect
         # update-manager status notifications carry every entry: allow big ones
         self.conn = await websocket_connect(self.url, max_message_size=50 * 1024 * 1024)
@@ -656,7 +656,7 @@ class DemoThread(MoonrakerClient):
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                         name="octoflash-demo")
 
-    def start(self) -> "DemoThread":
+    def start(self) -> DemoThread:
         self._thread.start()
         self.demo.prepare()
         self.call(self.demo.start, timeout=90)

@@ -219,8 +219,8 @@ async def test_a_cancel_that_is_refused_leaves_the_job_running(printer, ws_facto
     job = (await ws.call("server.octoflash.build", {"profile": "toolhead", "force": True}))["job"]
     for request_ in (form({"job_id": job["job_id"]}),
                      as_json({"job_id": job["job_id"]}, FOREIGN)):
-        status, answer = await asyncio.to_thread(
-            lambda: send(printer, "POST", "/server/octoflash/job/cancel", **request_)[:2])
+        status, answer, _ = await asyncio.to_thread(
+            send, printer, "POST", "/server/octoflash/job/cancel", **request_)
         assert status in (403, 415), answer
     final = await ws.wait_notification("notify_octoflash_job_update",
                                        lambda u: u["job_id"] == job["job_id"] and u["final"], 120)
@@ -398,7 +398,8 @@ def test_moonrakers_own_routes_refuse_a_foreign_page_that_reaches_octoflash(prin
 
 def test_the_guarded_moonraker_routes_are_told_apart():
     from moonraker_octoflash.moonraker.request_guard import concerns_octoflash
-    assert concerns_octoflash("/printer/gcode/script", "/printer/gcode/script?script=octoflash_flash%20PROFILE%3Dx", b"")
+    script = "/printer/gcode/script"
+    assert concerns_octoflash(script, f"{script}?script=octoflash_flash%20PROFILE%3Dx", b"")
     assert concerns_octoflash("/printer/gcode/script", "/printer/gcode/script", b"script=OCTOFLASH_UPDATE_ALL")
     assert not concerns_octoflash("/printer/gcode/script", "/printer/gcode/script?script=G28", b"")
     assert concerns_octoflash("/machine/update/upgrade", "/machine/update/upgrade?name=octoflash_octopus", b"")

@@ -24,7 +24,16 @@ def demo(tmp_path_factory, linked_component):
 
 
 def _entries(demo):
-    return demo.result("GET", "/machine/update/status")["version_info"]
+    """The update panel's entries, once Moonraker can list them.
+
+    While Moonraker re-reads a git entry (after Klipper tells it its path)
+    the status request can fail inside Moonraker (500, the repository's
+    state half read); that is a state to wait out, not an answer.
+    """
+    def listed():
+        status, payload = demo.request("GET", "/machine/update/status")
+        return payload["result"]["version_info"] if status == 200 else None
+    return demo.wait_for(listed, 60, "Moonraker's update status")
 
 
 def test_the_klipper_entry_is_valid_with_a_local_tracking_remote(demo):

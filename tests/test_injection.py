@@ -63,7 +63,8 @@ async def test_a_hostile_value_is_refused_and_make_never_starts(
     canary = tmp_path / "canary"
     value = value.format(canary=canary)
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(klipper_checkout),
-                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
+                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)),
+                      cross_compiler=no_cross_compiler)
     data = {"name": "evil", "preset": "btt-octopus-f446-canbridge",
             "kconfig": {"CONFIG_INITIAL_PINS": value}}
     # Every entry point refuses it: the profile's JSON form (API, CLI) ...
@@ -85,7 +86,8 @@ async def test_a_symbol_the_user_cannot_set_is_refused_before_make(
         klipper_checkout, katapult_checkout, tmp_path):
     """Plain text, but for a symbol Kconfig derives itself (make reads it at parse time)."""
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(klipper_checkout),
-                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
+                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)),
+                      cross_compiler=no_cross_compiler)
     profile = profile_from_json({"name": "derived", "preset": "btt-octopus-f446-canbridge",
                                  "kconfig": {"CONFIG_BOARD_DIRECTORY": '"stm32"',
                                              "CONFIG_CANBUS_FREQUENCY": '"fast"'}})
@@ -100,7 +102,8 @@ async def test_a_symbol_the_user_cannot_set_is_refused_before_make(
 
 async def test_a_good_override_still_builds(klipper_checkout, katapult_checkout, tmp_path):
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(klipper_checkout),
-                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
+                      katapult_path=str(katapult_checkout), make=str(make_recorder(tmp_path)),
+                      cross_compiler=no_cross_compiler)
     profile = profile_from_json({"name": "pins", "preset": "btt-octopus-f446-canbridge",
                                  "kconfig": {"CONFIG_INITIAL_PINS": '"!PA14,PB3"'}})
     result = await builder.build(profile)
@@ -127,7 +130,8 @@ def test_a_checkout_in_an_unusable_folder_is_refused_before_make(tmp_path, klipp
     odd = tmp_path / "my klipper"
     shutil.copytree(klipper_checkout, odd, symlinks=True)
     builder = Builder(str(tmp_path / "builds"), klipper_path=str(odd),
-                      make=str(make_recorder(tmp_path)), cross_compiler=no_cross_compiler)
+                      make=str(make_recorder(tmp_path)),
+                      cross_compiler=no_cross_compiler)
     with pytest.raises(ValidationError) as info:
         builder.checkout("klipper")
     assert "cannot be handed to make" in str(info.value)

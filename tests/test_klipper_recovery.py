@@ -65,9 +65,11 @@ async def _component(tmp_path, **service_kw):
     warnings, console = [], []
     component = types.SimpleNamespace(
         data_path=str(tmp_path), runner=runner, klippy=klippy,
+        klipper=types.SimpleNamespace(klippy=klippy),
         service=FakeService(klippy, **service_kw),
         settings=types.SimpleNamespace(reconnect_timeout=1.0),
-        _warn=lambda message, key: warnings.append(message), _console=console.append)
+        warn=lambda message, key: warnings.append(message),
+        console=types.SimpleNamespace(say=console.append))
     await after_crash(component, runner.interrupted_on_load)
     job = runner.get("20261130-210000-ab12")
     return component, job, warnings, console, path

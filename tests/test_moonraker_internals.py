@@ -14,6 +14,7 @@ import pytest
 
 from moonraker_octoflash.moonraker import moonraker_internals, updater
 from moonraker_octoflash.moonraker.announcer import FirmwareAnnouncer, Notice
+from moonraker_octoflash.moonraker.component_host import ComponentHost
 from moonraker_octoflash.moonraker.moonraker_internals import (KNOWN_VERSIONS, WARNING_ID,
                                                                MoonrakerInternals, release_of)
 
@@ -80,14 +81,6 @@ class Klippy:
         return False
 
 
-class KlippyApis:
-    async def get_object_list(self, default: Any = None) -> List[str]:
-        return ["mcu", "configfile"]
-
-    async def query_objects(self, objects: Dict[str, Any], default: Any = None) -> Dict[str, Any]:
-        return {"mcu": {"mcu_version": "v0.13.0-1-gabc"}}
-
-
 class Announcements:
     def __init__(self) -> None:
         self.entries: List[Dict[str, Any]] = []
@@ -134,7 +127,7 @@ class Server:
         self.events: Dict[str, List[Any]] = {}
         self.components: Dict[str, Any] = {
             "update_manager": UpdateManager(), "klippy_connection": Klippy(),
-            "klippy_apis": KlippyApis(), "announcements": Announcements()}
+            "announcements": Announcements()}
 
     def get_app_args(self) -> Dict[str, Any]:
         return {"software_version": self.version}
@@ -219,11 +212,11 @@ def test_without_base_deploy_the_entries_stay_out(monkeypatch):
     assert report.missing == ["update_manager.base_deploy.BaseDeploy"]
 
 
-def test_a_missing_klipper_call_turns_the_entries_off():
+def test_a_missing_klipper_call_turns_the_entries_off(monkeypatch):
+    monkeypatch.delattr(Klippy, "is_printing")
     server = Server()
-    server.components["klippy_apis"] = object()
     report = MoonrakerInternals(server, server.components["update_manager"]).check()
-    assert report.missing == ["klippy_apis.get_object_list", "klippy_apis.query_objects"]
+    assert report.missing == ["klippy_connection.is_printing"]
     assert not report.entries_usable
 
 
@@ -326,13 +319,43 @@ async def test_an_entry_is_a_base_deploy_that_asks_octoflash(monkeypatch):
     assert not internals.has_entry("octoflash_octopus")
 
 
-async def test_klipper_is_read_through_the_internals():
+def test_klipper_is_asked_through_the_internals():
     server = Server()
     internals = MoonrakerInternals(server, server.components["update_manager"])
     assert internals.klipper_connected() and not internals.klipper_printing()
     assert internals.klipper_state() == "ready"
-    assert await internals.klipper_objects() == ["mcu", "configfile"]
-    assert (await internals.query_klipper({"mcu": None}))["mcu"]["mcu_version"]
+
+
+class KlipperReader:
+    """klipper_state.KlipperState: reads, and tells everyone what it read."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.status: Dict[str, Any] = {"mcu": {"mcu_version": "v0.13.0-1-gabc"}}
+        self.sent: List[Dict[str, Any]] = []
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+    async def refresh(self) -> Dict[str, Any]:
+        self.status = {"mcu": {"mcu_version": "v0.13.0-1-gabc",
+                               "last_stats": {"bytes_read": len(self.sent)}}}
+        self.sent.append(dict(self.status))       # octoflash:klipper_mcus
+        return self.status
+
+
+async def test_the_entries_read_klipper_through_the_components_reader():
+    component = Component(Server())
+    component.klipper = KlipperReader()
+    host = ComponentHost(component)
+    connected, status = await host.read_klipper_status()
+    assert connected and status["mcu"]["mcu_version"] == "v0.13.0-1-gabc"
+    # what the reader told everyone after this read is no news to the entries
+    assert host.is_own_read(component.klipper.sent[-1])
+    await component.klipper.refresh()                # the component read on its own
+    assert not host.is_own_read(component.klipper.sent[-1])
+    component.klipper.connected = False
+    assert await host.read_klipper_status() == (False, {})
 
 
 def test_the_versions_the_table_was_checked_on_are_the_known_ones():
@@ -343,7 +366,6 @@ def test_the_versions_the_table_was_checked_on_are_the_known_ones():
                  + moonraker_internals.COMMAND_HELPER_METHODS
                  + moonraker_internals.BASE_DEPLOY_MEMBERS
                  + moonraker_internals.KLIPPY_CONNECTION_MEMBERS
-                 + moonraker_internals.KLIPPY_APIS_METHODS
                  + moonraker_internals.ANNOUNCEMENTS_METHODS
                  + moonraker_internals.CONFIG_METHODS):
         assert name in doc, f"{name} is checked but not in the module's table"

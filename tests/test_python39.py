@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_package_needs_nothing_newer_than_python_39():
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, vermin; sys.argv[0] = 'vermin'; sys.exit(vermin.main())", "-t=3.9-", "--violations", "--no-tips",
+        [sys.executable, "-c", "import sys, vermin; sys.argv[0] = 'vermin'; sys.exit(vermin.main())",
+         "-t=3.9-", "--violations", "--no-tips",
          "--eval-annotations", "--no-parse-comments",
          os.path.join(ROOT, "moonraker_octoflash")],
         capture_output=True, text=True, timeout=120)

@@ -1,7 +1,9 @@
 """USB devices that matter for flashing, found through pyusb.
 
-Four kinds are recognised by their ids: the STM32 ROM loader in DFU mode,
-Katapult, Klipper over USB serial and Klipper's USB-CAN bridge.  Reading
+Klipper over USB serial and Klipper's USB-CAN bridge are recognised by
+their ids, and so is every boot loader a flash method writes through (its
+``usb_ids``, ``flash/methods``): the STM32 ROM loader in DFU mode, Katapult,
+the RP2040/RP2350 boot ROM in BOOTSEL mode.  Reading
 string descriptors talks to the device, so this runs in a worker thread
 (``discovery.scan`` takes care of that).  The pyusb backend is injectable so
 the simulated boards (``sim/usb_backend.py``) are found by the same code.
@@ -21,6 +23,18 @@ KINDS: Dict[Tuple[int, int], str] = {
     USB_ID_KLIPPER: "klipper",
     USB_ID_CANBRIDGE: "canbridge",
 }
+
+# Kinds whose serial number is the chip id Klipper derives a CAN uuid from.
+_CHIP_ID_KINDS = ("katapult", "klipper", "canbridge")
+
+
+def known_kinds() -> Dict[Tuple[int, int], str]:
+    """Klipper's own ids and the flash methods' boot loaders (registry imported at first use)."""
+    from ..flash.methods import usb_kinds
+    kinds = dict(KINDS)
+    kinds.update(usb_kinds())
+    return kinds
+
 
 _LAYOUT_RE = re.compile(r"^@(?P<name>[^/]*)/(?P<start>0x[0-9A-Fa-f]+)/(?P<sectors>.*)$")
 _SECTOR_RE = re.compile(r"^(?P<count>\d+)\*(?P<size>\d+)(?P<unit>[ KM ]?)(?P<flags>[a-g]?)$")
@@ -66,7 +80,7 @@ def parse_dfu_layout(text: Optional[str]) -> Optional[DfuLayout]:
 
 @dataclasses.dataclass
 class UsbDevice:
-    kind: str                       # dfu, katapult, klipper, canbridge
+    kind: str                       # dfu, katapult, klipper, canbridge, rp2040_boot, ...
     vendor_id: int
     product_id: int
     bus: Optional[int]
@@ -128,7 +142,7 @@ def _dfu_flash_layout(dev: Any) -> Optional[str]:
 
 
 def describe_device(dev: Any) -> Optional[UsbDevice]:
-    kind = KINDS.get((dev.idVendor, dev.idProduct))
+    kind = known_kinds().get((dev.idVendor, dev.idProduct))
     if kind is None:
         return None
     serial = _string(dev, "serial_number")
@@ -142,7 +156,7 @@ def describe_device(dev: Any) -> Optional[UsbDevice]:
         layout = parse_dfu_layout(info.dfu_layout)
         if layout is not None:
             info.flash_size = layout.size
-    else:
+    elif kind in _CHIP_ID_KINDS:
         if product and _MCU_RE.match(product):
             info.mcu = product
         if serial:

@@ -1,4 +1,5 @@
-"""Flashing: plans, checks before writing, dfu-util and Katapult, the executor.
+"""Flashing: plans, checks before writing, the methods (``methods/``: DFU, Katapult, the
+RP2040 boot ROM), the executor.
 
     plan = make_plan(profile, artifact, devices=snapshot, config=FlashConfig(...))
     result = await execute_plan(plan, FlashContext(service=..., discover=...))

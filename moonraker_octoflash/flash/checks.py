@@ -1,12 +1,14 @@
 """Checks before writing: each refusal is a ``CheckFailed`` and nothing is written.
 
 Two groups.  ``run_checks`` needs no tool: the artifact against its own
-record, the profile and the MCU's flash, and the board as the last scan saw
-it (Klipper's ``mcu_constants.MCU``, Katapult's USB product string, the DFU
-flash layout, a Katapult found on a board about to get an image linked at
-0x08000000).  ``check_katapult_status`` runs once Katapult has answered a
-status request (``flashtool.py -s``), before the write: its MCU type and its
-application start against the image.
+record, the profile and the MCU's flash (its size and where it starts come
+from the MCU's facts), and the board as the last scan saw it (Klipper's
+``mcu_constants.MCU``, then each method's own: Katapult's USB product
+string, the DFU flash layout, a Katapult found on a board about to get an
+image linked at the start of flash; see ``methods/*.py``).
+``check_katapult_status`` runs once Katapult has answered a status request
+(``flashtool.py -s``), before the write: its MCU type and its application
+start against the image.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from typing import Any, Dict, List, Optional
 
 from ..artifacts import file_sha256
 from ..discovery.snapshot import DeviceSnapshot
-from ..discovery.usb import parse_dfu_layout
 from ..errors import CheckFailed
+from ..mcus import flash_base
 from ..presets import mcu_info
-from .plan import FLASH_BASE, FlashPlan
+from .methods import get_method
+from .plan import FlashPlan
 
 NOTHING_WRITTEN = "Nothing was written."
 
@@ -84,7 +87,7 @@ def check_artifact_file(plan: FlashPlan, actual_sha256: Optional[str]) -> CheckR
                            f"Build {art.id} of '{plan.profile_name}' has no {plan.file_name} "
                            f"(it holds: {names}).",
                            hint="Build the profile again; a Katapult build needs a deployment "
-                                "application (CONFIG_STM32_FLASH_START_…) for deployer.bin.")
+                                "application (CONFIG_STM32_FLASH_START_…) for deployer.bin.") from None
     if actual_sha256 is None:
         raise CheckRefused("sha256", f"{plan.file_path} is missing.",
                            hint="Build the profile again.")
@@ -115,9 +118,10 @@ def check_artifact_profile(plan: FlashPlan) -> CheckResult:
 def check_size(plan: FlashPlan, size: int, start: Optional[int] = None) -> CheckResult:
     flash = _flash_size(plan)
     start = plan.address if start is None else start
-    if flash is None:
+    base = flash_base(plan.artifact.mcu)
+    if flash is None or base is None:
         return CheckResult("size", True, "flash size unknown; not checked")
-    room = FLASH_BASE + flash - start
+    room = base + flash - start
     if size > room:
         raise CheckRefused(
             "size", f"{plan.file_name} is {size} bytes but only {max(room, 0)} bytes of "
@@ -146,80 +150,10 @@ def check_board_mcu(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> Check
         if km.mcu_type != wanted:
             raise _mcu_refusal(f"Klipper ({km.object_name}, mcu_constants.MCU)", km.mcu_type, plan)
         return CheckResult("board_mcu", True, f"Klipper reports {km.mcu_type}")
-    if plan.method == "katapult":
-        chip = devices.chip_serial_for(profile)
-        for kind in ("katapult", "klipper", "canbridge"):
-            dev = devices.usb_by_serial(kind, chip) if chip else None
-            if dev is not None and dev.mcu:
-                if dev.mcu != wanted:
-                    raise _mcu_refusal(f"the board's USB {kind} device ({dev.usb_id})", dev.mcu, plan)
-                return CheckResult("board_mcu", True, f"USB device reports {dev.mcu}")
-    if plan.method == "dfu":
-        dev = devices.dfu_device(plan.dfu_serial) if plan.dfu_serial else None
-        if dev is None and len(devices.dfu_devices()) == 1:
-            dev = devices.dfu_devices()[0]
-        if dev is not None and dev.dfu_layout:
-            return check_dfu_layout(plan, dev.dfu_layout)
+    found = get_method(plan.method).board_check(plan, devices)
+    if found is not None:
+        return found
     return CheckResult("board_mcu", True, "the board's MCU is checked when it answers")
-
-
-def check_dfu_layout(plan: FlashPlan, layout_text: str) -> CheckResult:
-    """The DFU memory map tells the flash size and sector layout, so often the chip."""
-    info = mcu_info(image_mcu(plan))
-    theirs = parse_dfu_layout(layout_text)
-    if theirs is None or info is None or not info.dfu_layout:
-        return CheckResult("board_mcu", True, "DFU layout not comparable")
-    mine = parse_dfu_layout(info.dfu_layout)
-    if mine is not None and mine.sectors != theirs.sectors:
-        raise CheckRefused(
-            "mcu", f"The build is for {image_mcu(plan)} ({info.flash_size // 1024} KiB flash) "
-            f"but the board in DFU mode has a different flash layout ({theirs.size // 1024} KiB: "
-            f"\"{layout_text}\"): it is another chip.",
-            hint="Choose the preset for the board's chip and build again; if several boards are "
-                 "connected, check that the right one is in DFU mode.",
-            facts={"artifact": image_mcu(plan), "layout": layout_text})
-    return CheckResult("board_mcu", True, f"DFU flash layout fits {image_mcu(plan)}")
-
-
-def check_bootloader_kept(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> CheckResult:
-    """Refuse an image linked at 0x08000000 for a board seen running Katapult."""
-    art = plan.artifact
-    if plan.profile.target != "klipper" or art.app_address != FLASH_BASE or plan.method != "dfu":
-        return CheckResult("bootloader", True, "the bootloader area is not written")
-    evidence = None
-    if devices is not None:
-        status = devices.status_of(plan.profile)
-        if status.state == "bootloader":
-            evidence = f"the board was seen in Katapult ({status.detail})"
-        else:
-            chip = devices.chip_serial_for(plan.profile)
-            if chip and devices.usb_by_serial("katapult", chip) is not None:
-                evidence = "the board's Katapult is on USB"
-    if evidence and not plan.allow_bootloader_overwrite:
-        raise CheckRefused(
-            "bootloader", f"{plan.file_name} is linked at 0x08000000 and writing it would erase "
-            f"the Katapult bootloader on this board ({evidence}).",
-            hint="Use the preset with the bootloader offset (…-canbridge) to keep Katapult, or "
-                 "ask for exactly this (--allow-bootloader-overwrite) to remove it.",
-            facts={"evidence": evidence})
-    if evidence:
-        return CheckResult("bootloader", True, "Katapult will be erased, as asked")
-    return CheckResult("bootloader", True, "no bootloader seen on the board")
-
-
-def check_dfu_choice(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> CheckResult:
-    """Several boards in DFU mode and no serial to tell them apart: do not guess."""
-    if plan.method != "dfu" or devices is None:
-        return CheckResult("dfu_device", True, "not a DFU write")
-    boards = devices.dfu_devices()
-    if len(boards) > 1 and not plan.dfu_serial:
-        serials = ", ".join(d.serial or "?" for d in boards)
-        raise CheckRefused(
-            "dfu_device", f"{len(boards)} boards are in DFU mode (serials {serials}) and "
-            f"profile '{plan.profile_name}' does not say which one to write.",
-            hint="Set dfu_serial in the profile, or leave only this board in DFU mode.",
-            facts={"serials": [d.serial for d in boards]})
-    return CheckResult("dfu_device", True, "one board to write")
 
 
 async def run_checks(plan: FlashPlan, devices: Optional[DeviceSnapshot] = None) -> List[CheckResult]:
@@ -229,8 +163,7 @@ async def run_checks(plan: FlashPlan, devices: Optional[DeviceSnapshot] = None) 
     results = [check_artifact_file(plan, actual), check_artifact_profile(plan)]
     results.append(check_size(plan, plan.artifact.file(plan.file_name).size))
     results.append(check_board_mcu(plan, devices))
-    results.append(check_bootloader_kept(plan, devices))
-    results.append(check_dfu_choice(plan, devices))
+    results.extend(get_method(plan.method).checks(plan, devices))
     return results
 
 
@@ -248,7 +181,8 @@ def check_katapult_status(plan: FlashPlan, status: KatapultStatus) -> List[Check
             raise CheckRefused(
                 "app_address", f"{what} is linked at 0x{plan.address:08x} but the board's "
                 f"Katapult starts applications at 0x{status.app_start:08x}.",
-                hint=f"Build with the bootloader offset 0x{status.app_start - FLASH_BASE:x} "
+                hint=f"Build with the bootloader offset "
+                     f"0x{status.app_start - (flash_base(plan.artifact.mcu) or 0):x} "
                      "(the preset for this board's bootloader), or replace the bootloader first.",
                 facts={"artifact": plan.address, "bootloader": status.app_start})
         results.append(CheckResult("app_address", True,

@@ -23,6 +23,7 @@ from ..service import KlipperService, SystemctlService
 from ..machine import Machine, load_machine
 from .config import FlashConfig
 from .executor import FlashContext, execute_plans
+from .methods import all_methods, device_labels, method_names
 from .plan import FlashPlan, make_plan, order_for_flash
 from .remote import find_moonraker, flash_through_moonraker
 from .writer_lock import WriterLock, busy_message, probe, writer_lock_path
@@ -77,8 +78,8 @@ def format_snapshot(snapshot: DeviceSnapshot, profiles: Dict[str, Any]) -> str:
     lines: List[str] = []
     lines.append("USB devices:" if snapshot.usb else "USB devices: none of DFU, Katapult or Klipper")
     for d in snapshot.usb:
-        what = {"dfu": "STM32 in DFU mode", "katapult": "Katapult", "klipper": "Klipper (serial)",
-                "canbridge": "Klipper USB-CAN bridge"}.get(d.kind, d.kind)
+        what = dict(device_labels(), klipper="Klipper (serial)",
+                    canbridge="Klipper USB-CAN bridge").get(d.kind, d.kind)
         extra = []
         if d.mcu:
             extra.append(d.mcu)
@@ -276,8 +277,10 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print plans and results as JSON")
-    p.add_argument("--method", choices=("dfu", "katapult"),
-                   help="how to write (default: the profile's, else the preset's first)")
+    p.add_argument("--method", choices=method_names(),
+                   help="how to write (default: the profile's, else the preset's first): "
+                        + "; ".join(f"{m.name}, {m.label}: {m.enter.rstrip('.')}"
+                                    for m in all_methods()))
     p.add_argument("--artifact", metavar="ID", help="a build id instead of the latest build")
     p.add_argument("--allow-bootloader-overwrite", action="store_true",
                    help="write an image linked at 0x08000000 even where Katapult was seen "

@@ -35,13 +35,19 @@ class FlashConfig:
     timeouts: PhaseTimeouts = dataclasses.field(default_factory=PhaseTimeouts)
     poll_interval: float = 0.5
     tool_env: Dict[str, str] = dataclasses.field(default_factory=dict)
+    klipper_path: str = "~/klipper"     # a method may build its tool there (rp2040_flash)
+    tools: Dict[str, str] = dataclasses.field(default_factory=dict)   # other tools, by name
+
+    def tool(self, name: str) -> Optional[str]:
+        """The path of a method's tool when one was given (``with_tools``), else None."""
+        return self.tools.get(name)
 
     @property
     def flashtool_path(self) -> str:
         return os.path.expanduser(self.flashtool)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "FlashConfig":
+    def from_settings(cls, settings: Any) -> FlashConfig:
         """From the ``[octoflash]`` settings shared by the CLI and the Moonraker component."""
         timeouts = PhaseTimeouts(
             write=float(getattr(settings, "flash_timeout", 300.0)),
@@ -54,13 +60,15 @@ class FlashConfig:
                    python=getattr(settings, "flashtool_python", "") or sys.executable,
                    by_id_dir=getattr(settings, "serial_by_id_path", DEFAULT_BY_ID_DIR)
                    or DEFAULT_BY_ID_DIR,
-                   timeouts=timeouts)
+                   timeouts=timeouts,
+                   klipper_path=getattr(settings, "klipper_path", "~/klipper") or "~/klipper")
 
-    def with_tools(self, paths: Dict[str, str], by_id_dir: Optional[str] = None) -> "FlashConfig":
+    def with_tools(self, paths: Dict[str, str], by_id_dir: Optional[str] = None) -> FlashConfig:
         """A copy using other tool paths (``SimulatedMachine.tool_paths()``)."""
         return dataclasses.replace(self, dfu_util=paths.get("dfu_util", self.dfu_util),
                                    flashtool=paths.get("flashtool", self.flashtool),
-                                   by_id_dir=by_id_dir or self.by_id_dir)
+                                   by_id_dir=by_id_dir or self.by_id_dir,
+                                   tools=dict(self.tools, **paths))
 
     def to_json(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequ
 
 from ..artifacts import CONFIG_NAME, read_data_dictionary_file
 from ..discovery.klipper import find_mcu, klipper_mcus
-from ..discovery.serial import SerialPort, list_serial_ports, parse_by_id_name
+from ..discovery.serial import parse_by_id_name
 from ..discovery.snapshot import DeviceSnapshot, profile_is_usb_can_bridge
 from ..errors import OctoflashError
 from ..events import Progress, ProgressCallback, null_progress
@@ -28,12 +28,9 @@ from ..kconfig import parse_config
 from ..service import KlipperService, NullService
 from ..tools import ToolTimeout
 from . import results as R
-from .checks import (CheckRefused, check_dfu_layout, check_katapult_status, image_mcu,
-                     run_checks)
-from .dfu import DfuFlasher
-from .katapult import KatapultFlasher, katapult_sha1
-from .plan import (FLASH_BASE, KATAPULT_DEVICE, FlashPlan, FlashStep, dfu_instructions,
-                   order_for_flash)
+from .checks import CheckRefused, run_checks
+from .methods import get_method
+from .plan import KATAPULT_DEVICE, FlashPlan, FlashStep, order_for_flash, transport_text
 from .results import FlashResult, StepRecord, WriteFailed
 from .writer_lock import WriterBusy, WriterLock
 
@@ -43,11 +40,6 @@ _STOP_RECORD = {"stopped": ("done", "Klipper stopped"),
                 "not_running": ("skipped", "not needed: Klipper was not running"),
                 "left_stopped": ("skipped", "not needed: Klipper was left stopped by an "
                                             "interrupted flash; it is started when this one ends")}
-# Steps during which the board has been asked into its bootloader.
-_BOOTLOADER_KINDS = frozenset({"request_bootloader", "wait_katapult_usb", "wait_katapult_can",
-                               "katapult_status"})
-_METHOD_TEXT = {"dfu": "dfu-util", "usb-serial": "Katapult over USB serial",
-                "can": "Katapult over CAN", "usb-can-bridge": "Katapult behind the USB-CAN bridge"}
 KlipperStatus = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
@@ -188,6 +180,7 @@ class _PlanRun:
         self.in_bootloader = False
         self.bootloader_requested = False
         self.status_block_size = 64
+        self.state: Dict[str, Any] = {}     # a method's own notes between its steps
 
     # --- events ----------------------------------------------------------------------
     def emit(self, stage: str, message: str, percent: Optional[float] = None,
@@ -213,8 +206,10 @@ class _PlanRun:
             self.emit("check", check.message, kind="output")
 
     async def steps(self, restart: Optional[_Restart]) -> None:
-        self.emit("flash", f"Flashing '{self.plan.profile_name}' "
-                           f"({_METHOD_TEXT.get(self.plan.transport, self.plan.transport)})")
+        transport = self.plan.transport
+        how = get_method(self.plan.method).transports_short.get(transport) or \
+            transport_text(transport)
+        self.emit("flash", f"Flashing '{self.plan.profile_name}' ({how})")
         for index, step in enumerate(self.plan.steps):
             record = self.result.steps[index]
             if step.kind in ("start_klipper", "check_version"):
@@ -239,6 +234,7 @@ class _PlanRun:
         lock = self.ctx.writer_lock
         if lock is None or not lock.held:
             return
+        method = get_method(self.plan.method)
         if kind in ("wait_return", "start_klipper", "check_version") and self.write_started:
             recovery: Optional[str] = (
                 "The write had finished. If the board does not run the new firmware, "
@@ -246,8 +242,8 @@ class _PlanRun:
                 + (recovery_text(self.plan, write_started=True, in_bootloader=False) or ""))
         else:
             recovery = recovery_text(
-                self.plan, write_started=self.write_started or kind in ("write_katapult", "write_dfu"),
-                in_bootloader=self.in_bootloader or kind in _BOOTLOADER_KINDS)
+                self.plan, write_started=self.write_started or kind in method.write_kinds,
+                in_bootloader=self.in_bootloader or kind in method.bootloader_kinds)
         await lock.update(stage=kind, profile=self.plan.profile_name, recovery=recovery)
 
     async def _timed(self, record: StepRecord, work: Awaitable[Any]) -> None:
@@ -272,7 +268,7 @@ class _PlanRun:
         if record.status == "running":
             record.status = "done"
 
-    def _argv(self, step: FlashStep) -> List[str]:
+    def argv(self, step: FlashStep) -> List[str]:
         assert step.argv is not None
         if KATAPULT_DEVICE in step.argv:
             if not self.katapult_device:
@@ -281,72 +277,13 @@ class _PlanRun:
         return list(step.argv)
 
     async def _run_step(self, step: FlashStep, record: StepRecord) -> None:
-        kind = step.kind
-        timeout = float(step.timeout or 60.0)
-        env = self.config.tool_env or None
-        katapult = KatapultFlasher(on_progress=self.on_tool_progress, env=env)
-        if kind == "request_bootloader":
-            if await self._already_in_katapult(step):
-                record.status, record.message = "skipped", "the board is already in Katapult"
-                self.in_bootloader = True
-                return
-            self.katapult_ports_before = await self._katapult_ports()
-            await katapult.request_bootloader(self._argv(step), timeout=timeout)
-            self.in_bootloader = self.bootloader_requested = True
-        elif kind == "wait_katapult_usb":
-            self.katapult_device = await self._wait_katapult_usb(step, timeout)
-            record.message = self.katapult_device
-        elif kind == "wait_katapult_can":
-            await self._wait_katapult_can(step, timeout)
-        elif kind == "katapult_status":
-            status = await katapult.status(self._argv(step), timeout=timeout)
-            if status is None:
-                self.result.warnings.append(
-                    "This flashtool.py is older than October 2024 and cannot report Katapult's "
-                    "status, so the MCU type and application start were not checked against "
-                    "Katapult before writing. Update it: git -C ~/katapult pull")
-                record.status, record.message = "skipped", "flashtool.py has no -s"
-                return
-            self.result.katapult_status = status.to_json()
-            for check in check_katapult_status(self.plan, status):
-                self.emit("check", check.message, kind="output")
-            self.status_block_size = status.block_size or 64
-        elif kind == "write_katapult":
-            self.write_started = True
-            run = await katapult.write(self._argv(step), timeout=timeout)
-            self.in_bootloader = False
-            self.result.verified_sha = run.sha
-            data = await asyncio.to_thread(_read, self.plan.file_path)
-            self.result.expected_sha = katapult_sha1(data, self.status_block_size)
-            if run.sha and run.sha != self.result.expected_sha:
-                self.result.warnings.append(
-                    f"Katapult's read-back SHA-1 {run.sha} differs from the image's "
-                    f"{self.result.expected_sha}: flashtool.py may have written another file.")
-            if run.legacy:
-                self.result.warnings.append("flashtool.py predates 'Programming Complete'; the "
-                                            "write was judged by its 'Flash Success' after a "
-                                            "completed write and verification.")
-        elif kind == "wait_dfu":
-            await self._wait_dfu(step, timeout)
-        elif kind == "write_dfu":
-            self.write_started = True
-            dfu = DfuFlasher(on_progress=self.on_tool_progress, env=env)
-            try:
-                outcome = await dfu.write(self._argv(step), timeout=timeout,
-                                          fallback_argv=step.params.get("fallback_argv"),
-                                          instructions=dfu_instructions(self.plan.profile.preset),
-                                          board=f"'{self.plan.profile_name}'")
-            except WriteFailed as exc:
-                self.write_started = exc.write_started
-                raise
-            self.result.warnings.extend(outcome.notes)
-        elif kind == "wait_return":
-            await self._wait_return(step, timeout)
-        else:
-            raise WriteFailed(f"Unknown flash step '{kind}'")
+        if step.kind == "wait_return":
+            await self._wait_return(step, float(step.timeout or 60.0))
+            return
+        await get_method(self.plan.method).run_step(self, step, record)
 
     # --- waiting for devices -----------------------------------------------------------
-    async def _poll(self, what: str, timeout: float, probe: Callable[[], Awaitable[Any]]) -> Any:
+    async def poll(self, what: str, timeout: float, probe: Callable[[], Awaitable[Any]]) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             found = await probe()
@@ -356,95 +293,6 @@ class _PlanRun:
                 return None
             await asyncio.sleep(self.config.poll_interval)
 
-    async def _katapult_ports(self) -> Set[str]:
-        ports, _ = await asyncio.to_thread(list_serial_ports, self.config.by_id_dir)
-        return {p.path for p in ports if p.kind == "katapult"}
-
-    async def _already_in_katapult(self, step: FlashStep) -> bool:
-        if not step.params.get("skip_if_in_bootloader"):
-            return False
-        devices = await self.snapshot()
-        if devices is not None:
-            return devices.status_of(self.plan.profile).state == "bootloader"
-        wait = self.plan.step("wait_katapult_usb")
-        path = wait.params.get("path") if wait else None
-        return bool(path and os.path.exists(path))
-
-    async def _wait_katapult_usb(self, step: FlashStep, timeout: float) -> str:
-        wanted = step.params.get("path")
-        mcu = step.params.get("mcu")
-        chip = step.params.get("chip_serial")
-
-        async def probe() -> Optional[str]:
-            ports, _ = await asyncio.to_thread(list_serial_ports, self.config.by_id_dir)
-            katapult = [p for p in ports if p.kind == "katapult"]
-            if wanted and any(p.path == wanted for p in katapult):
-                return str(wanted)
-            if not wanted:
-                new = [p for p in katapult if p.path not in self.katapult_ports_before
-                       and (not mcu or p.mcu == mcu)]
-                if len(new) == 1:
-                    return new[0].path
-                same = [p for p in katapult if not mcu or p.mcu == mcu]
-                if len(same) == 1:
-                    return same[0].path
-            _refuse_other_katapult(self.plan, katapult, chip, self.katapult_ports_before
-                                   if self.bootloader_requested else None)
-            return None
-        found = await self._poll("katapult", timeout, probe)
-        if not found:
-            raise WriteFailed(
-                f"The board did not show up as a Katapult serial port within {timeout:g} s.",
-                hint="Double-click the board's reset button to enter Katapult and flash again. "
-                     "If Katapult never appears, it is not installed: put the board into DFU "
-                     "mode and flash the Katapult preset first.")
-        return str(found)
-
-    async def _wait_katapult_can(self, step: FlashStep, timeout: float) -> None:
-        uuid, interface = step.params.get("uuid"), step.params.get("interface")
-        if self.ctx.discover is None:
-            await asyncio.sleep(min(1.0, timeout))
-            return
-
-        async def probe() -> bool:
-            devices = await self.snapshot()
-            node = devices.can_node(uuid, interface) if devices else None
-            return node is not None and node.application == "Katapult"
-        if not await self._poll("katapult-can", timeout, probe):
-            raise WriteFailed(
-                f"Node {uuid} did not answer as Katapult on {interface} within {timeout:g} s.",
-                hint="Check that Katapult is installed on the node and that the bus is up; a "
-                     "double-click on the node's reset button also enters Katapult.")
-
-    async def _wait_dfu(self, step: FlashStep, timeout: float) -> None:
-        if self.ctx.discover is None:
-            return
-        serial = step.params.get("serial")
-        instructions = step.params.get("instructions") or ""
-
-        async def probe() -> Any:
-            devices = await self.snapshot()
-            if devices is None:
-                return None
-            if serial:
-                return devices.dfu_device(serial)
-            boards = devices.dfu_devices()
-            if len(boards) > 1:
-                raise CheckRefused(
-                    "dfu_device", f"{len(boards)} boards are in DFU mode and profile "
-                    f"'{self.plan.profile_name}' does not say which one to write.",
-                    hint="Set dfu_serial in the profile, or leave only this board in DFU mode.")
-            return boards[0] if boards else None
-        found = await probe()
-        if found is None:
-            self.emit("wait_device", "No board in DFU mode yet. " + instructions)
-            found = await self._poll("dfu", timeout, probe)
-        if found is None:
-            raise WriteFailed(f"No board in DFU mode within {timeout:g} s.",
-                              hint=instructions or "Fit the boot jumper and press reset.")
-        if found.dfu_layout:
-            check_dfu_layout(self.plan, found.dfu_layout)
-
     async def _wait_return(self, step: FlashStep, timeout: float) -> None:
         params = await self._expected_return(step)
         record = self.result.steps[self.plan.steps.index(step)]
@@ -453,7 +301,7 @@ class _PlanRun:
         if self.ctx.discover is None:
             path = params.get("path")
             if expect == "serial" and path:
-                found = await self._poll("serial", timeout,
+                found = await self.poll("serial", timeout,
                                          lambda: asyncio.to_thread(os.path.exists, path))
                 self.result.board_back = bool(found)
                 self.result.board_detail = path if found else None
@@ -462,14 +310,23 @@ class _PlanRun:
             return
 
         seen: List[DeviceSnapshot] = []
+        # A USB-CAN bridge enumerates before the host brings its interface up:
+        # give the interface a moment before saying it is not up.
+        bridge_seen: List[float] = []
 
         async def probe() -> Optional[str]:
             devices = await self.snapshot()
             if devices is None:
                 return None
             seen[:] = [devices]
-            return _returned(devices, params)
-        detail = await self._poll("return", timeout, probe)
+            found = _returned(devices, params) or \
+                get_method(self.plan.method).returned(devices, params)
+            if found and found.endswith(" not up") and expect == "canbridge-usb":
+                bridge_seen.append(time.monotonic())
+                if bridge_seen[-1] - bridge_seen[0] < INTERFACE_UP_GRACE:
+                    return None
+            return found
+        detail = await self.poll("return", timeout, probe)
         self.result.board_back = bool(detail)
         self.result.board_detail = detail
         if detail:
@@ -528,43 +385,6 @@ class _PlanRun:
                 f"set-up (e.g. /etc/network/interfaces.d/{interface}).")
 
 
-def _refuse_other_katapult(plan: FlashPlan, katapult: Sequence[SerialPort],
-                           chip: Optional[str], before: Optional[Set[str]]) -> None:
-    """The board answered as Katapult, but for another MCU: say so at once.
-
-    A port with the board's chip id (or, when the chip id is not known, the
-    one Katapult port that appeared after the request) whose name carries
-    another MCU than the build's is this board; waiting for a port with the
-    expected name would only time out.
-    """
-    expected = image_mcu(plan)
-    if chip:
-        mine = [p for p in katapult if p.serial and p.serial.upper() == str(chip).upper()]
-        how = "with this board's chip id"
-    elif before is not None:
-        mine = [p for p in katapult if p.path not in before]
-        how = "right after the bootloader request"
-        if len(mine) != 1:
-            return
-    else:
-        return
-    other = [p for p in mine if p.mcu and p.mcu != expected]
-    if not other or len(other) != len(mine):
-        return
-    port = other[0]
-    raise CheckRefused(
-        "mcu", f"The board entered Katapult as {port.name} ({how}): its Katapult reports "
-        f"{port.mcu}, but the build is for {expected}.",
-        hint=f"Choose the preset for a {port.mcu} board and build again, or check that the "
-             "profile names the right board.",
-        facts={"artifact": expected, "board": port.mcu, "source": port.path})
-
-
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def builds_usb_can_bridge(plan: FlashPlan) -> bool:
     """Blocking: does the build make the board a USB-CAN bridge?
 
@@ -610,6 +430,10 @@ def _awaited_text(params: Mapping[str, Any]) -> str:
     return "the board to leave DFU mode"
 
 
+# Seconds a USB-CAN bridge that is back may wait for its CAN interface to come up.
+INTERFACE_UP_GRACE = 3.0
+
+
 def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[str]:
     """A description of the board as it came back, or None if not back yet."""
     expect = params.get("expect")
@@ -639,8 +463,8 @@ def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[st
             return f"node {uuid} answers on {interface} as Klipper"
         return None
     if expect == "serial":
-        port = devices.serial_port(params.get("path"))
-        return f"{port.path}" if port is not None and port.kind != "katapult" else None
+        seen = devices.serial_port(params.get("path"))
+        return f"{seen.path}" if seen is not None and seen.kind != "katapult" else None
     if expect == "katapult":
         mcu = params.get("mcu")
         for dev in devices.usb_of_kind("katapult"):
@@ -653,97 +477,24 @@ def _returned(devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[st
         node = devices.can_node(uuid, interface) if uuid else None
         if node is not None:
             return f"node {uuid} answers on {interface} as {node.application}"
-        port = devices.serial_port(params.get("path"))
-        return f"{port.path}" if port is not None else None
-    if expect == "gone":
-        serial = params.get("serial")
-        still = devices.dfu_device(serial) if serial else (devices.dfu_devices() or None)
-        return "the board left DFU mode" if not still else None
+        app = devices.serial_port(params.get("path"))
+        return f"{app.path}" if app is not None else None
     return None
 
 
 # --- results and recovery ------------------------------------------------------------
-def _katapult_preset_for(profile: Any) -> Optional[str]:
-    from ..presets import list_presets
-    family = getattr(profile.preset, "family", "")
-    for p in list_presets():
-        if p.target == "katapult" and p.mcu == profile.mcu and (not family or p.id.startswith(family)):
-            return p.id
-    return None
-
-
-def _settings_text(plan: FlashPlan) -> str:
-    return ("the new firmware does not start, or talks over another interface than expected: "
-            "check the build's clock reference, communication interface" +
-            (" and CAN pins and speed" if _is_bridge_profile(plan) or plan.transport in
-             ("can", "usb-can-bridge") else "") + " against the board")
-
-
-def _is_bridge_profile(plan: FlashPlan) -> bool:
-    return plan.profile.target == "klipper" and profile_is_usb_can_bridge(plan.profile)
-
-
 def recovery_text(plan: FlashPlan, *, write_started: bool, in_bootloader: bool,
                   write_complete: bool = False, board_back: bool = False) -> Optional[str]:
-    """How to get the board running again after a flash that did not end well.
+    """How to get the board running again after a flash that did not end well (the method's).
 
-    ``write_complete``: the tool reported the whole image written (and, for
-    Katapult, read back and verified); then nothing is half-written and the
+    ``write_complete``: the tool reported the whole image written (and
+    verified, where the tool does); then nothing is half-written and the
     text is about a board that does not come back (``board_back`` False) or
-    comes back running other firmware (``board_back`` True).  The DFU steps
-    and the Katapult preset named are those of the profile's own board
-    variant.
+    comes back running other firmware (``board_back`` True).
     """
-    if not write_started:
-        if in_bootloader:
-            return ("Nothing was written, but the board waits in Katapult: flash a build made "
-                    "for it, or press its reset button once to go back to its firmware.")
-        return None
-    profile = plan.profile
-    katapult_preset = _katapult_preset_for(profile) or "the Katapult preset for this board"
-    dfu = dfu_instructions(profile.preset)
-    keeps_bootloader = profile.target == "klipper" and plan.artifact.app_address != FLASH_BASE
-    if keeps_bootloader:
-        dfu_then = (f"Then flash {katapult_preset} with the dfu method to get the bootloader "
-                    "back, then this profile.")
-    else:
-        dfu_then = "Then flash this profile again with the dfu method."
-    if write_complete and board_back:
-        return ("The write completed, but the board runs other firmware: check that the "
-                "profile names the board that was written (its serial path or canbus_uuid), "
-                f"then flash again. If it still reports the old version, recover over DFU: "
-                f"{dfu} {dfu_then}")
-    if write_complete:
-        if plan.method == "katapult":
-            done = ("The write completed and Katapult read it back and verified it: the image "
-                    "on the board is the build.")
-            bootloader = (" Katapult itself was not touched: double-click the reset button to "
-                          "enter it and flash a build that works (an earlier build is kept: "
-                          "--artifact ID). If Katapult does not come up either, recover over "
-                          f"DFU: {dfu} {dfu_then}")
-            if profile.target == "katapult":
-                done = ("deployer.bin was written and verified; it replaces Katapult on its "
-                        "first start.")
-                bootloader = (f" If nothing comes back, recover over DFU: {dfu} Then flash "
-                              "this profile with the dfu method.")
-        else:
-            done = "dfu-util reported the whole image downloaded."
-            bootloader = (" The STM32's ROM DFU loader cannot be damaged, so the board can "
-                          f"always be recovered: {dfu} {dfu_then}")
-        first = "Power-cycle the board (unplug USB and the 24 V supply)"
-        if plan.method == "dfu":
-            first += ", with the BOOT0 jumper removed: with it fitted the board starts in DFU mode"
-        return (f"{done} {first}. If it still does not come back, "
-                f"{_settings_text(plan)}.{bootloader}")
-    if plan.method == "katapult":
-        return ("The application area was partly written; Katapult itself was not touched. "
-                "Double-click the reset button to enter Katapult and flash again. If Katapult "
-                f"does not come up, recover over DFU: {dfu} {dfu_then}")
-    return ("The flash was partly written. The STM32's ROM DFU loader cannot be damaged, so "
-            f"the board can always be recovered: {dfu} " +
-            ("Then flash again; to get a bootloader back, flash "
-             f"{katapult_preset} over DFU first, then this profile." if keeps_bootloader
-             else "Then flash this profile again."))
+    return get_method(plan.method).recovery(plan, write_started=write_started,
+                                            in_bootloader=in_bootloader,
+                                            write_complete=write_complete, board_back=board_back)
 
 
 def _not_back_message(plan: FlashPlan, result: FlashResult, timeout: float) -> str:
@@ -862,7 +613,8 @@ async def _execute(plan: FlashPlan, ctx: FlashContext, result: FlashResult,
     result.state = R.DONE
     if result.board_back is False:
         result.state = R.FAILED
-        timeout = plan.step("wait_return").timeout if plan.step("wait_return") else 0
+        wait = plan.step("wait_return")
+        timeout = wait.timeout if wait is not None else 0
         result.message = _not_back_message(plan, result, timeout or 0)
         result.recovery = recovery_text(plan, write_started=True, in_bootloader=False,
                                         write_complete=True)

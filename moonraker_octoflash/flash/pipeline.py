@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..profiles import Profile
 
 
-def with_address_from_klipper(profile: "Profile", snapshot: Any) -> "Profile":
+def with_address_from_klipper(profile: Profile, snapshot: Any) -> Profile:
     """The profile, with the board's CAN uuid or serial from Klipper's config when it names none.
 
     A profile may say only ``klipper_mcu: toolhead``; printer.cfg already
@@ -47,7 +47,7 @@ class CoreFlashPipeline(FlashPipeline):
 
     def __init__(self, settings: Any, service: Any, *,
                  klipper_status: Optional[Callable[[], Awaitable[Optional[Dict[str, Any]]]]] = None,
-                 machine: Optional["Machine"] = None,
+                 machine: Optional[Machine] = None,
                  writer_lock_path: Optional[str] = None,
                  writer_kind: str = "moonraker") -> None:
         self.settings = settings
@@ -56,7 +56,7 @@ class CoreFlashPipeline(FlashPipeline):
         if machine is None:
             from ..machine import RealMachine
             machine = RealMachine(settings)
-        self.machine: "Machine" = machine
+        self.machine: Machine = machine
         self.writer_lock_path = writer_lock_path
         self.writer_kind = writer_kind
 
@@ -83,7 +83,7 @@ class CoreFlashPipeline(FlashPipeline):
             config = config.with_tools(tools, self.machine.by_id_dir)
         return config
 
-    async def prepare(self, profile: "Profile", artifact: Any,
+    async def prepare(self, profile: Profile, artifact: Any,
                       options: Dict[str, Any]) -> Any:
         from .plan import make_plan
         snapshot = await self.scan()
@@ -119,10 +119,11 @@ class CoreFlashPipeline(FlashPipeline):
         data = result.to_json()
         if result.state == flash_results.DONE:
             return data
+        error: OctoflashError
         if result.state == flash_results.REFUSED:
-            exc: OctoflashError = CheckFailed(result.message, hint=result.hint)
+            error = CheckFailed(result.message, hint=result.hint)
         else:
-            exc = FlashError(result.message or f"flash {result.state}",
-                             recovery=result.recovery, hint=result.hint)
-        exc.details = data   # type: ignore[attr-defined]
-        raise exc
+            error = FlashError(result.message or f"flash {result.state}",
+                               recovery=result.recovery, hint=result.hint)
+        setattr(error, "details", data)   # noqa: B010  (read by the runner)
+        raise error

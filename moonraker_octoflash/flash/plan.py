@@ -15,12 +15,13 @@ from typing import Any, Dict, Iterable, List, Optional, TypeVar
 
 from ..artifacts import Artifact
 from ..discovery.identity import normalize_uuid
-from ..discovery.serial import katapult_by_id_name, parse_by_id_name
+from ..discovery.serial import parse_by_id_name
 from ..discovery.snapshot import BoardStatus, DeviceSnapshot, profile_is_usb_can_bridge
 from ..errors import ValidationError
 from .config import FlashConfig
+from .methods import all_methods, find_method, get_method
+from .methods.base import PlanInput
 
-FLASH_BASE = 0x08000000
 KATAPULT_DEVICE = "{katapult_device}"
 
 # Transports
@@ -29,12 +30,14 @@ USB_SERIAL = "usb-serial"
 CAN = "can"
 USB_CAN_BRIDGE = "usb-can-bridge"
 
-_TRANSPORT_TEXT = {
-    DFU: "dfu-util (STM32 ROM bootloader in DFU mode)",
-    USB_SERIAL: "Katapult over USB serial",
-    CAN: "Katapult over CAN",
-    USB_CAN_BRIDGE: "Katapult behind the USB-CAN bridge (request over CAN, write over USB serial)",
-}
+
+
+def transport_text(transport: str) -> str:
+    """A transport as the plan names it (each method names its own)."""
+    for method in all_methods():
+        if transport in method.transports:
+            return method.transports[transport]
+    return transport
 
 
 H723_HEATER_WARNING = ("On the Octopus Pro H723 v1.0 the heater outputs HE0/HE2 switch on "
@@ -53,8 +56,7 @@ def dfu_instructions(preset: Any) -> str:
 
 @dataclasses.dataclass
 class FlashStep:
-    kind: str          # stop_klipper, request_bootloader, wait_dfu, wait_katapult_usb,
-                       # wait_katapult_can, katapult_status, write_dfu, write_katapult,
+    kind: str          # stop_klipper, the method's own steps (methods/*.step_names),
                        # wait_return, start_klipper, check_version
     title: str
     argv: Optional[List[str]] = None
@@ -77,8 +79,8 @@ class FlashStep:
 class FlashPlan:
     profile: Any                      # profiles.Profile
     artifact: Artifact
-    method: str                       # dfu or katapult
-    transport: str                    # dfu, usb-serial, can, usb-can-bridge
+    method: str                       # a registered method (flash/methods)
+    transport: str                    # the method's: dfu, usb-serial, can, usb-can-bridge, ...
     file_name: str                    # the artifact file written
     address: int                      # DFU: where it is written; Katapult: where it is linked
     steps: List[FlashStep]
@@ -131,7 +133,7 @@ class FlashPlan:
         lines = [f"Flash plan for '{self.profile_name}' ({self.profile.preset.id})",
                  f"  image:  {self.file_path}",
                  f"          {art.version}, {art.mcu}, linked at 0x{art.app_address:08x}",
-                 f"  method: {_TRANSPORT_TEXT.get(self.transport, self.transport)}"]
+                 f"  method: {transport_text(self.transport)}"]
         if self.board_status is not None:
             lines.append(f"  board:  {self.board_status.state} - {self.board_status.detail}")
         for number, step in enumerate(self.steps, 1):
@@ -174,7 +176,8 @@ def _katapult_on_usb(profile: Any) -> bool:
     return any(k.startswith("CONFIG_STM32_USB_") and v == "y" for k, v in profile.kconfig().items())
 
 
-def choose_method(profile: Any, method: Optional[str], status: Optional[BoardStatus]) -> str:
+def choose_method(profile: Any, method: Optional[str], status: Optional[BoardStatus],
+                  devices: Optional[DeviceSnapshot] = None) -> str:
     methods = [m["method"] for m in profile.preset.flash_methods]
     if method:
         if method not in methods:
@@ -184,11 +187,10 @@ def choose_method(profile: Any, method: Optional[str], status: Optional[BoardSta
         return method
     if profile.flash_method:
         return str(profile.flash_method)
-    if status is not None and status.state == "dfu" and "dfu" in methods:
-        return "dfu"
-    if status is not None and status.state == "bootloader" and \
-            profile.target == "katapult" and "katapult" in methods:
-        return "katapult"      # Katapult is there: replace it with the deployer, no jumper
+    for name in methods:
+        known = find_method(name)
+        if known is not None and known.preferred(profile, status, devices):
+            return name
     return methods[0]
 
 
@@ -273,108 +275,16 @@ def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
             f"Artifact {artifact.id} is {artifact.target} firmware but profile "
             f"'{profile.name}' builds {profile.target}")
     status = devices.status_of(profile) if devices is not None else None
-    chosen = choose_method(profile, method, status)
+    chosen = choose_method(profile, method, status, devices)
     method_info = profile.preset.flash_method(chosen) or {"method": chosen}
-    warnings: List[str] = []
-    steps: List[FlashStep] = []
+    part = get_method(chosen).plan(PlanInput(profile=profile, artifact=artifact,
+                                             entry=method_info, devices=devices,
+                                             status=status, config=config))
     t = config.timeouts
-    uuid = normalize_uuid(profile.canbus_uuid)
-    interface = profile.canbus_interface or "can0"
-    dfu_serial: Optional[str] = None
-
-    if chosen == "dfu":
-        transport = DFU
-        file_name = artifact.main_file
-        address = artifact.app_address
-        preset_address = method_info.get("address")
-        if preset_address and int(str(preset_address), 16) != address:
-            warnings.append(f"The build is linked at 0x{address:08x}, not at the preset's "
-                            f"{preset_address}: it is written at 0x{address:08x}.")
-        mass_erase = bool(method_info.get("mass_erase")) and address == FLASH_BASE
-        leave = bool(method_info.get("leave", True))
-        dfu_serial = profile.dfu_serial
-        if not dfu_serial and devices is not None:
-            found = devices.dfu_device_for(profile)
-            if found is not None and len(devices.dfu_devices()) > 1:
-                dfu_serial = found.serial
-        if address == FLASH_BASE and profile.target == "klipper":
-            warnings.append("This image starts at 0x08000000: writing it erases any bootloader "
-                            "(Katapult or the stock one) on the board.")
-        needs_stop = bool(profile.klipper_mcu) or profile.connection in ("can", "serial")
-        if needs_stop:
-            steps.append(FlashStep("stop_klipper", "Stop Klipper", timeout=t.stop_klipper))
-        steps.append(FlashStep(
-            "wait_dfu", "Wait for the board in DFU mode (0483:df11" +
-            (f", serial {dfu_serial})" if dfu_serial else ")"),
-            timeout=t.device_wait,
-            params={"serial": dfu_serial, "instructions": dfu_instructions(profile.preset)}))
-        spec = f"0x{address:08x}" + (":mass-erase:force" if mass_erase else "") + \
-            (":leave" if leave else "")
-        serial_args = ["-S", dfu_serial] if dfu_serial else []
-        argv = [config.dfu_util, "-a", "0", "-d", "0483:df11"] + serial_args + \
-            ["-s", spec, "-D", artifact.path(file_name)]
-        params: Dict[str, Any] = {"address": address, "mass_erase": mass_erase, "leave": leave}
-        if mass_erase:
-            params["fallback_argv"] = [config.dfu_util, "-a", "0", "-d", "0483:df11"] + \
-                serial_args + ["-s", f"0x{address:08x}" + (":leave" if leave else ""),
-                               "-D", artifact.path(file_name)]
-        title = f"Write {file_name} at 0x{address:08x}" + (" after a mass erase" if mass_erase else "")
-        steps.append(FlashStep("write_dfu", title, argv=argv, timeout=t.write, params=params))
-    else:
-        transport = _transport(profile)
-        file_name = method_info.get("file") or artifact.main_file
-        if profile.target == "katapult":
-            # deployer.bin is linked where the old bootloader starts applications.
-            address = (getattr(artifact, "deployer_address", None) or artifact.bootloader_app_start
-                       or profile.preset.bootloader_app_start or FLASH_BASE)
-        else:
-            address = artifact.app_address
-        needs_stop = True
-        steps.append(FlashStep("stop_klipper", "Stop Klipper", timeout=t.stop_klipper))
-        in_katapult = status is not None and status.state == "bootloader"
-        fw = artifact.path(file_name)
-        if transport == CAN:
-            steps.append(FlashStep(
-                "request_bootloader", f"Ask node {uuid} on {interface} to enter Katapult",
-                argv=_flashtool(config, "-i", interface, "-u", str(uuid), "-r"),
-                timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
-            steps.append(FlashStep("wait_katapult_can", f"Wait for Katapult to answer as {uuid}",
-                                   timeout=t.bootloader_wait,
-                                   params={"uuid": uuid, "interface": interface}))
-            where = ["-i", interface, "-u", str(uuid)]
-        else:
-            chip = _chip_serial(profile, devices)
-            by_id_name = katapult_by_id_name(profile.mcu, chip) if chip else None
-            if transport == USB_CAN_BRIDGE:
-                steps.append(FlashStep(
-                    "request_bootloader", f"Ask the bridge {uuid} on {interface} to enter Katapult",
-                    argv=_flashtool(config, "-i", interface, "-u", str(uuid), "-r"),
-                    timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
-            else:
-                # -f too: flashtool.py before October 2024 insists on an existing file
-                # even for a bare bootloader request over serial (-r writes nothing).
-                steps.append(FlashStep(
-                    "request_bootloader", f"Ask {os.path.basename(profile.serial)} to enter Katapult",
-                    argv=_flashtool(config, "-d", profile.serial, "-f", fw, "-r"),
-                    timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
-            target = os.path.join(config.by_id_dir, by_id_name) if by_id_name else None
-            steps.append(FlashStep(
-                "wait_katapult_usb",
-                f"Wait for {target or 'a usb-katapult_' + profile.mcu + '_… serial port'}",
-                timeout=t.bootloader_wait,
-                params={"path": target, "mcu": profile.mcu, "chip_serial": chip}))
-            where = ["-d", target or KATAPULT_DEVICE]
-        steps.append(FlashStep("katapult_status",
-                               "Read Katapult's status (MCU type, application start)",
-                               argv=_flashtool(config, *where, "-s"), timeout=t.status))
-        steps.append(FlashStep("write_katapult", f"Write {file_name} through Katapult",
-                               argv=_flashtool(config, *where, "-f", fw), timeout=t.write,
-                               params={"in_bootloader": in_katapult}))
-        if file_name != "klipper.bin" and profile.target == "klipper":
-            warnings.append(f"{file_name} is not named klipper.bin, so flashtool.py skips its "
-                            "own MCU check (octoflash still checks the MCU).")
-
-    steps.append(_return_step(profile, transport, config, dfu_serial))
+    steps, warnings, needs_stop = list(part.steps), list(part.warnings), part.needs_klipper_stop
+    transport, file_name, address, dfu_serial = (part.transport, part.file_name, part.address,
+                                                 part.dfu_serial)
+    steps.append(part.return_step or _return_step(profile, transport, config, dfu_serial))
     if needs_stop:
         steps.append(FlashStep("start_klipper", "Start Klipper", timeout=t.start_klipper))
         if profile.target == "klipper" and profile.klipper_object:

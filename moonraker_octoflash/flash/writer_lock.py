@@ -88,7 +88,7 @@ class WriterLock:
             await asyncio.shield(taking)
         except asyncio.CancelledError:
             # The thread may still get the lock: let go of it as soon as it has.
-            def let_go(done: "asyncio.Future[None]") -> None:
+            def let_go(done: asyncio.Future[None]) -> None:
                 if not done.cancelled() and done.exception() is None:
                     self._release()
             taking.add_done_callback(let_go)

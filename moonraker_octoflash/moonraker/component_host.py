@@ -2,18 +2,17 @@
 
 One place that knows what the entries use of the component
 (``component.py``), typed by ``OctoflashComponent``: ``profiles``,
-``builder``, ``runner``, ``settings``, ``pipeline``, ``klipper_status``,
-``start_flash`` and the events it sends; and the questions the entries ask
-of them: what Klipper reports, what a build would give, the last flash, can
-the board be reached.
+``builder``, ``runner``, ``settings``, ``pipeline``, ``klipper`` (the one
+reader of Klipper's state, ``klipper_state.py``), ``start_flash`` and the
+events it sends; and the questions the entries ask of them: what Klipper
+reports, what a build would give, the last flash, can the board be reached.
 """
 from __future__ import annotations
 
-import asyncio
+import collections
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Protocol, Tuple
 
-from ..discovery.klipper import is_mcu_section
 from ..errors import OctoflashError
 from ..versions import parse_version
 from .firmware_state import Pending, Running
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from ..jobs import JobRunner
     from ..profiles import Profile
     from ..settings import Settings
-    from .moonraker_internals import MoonrakerInternals
+    from .klipper_state import KlipperState
 
 log = logging.getLogger("octoflash.updater")
 
@@ -63,8 +62,7 @@ class OctoflashComponent(Protocol):
     def pipeline(self) -> BoardScanner: ...
 
     @property
-    def klipper_status(self) -> Dict[str, Any]:
-        """Klipper's latest MCU status as the component last read it."""
+    def klipper(self) -> KlipperState: ...
 
     async def start_flash(self, name: str, *, build: bool = True, origin: str = "api") -> Job: ...
 
@@ -72,10 +70,10 @@ class OctoflashComponent(Protocol):
 class ComponentHost:
     """What the entries use of the octoflash component, in one place."""
 
-    def __init__(self, component: OctoflashComponent, internals: MoonrakerInternals) -> None:
+    def __init__(self, component: OctoflashComponent) -> None:
         self.component = component
-        self.internals = internals
         self.server: Server = component.server
+        self._own_reads: Deque[Dict[str, Any]] = collections.deque(maxlen=4)
 
     def profiles(self) -> Dict[str, Profile]:
         return dict(self.component.profiles)
@@ -99,31 +97,20 @@ class ComponentHost:
         return {"klipper": settings.klipper_path, "katapult": settings.katapult_path}.get(target)
 
     async def read_klipper_status(self) -> Tuple[bool, Dict[str, Any]]:
-        """(connected, status): the MCUs and their config sections, asked of Klipper now;
-        the component's last copy when Klipper does not answer."""
-        # The component's reader owns the timeout; imported here because
-        # component.py imports this module (through updater.py).
-        from .component import KLIPPER_QUERY_TIMEOUT
-        internals = self.internals
-        if not internals.klipper_connected():
+        """(connected, status): Klipper's MCUs and their config sections, read now by the
+        component's one reader (its last copy when Klipper does not answer)."""
+        klipper = self.component.klipper
+        if not klipper.is_connected():
             return False, {}
-        try:
-            names = await asyncio.wait_for(internals.klipper_objects(), KLIPPER_QUERY_TIMEOUT)
-            if names is None:
-                raise LookupError("no object list")
-            query: Dict[str, Any] = {n: None for n in names if is_mcu_section(n)}
-            # settings for the boards (lower-cased names, Klipper's defaults);
-            # config for the names as printer.cfg writes them, which the
-            # objects also use, when Klipper has no object for a section yet
-            query["configfile"] = ["settings", "config"]
-            status = await asyncio.wait_for(internals.query_klipper(query),
-                                            KLIPPER_QUERY_TIMEOUT)
-            if status is None:
-                raise LookupError("no status")
-            return True, status
-        except Exception as exc:   # timeouts too: the entries then use the last copy
-            log.info("octoflash: Klipper's MCUs not read (%s); using the component's copy", exc)
-            return True, dict(self.component.klipper_status)
+        status = dict(await klipper.refresh())
+        self._own_reads.append(status)
+        return True, status
+
+    def is_own_read(self, status: Dict[str, Any]) -> bool:
+        """Is this ``octoflash:klipper_mcus`` payload one that ``read_klipper_status`` made
+        the reader send?  Then it is no news to the entries (and refreshing on it would
+        read, and be told, again and again)."""
+        return status in self._own_reads
 
     def last_flash(self, profile: str) -> Optional[Dict[str, Any]]:
         """The newest successful flash job of the profile (its artifact record inside)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import OctoflashError
 from ..flash.writer_lock import WriterBusy, WriterLock, describe_holder, writer_lock_path
@@ -36,16 +36,17 @@ async def after_crash(component: Any, interrupted: List[str]) -> None:
                 "start it: sudo systemctl start klipper"))
         return
     try:
-        job_id = record.get("job_id") if record.get("kind") == "moonraker" else None
+        own_job: Optional[str] = record.get("job_id") if record.get("kind") == "moonraker" \
+            else None
         note = None
         if record.get("klipper_stopped"):
             running, note = await _start_klipper(component, record)
             await lock.update(klipper_stopped=not running)
             if not running:
-                component._warn(f"octoflash: {note}", "klipper_left_stopped")
-            component._console(("// " if running else "!! ") + f"octoflash: {note}")
-        if job_id:
-            await runner.explain_interrupted(job_id, recovery=record.get("recovery"),
+                component.warn(f"octoflash: {note}", "klipper_left_stopped")
+            component.console.say(("// " if running else "!! ") + f"octoflash: {note}")
+        if own_job:
+            await runner.explain_interrupted(own_job, recovery=record.get("recovery"),
                                              klipper=note)
     except Exception:
         log.exception("octoflash: could not check what an interrupted flash left behind")
@@ -57,7 +58,7 @@ async def _start_klipper(component: Any, record: Dict[str, Any]) -> Tuple[bool, 
     """(Klipper runs now, what to tell the user)."""
     who = f"job {record['job_id']}" if record.get("job_id") else \
         f"{record.get('kind') or 'a process'} pid {record.get('pid')}"
-    service, klippy = component.service, component.klippy
+    service, klippy = component.service, component.klipper.klippy
     # Moonraker connects to a Klipper that runs within a moment of starting.
     await service._wait(lambda: klippy.is_connected(), 5.0)
     if klippy.is_connected():

@@ -2,8 +2,8 @@
 
 Moonraker offers a component no way to add entries to its update manager or
 announcements to the notification bell; octoflash does both through the
-internals below, and no other module of the entries touches them (the
-component reads Klipper on its own, in component.py).  ``attach`` (updater.py)
+internals below, and no other module of the entries touches them (they read
+Klipper's MCUs through the component's reader, klipper_state.py).  ``attach`` (updater.py)
 runs ``MoonrakerInternals.check()`` at start: it reads the running
 Moonraker's version and looks for every internal in the table.  On a version
 outside 0.10–0.11 it warns and works on; when an internal is missing it
@@ -41,9 +41,6 @@ announcements component:                      "Firmware update for NAME" in the 
   remove_announcement(entry_id)
 klippy_connection component: is_connected(),  is Klipper there, printing, past its      0.10, 0.11
   is_printing(), state (an enum with name)    start-up
-klippy_apis component:                        the MCUs and their config sections        0.10, 0.11
-  get_object_list(default=),
-  query_objects(objects, default=)
 events server:klippy_started,                 refresh the entries when Klipper comes    0.10, 0.11
   server:klippy_disconnect                    or goes
 
@@ -95,7 +92,6 @@ BASE_DEPLOY_MEMBERS = ("initialize", "needs_refresh", "refresh", "update", "get_
                        "notify_status", "close")
 BASE_DEPLOY_INIT_ARGUMENTS = ("config", "name", "prefix", "cfg_hash")
 KLIPPY_CONNECTION_MEMBERS = ("is_connected", "is_printing", "state")
-KLIPPY_APIS_METHODS = ("get_object_list", "query_objects")
 ANNOUNCEMENTS_METHODS = ("get_announcements", "add_internal_announcement", "remove_announcement")
 
 _VERSION_RE = re.compile(r"^[vt]?(\d+)\.(\d+)")
@@ -311,11 +307,9 @@ class MoonrakerInternals:
             arguments = inspect.signature(BaseDeploy.__init__).parameters
             missing += [f"BaseDeploy({name}=)" for name in BASE_DEPLOY_INIT_ARGUMENTS
                         if name not in arguments]
-        for component, members in (("klippy_connection", KLIPPY_CONNECTION_MEMBERS),
-                                   ("klippy_apis", KLIPPY_APIS_METHODS)):
-            found = server.lookup_component(component, None)
-            missing += [component] if found is None else \
-                _lacks(found, members, f"{component}.")
+        klippy = server.lookup_component("klippy_connection", None)
+        missing += ["klippy_connection"] if klippy is None else \
+            _lacks(klippy, KLIPPY_CONNECTION_MEMBERS, "klippy_connection.")
         announcements = server.lookup_component("announcements", None)
         missing_announcements = ["announcements"] if announcements is None else \
             _lacks(announcements, ANNOUNCEMENTS_METHODS, "announcements.")
@@ -421,18 +415,6 @@ class MoonrakerInternals:
         """startup, ready, error, shutdown or disconnected."""
         state = self._klippy().state
         return str(getattr(state, "name", state)).lower()
-
-    async def klipper_objects(self) -> Optional[List[str]]:
-        """Klipper's object names, or None when it does not answer."""
-        kapis = self.server.lookup_component("klippy_apis")
-        names: Optional[List[str]] = await kapis.get_object_list(default=None)
-        return names
-
-    async def query_klipper(self, query: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        """``objects/query`` (object -> fields, None for all), or None when it fails."""
-        kapis = self.server.lookup_component("klippy_apis")
-        status: Optional[Dict[str, Any]] = await kapis.query_objects(query, default=None)
-        return status
 
     # --- events ----------------------------------------------------------------------
 

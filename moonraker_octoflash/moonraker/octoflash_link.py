@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..confighelper import ConfigHelper
+    # This file runs as moonraker.components.octoflash: ".." is Moonraker.
+    from moonraker.confighelper import ConfigHelper
 
 
 def load_component(config: ConfigHelper) -> Any:

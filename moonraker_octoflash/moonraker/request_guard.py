@@ -187,7 +187,7 @@ def guard_moonraker_routes(server: Server) -> list:
 def _origin_guarded_handler(base: type) -> type:
     from tornado.web import HTTPError
 
-    class OriginGuardedHandler(base):  # type: ignore[valid-type, misc]
+    class OriginGuardedHandler(base):
         async def prepare(self) -> None:
             await super().prepare()
             request = self.request
@@ -212,7 +212,7 @@ def _origin_guarded_handler(base: type) -> type:
 def _guarded_handler(base: type) -> type:
     from tornado.web import HTTPError
 
-    class GuardedHandler(base):  # type: ignore[valid-type, misc]
+    class GuardedHandler(base):
         async def prepare(self) -> None:
             await super().prepare()       # Moonraker's authorization and CORS headers first
             request = self.request

@@ -265,7 +265,7 @@ class FirmwareUpdates:
 
     def __init__(self, component: OctoflashComponent, internals: MoonrakerInternals) -> None:
         self.internals = internals
-        self.host = ComponentHost(component, internals)
+        self.host = ComponentHost(component)
         self.server = self.host.server
         self.entries: Dict[str, FirmwareUpdater] = {}
         self.announcer = FirmwareAnnouncer(internals)
@@ -439,7 +439,9 @@ class FirmwareUpdates:
     async def _on_klippy_disconnect(self, *args: Any) -> None:
         self.refresh_soon(REFRESH_DELAY_DISCONNECT)
 
-    async def _on_klipper_mcus(self, *args: Any) -> None:
+    async def _on_klipper_mcus(self, status: Optional[Dict[str, Any]] = None) -> None:
+        if status is not None and self.host.is_own_read(status):
+            return
         self.refresh_soon(0.2)
 
     async def _on_flash_finished(self, *args: Any) -> None:

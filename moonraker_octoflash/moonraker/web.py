@@ -45,7 +45,7 @@ NAVI_TITLE = "Firmware"
 NAVI_ICON = ("M6,4H18V5H21V7H18V9H21V11H18V13H21V15H18V17H21V19H18V20H6V19H3V17H6V15H3V13H6V11"
              "H3V9H6V7H3V5H6V4M11,15V18H12V15H11M13,15V18H14V15H13M15,15V18H16V15H15Z")
 
-_registered: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_registered: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def register(component: Any) -> None:
@@ -77,7 +77,7 @@ def register(component: Any) -> None:
 
 def _with_frame_headers(base: type) -> type:
     """``base`` answering with FRAME_HEADERS: no other site may show the page in a frame."""
-    class PageHandler(base):  # type: ignore[valid-type, misc]
+    class PageHandler(base):
         def set_default_headers(self) -> None:
             super().set_default_headers()
             for name, value in FRAME_HEADERS.items():

@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @functools.lru_cache(maxsize=256)
-def _whole(pattern: str) -> "re.Pattern[str]":
+def _whole(pattern: str) -> re.Pattern[str]:
     """``pattern`` with a final ``$`` that means the end of the text.
 
     JSON Schema patterns are searched with Python's ``re``, where ``$`` also
@@ -29,13 +29,13 @@ def _whole(pattern: str) -> "re.Pattern[str]":
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any
-             ) -> Iterator["jsonschema.ValidationError"]:
+             ) -> Iterator[jsonschema.ValidationError]:
     import jsonschema
     if validator.is_type(instance, "string") and not _whole(pattern).search(instance):
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _strict_validator() -> Any:
     """Draft 2020-12 with the whole-text pattern rule; every schema here uses it.
 
@@ -51,20 +51,33 @@ def validator_for(schema: Dict[str, Any]) -> Any:
     return _strict_validator()(schema)
 
 
-@functools.lru_cache(maxsize=None)
+# Where each schema names a flash method; the enum there is the registry's names.
+_METHOD_ENUMS = {"profile": ("properties", "flash_method"),
+                 "preset": ("$defs", "flash_method", "properties", "method")}
+
+
+@functools.cache
 def load_schema(name: str) -> Dict[str, Any]:
     with open(os.path.join(HERE, f"{name}.schema.json"), encoding="utf-8") as f:
-        return json.load(f)
+        schema: Dict[str, Any] = json.load(f)
+    where = _METHOD_ENUMS.get(name)
+    if where is not None:
+        from ..flash.methods import method_names   # imported at first use: no cycle
+        node = schema
+        for key in where:
+            node = node[key]
+        node["enum"] = method_names()
+    return schema
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(name: str) -> Any:
     schema = load_schema(name)
     _strict_validator().check_schema(schema)
     return validator_for(schema)
 
 
-def _describe(error: "jsonschema.ValidationError", what: str) -> str:
+def _describe(error: jsonschema.ValidationError, what: str) -> str:
     path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     where = f"{what}{path}" if path else what
     if error.validator == "additionalProperties" and error.validator_value is False:

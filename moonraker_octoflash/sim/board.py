@@ -40,7 +40,7 @@ from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
 from ..discovery.usb import DfuLayout, parse_dfu_layout
 from .images import FLASH_BASE, classify_image, default_app_start
 
-MODES = ("dfu", "katapult", "klipper", "klipper-canbridge", "off")
+MODES = ("dfu", "katapult", "klipper", "klipper-canbridge", "off", "bootsel")
 ENV_DIR = "OCTOFLASH_SIM_DIR"
 ENV_FAULTS = "OCTOFLASH_SIM_FAULTS"
 HISTORY_KEPT = 100
@@ -58,7 +58,12 @@ _EXTRA_MCUS: Dict[str, Dict[str, Any]] = {
                     "dfu_layout": "@Internal Flash   /0x08000000/256*02Kg"},
     "stm32f072xb": {"flash_size": 0x20000,
                     "dfu_layout": "@Internal Flash  /0x08000000/064*0002Kg"},
+    # The RP2040/RP2350 erase 4 KiB sectors of their QSPI flash (no DFU: the layout
+    # only says where the flash is and how it is erased).
+    "rp2040": {"flash_size": 0x200000, "dfu_layout": "@Flash /0x10000000/512*004Kg"},
+    "rp2350": {"flash_size": 0x200000, "dfu_layout": "@Flash /0x10000000/512*004Kg"},
 }
+USB_ID_BOOTSEL = {"rp2040": (0x2E8A, 0x0003), "rp2350": (0x2E8A, 0x000F)}
 
 FAULTS = {
     "dfu_mass_erase_unsupported": "dfu-util: the board refuses the mass-erase command",
@@ -73,6 +78,7 @@ FAULTS = {
     "serial_in_use": "flashtool: the serial device is held by another program",
     "no_bootloader_request": "the running Klipper ignores bootloader requests",
     "no_return": "after a write the board does not come back",
+    "rp2040_write_error": "rp2040_flash: a PICOBOOT write fails half way",
 }
 
 
@@ -80,8 +86,9 @@ def mcu_facts(mcu: str) -> Dict[str, Any]:
     """Flash size and DFU layout of an MCU (presets first, then the extras)."""
     from ..presets import mcu_info
     info = mcu_info(mcu)
-    if info is not None and info.dfu_layout:
-        return {"flash_size": info.flash_size, "dfu_layout": info.dfu_layout}
+    if info is not None:
+        layout = info.dfu_layout or _EXTRA_MCUS.get(mcu, {}).get("dfu_layout")
+        return {"flash_size": info.flash_size, "dfu_layout": layout}
     if mcu in _EXTRA_MCUS:
         return dict(_EXTRA_MCUS[mcu])
     return {"flash_size": 0x80000, "dfu_layout": "@Internal Flash  /0x08000000/256*002Kg"}
@@ -122,7 +129,7 @@ class SimulatedMachine:
                 "next_usb_address": 5, "next_index": 0})
 
     @classmethod
-    def from_env(cls) -> "SimulatedMachine":
+    def from_env(cls) -> SimulatedMachine:
         directory = os.environ.get(ENV_DIR)
         if not directory:
             raise RuntimeError(f"{ENV_DIR} is not set: the tool doubles need a simulated machine")
@@ -214,7 +221,7 @@ class SimulatedMachine:
                   chip_id: Optional[str] = None, canbus_uuid: Optional[str] = None,
                   dfu_serial: Optional[str] = None, can_interface: str = "can0",
                   leave_status_error: bool = True, boot_delay: float = 0.0,
-                  katapult_version: str = "v0.0.1-110-gb0bf421") -> "SimulatedBoard":
+                  katapult_version: str = "v0.0.1-110-gb0bf421") -> SimulatedBoard:
         """Create a board.  ``firmware`` describes a Klipper already in flash
         (``version``, ``bridge``); ``mode`` defaults to what a reset leads to."""
         if transport not in ("usb", "can"):
@@ -243,7 +250,8 @@ class SimulatedMachine:
         board = SimulatedBoard(self, name)
         start = app_start or default_app_start(mcu)
         if bootloader == "katapult":
-            board.write_flash(FLASH_BASE, _fake_katapult(start, katapult_version), name="katapult.bin")
+            board.write_flash(board.flash_base, _fake_katapult(start, katapult_version),
+                              name="katapult.bin")
         elif bootloader == "stock":
             start = STOCK_APP_START
             board.write_flash(FLASH_BASE, b"BTT-STOCK-BOOTLOADER".ljust(0x4000, b"\0"),
@@ -251,7 +259,7 @@ class SimulatedMachine:
         elif bootloader is not None:
             raise ValueError("bootloader is 'katapult', 'stock' or None")
         if firmware is not None:
-            address = start if bootloader else FLASH_BASE
+            address = start if bootloader else board.flash_base
             board.write_flash(address, make_klipper_image(
                 mcu, firmware.get("version", "v0.12.0-100-gsim"),
                 bridge=bool(firmware.get("bridge")), canbus=transport == "can" or
@@ -261,24 +269,24 @@ class SimulatedMachine:
             board.set_mode(mode, delay=0.0)
         return board
 
-    def board(self, name: str) -> "SimulatedBoard":
+    def board(self, name: str) -> SimulatedBoard:
         if not os.path.isfile(os.path.join(self.boards_dir, name, "state.json")):
             raise KeyError(name)
         return SimulatedBoard(self, name)
 
-    def boards(self) -> List["SimulatedBoard"]:
+    def boards(self) -> List[SimulatedBoard]:
         names = sorted(os.listdir(self.boards_dir)) if os.path.isdir(self.boards_dir) else []
         return [SimulatedBoard(self, n) for n in names
                 if os.path.isfile(os.path.join(self.boards_dir, n, "state.json"))]
 
-    def board_for_tty(self, path: str) -> Optional["SimulatedBoard"]:
+    def board_for_tty(self, path: str) -> Optional[SimulatedBoard]:
         real = os.path.realpath(path)
         for b in self.boards():
             if os.path.realpath(b.tty_path) == real:
                 return b
         return None
 
-    def board_for_uuid(self, uuid: str) -> Optional["SimulatedBoard"]:
+    def board_for_uuid(self, uuid: str) -> Optional[SimulatedBoard]:
         wanted = normalize_uuid(uuid)
         for b in self.boards():
             if b.canbus_uuid == wanted:
@@ -344,7 +352,8 @@ class SimulatedMachine:
     def tool_paths(self) -> Dict[str, str]:
         """Paths of the dfu-util and flashtool.py doubles bound to this machine."""
         return {"dfu_util": self._wrapper("dfu-util", "dfu_util"),
-                "flashtool": self._wrapper("flashtool.py", "flashtool")}
+                "flashtool": self._wrapper("flashtool.py", "flashtool"),
+                "rp2040_flash": self._wrapper("rp2040_flash", "rp2040_flash")}
 
     def _wrapper(self, filename: str, module: str) -> str:
         path = os.path.join(self.bin_dir, filename)
@@ -444,6 +453,12 @@ class SimulatedBoard:
     node_assigned = property(lambda self: bool(self._get("node_assigned")))
 
     @property
+    def flash_base(self) -> int:
+        """Where the chip's flash starts (its MCU facts; the STM32's by default)."""
+        from ..mcus import flash_base
+        return flash_base(str(self.mcu)) or FLASH_BASE
+
+    @property
     def mode(self) -> str:
         """The mode now: ``booting`` until a reboot's delay has passed."""
         state = self.state
@@ -483,6 +498,10 @@ class SimulatedBoard:
         state = self.state
         common = {"serial": state["chip_id"], "product": state["mcu"],
                   "address": state.get("usb_address", 0), "port_path": state["port_path"]}
+        if mode == "bootsel":     # the RP2040/RP2350 boot ROM
+            return dict(common, id=USB_ID_BOOTSEL["rp2350" if state["mcu"] == "rp2350" else
+                                                  "rp2040"],
+                        manufacturer="Raspberry Pi", product="RP2 Boot")
         if mode == "dfu":
             return dict(common, id=USB_ID_DFU, manufacturer="STMicroelectronics",
                         product="STM32  BOOTLOADER", serial=state["dfu_serial"],
@@ -518,7 +537,7 @@ class SimulatedBoard:
         return layout
 
     def read_flash(self, address: int, length: int) -> bytes:
-        offset = address - FLASH_BASE
+        offset = address - self.flash_base
         with open(self.flash_path, "rb") as f:
             f.seek(offset)
             return f.read(length)
@@ -534,7 +553,7 @@ class SimulatedBoard:
 
     def bootloader(self) -> Optional[Dict[str, Any]]:
         """The bootloader in flash (Katapult or the stock one), or None."""
-        region = self.region_at(FLASH_BASE)
+        region = self.region_at(self.flash_base)
         if region and region["kind"] in ("katapult", "stock-bootloader"):
             return region
         return None
@@ -556,7 +575,7 @@ class SimulatedBoard:
         sectors = self.layout().sectors_touching(address, max(length, 1))
         with open(self.flash_path, "r+b") as f:
             for start, size in sectors:
-                f.seek(start - FLASH_BASE)
+                f.seek(start - self.flash_base)
                 f.write(b"\xff" * size)
         state = self.state
         state["regions"] = [r for r in state.get("regions", [])
@@ -569,21 +588,23 @@ class SimulatedBoard:
         """Program ``data`` at ``address``; ``complete=False`` for a write cut short
         (the bytes land, but nothing bootable is recorded)."""
         end = address + len(data)
-        if address < FLASH_BASE or end > FLASH_BASE + self.flash_size:
+        if address < self.flash_base or end > self.flash_base + self.flash_size:
             raise ValueError(f"write 0x{address:08x}..0x{end:08x} is outside the flash")
         with self.machine.lock():
             if erase:
                 self._erase_locked(address, len(data))
             with open(self.flash_path, "r+b") as f:
-                f.seek(address - FLASH_BASE)
+                f.seek(address - self.flash_base)
                 f.write(data)
             state = self.state
             if complete:
-                info = {"kind": kind} if kind else classify_image(data, name, state["mcu"])
-                if info["kind"] == "katapult" and address != FLASH_BASE:
+                info: Dict[str, Any] = {"kind": kind} if kind else \
+                    classify_image(data, name, state["mcu"])
+                if info["kind"] == "katapult" and address != self.flash_base:
                     info = {"kind": "data"}
-                info.update(address=address, size=len(data), name=os.path.basename(name),
-                            sha256=hashlib.sha256(data).hexdigest())
+                info.update({"address": address, "size": len(data),
+                             "name": os.path.basename(name),
+                             "sha256": hashlib.sha256(data).hexdigest()})
                 state["regions"] = [r for r in state.get("regions", [])
                                     if not (r["address"] < end and r["address"] + r["size"] > address)]
                 state["regions"].append(info)
@@ -612,13 +633,13 @@ class SimulatedBoard:
             return self._app_mode(app) or "katapult"
         if bl is not None:
             return self._app_mode(self.region_at(STOCK_APP_START)) or "off"
-        return self._app_mode(self.region_at(FLASH_BASE)) or "off"
+        return self._app_mode(self.region_at(self.flash_base)) or "off"
 
     def _run_deployer(self, bootloader: Dict[str, Any], deployer: Dict[str, Any]) -> None:
         """Katapult's deployer rewrites the bootloader, then erases itself."""
         image = _fake_katapult(int(deployer.get("app_start", bootloader["app_start"])),
                                "deployed")
-        self.write_flash(FLASH_BASE, image, name="katapult.bin")
+        self.write_flash(self.flash_base, image, name="katapult.bin")
         self.erase(deployer["address"], deployer["size"])
 
     def set_mode(self, mode: str, *, delay: Optional[float] = None) -> None:
@@ -678,7 +699,7 @@ class SimulatedBoard:
         elif bl is not None:
             region = self.region_at(STOCK_APP_START)
         else:
-            region = self.region_at(FLASH_BASE)
+            region = self.region_at(self.flash_base)
         if region is None:
             return None
         return {"version": region.get("version", ""), "mcu": region.get("mcu", ""),

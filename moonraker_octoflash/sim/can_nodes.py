@@ -37,7 +37,7 @@ class SimulatedCanNodes:
         self._buses: List[Any] = []
         self.frames_seen = 0
 
-    def start(self) -> "SimulatedCanNodes":
+    def start(self) -> SimulatedCanNodes:
         import can
         names = self.interfaces or self.machine.all_can_interfaces() or ["can0"]
         udev = threading.Thread(target=self._udev, name="sim-udev", daemon=True)
@@ -64,7 +64,7 @@ class SimulatedCanNodes:
         self._threads.clear()
         self._buses.clear()
 
-    def __enter__(self) -> "SimulatedCanNodes":
+    def __enter__(self) -> SimulatedCanNodes:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -194,13 +194,13 @@ class _Tool:
                       "Process ID: 4242\nProcess Systemd Unit Name: klipper.service")
             raise FlashError(f"Serial device {device} in use")
         mode = board.mode if board is not None else "off"
-        if mode == "klipper":
+        if mode == "klipper" and board is not None:
             self.line("Detected USB device running Klipper")
             self.line(f"Requesting USB bootloader for {device}...")
-            start_id = board.usb_identity()["id"]   # type: ignore[union-attr]
-            board.enter_bootloader()                  # type: ignore[union-attr]
-            if self.wait_reconnect(board, start_id) and board.mode == "katapult":  # type: ignore[arg-type]
-                device = board.by_id_path() or device   # type: ignore[union-attr]
+            start_id = str((board.usb_identity() or {}).get("id") or "")
+            board.enter_bootloader()
+            if self.wait_reconnect(board, start_id) and board.mode == "katapult":
+                device = board.by_id_path() or device
                 self.line(f"Katapult detected{' on ' + device if not self.legacy else ''}")
             if self.is_bootloader_req:
                 return
@@ -256,7 +256,7 @@ class _Tool:
         if self.is_flash_req or self.is_bootloader_req:
             self.line("Sending bootloader jump command...")
             if target is not None and target.mode != "katapult":
-                start_id = (target.usb_identity() or {}).get("id")
+                start_id = str((target.usb_identity() or {}).get("id") or "")
                 target.enter_bootloader()
                 if bridge is not None:
                     if self.wait_reconnect(bridge, start_id) and bridge.mode == "katapult":

@@ -183,6 +183,12 @@ class _Client:
             self.closed = True
 
 
+def _fixed_mcus(mcus: List[SimMcu]) -> McuSource:
+    def source() -> List[SimMcu]:
+        return mcus
+    return source
+
+
 class KlippyStandIn:
     """Klipper's API server side of the unix socket.
 
@@ -200,7 +206,7 @@ class KlippyStandIn:
                  on_start: Optional[Callable[[], None]] = None,
                  on_stop: Optional[Callable[[], None]] = None) -> None:
         self.socket_path = socket_path
-        self._mcu_source: McuSource = mcus if callable(mcus) else (lambda m=list(mcus): m)
+        self._mcu_source: McuSource = mcus if callable(mcus) else _fixed_mcus(list(mcus))
         self.software_version = software_version
         self.macro_files = list(macro_files)
         self.config_file = config_file
@@ -652,13 +658,17 @@ class KlippyStandIn:
             self.respond_info(msg)
             return ""
 
+        def emergency_stop(msg: str = "") -> str:
+            self._estop(None, {})  # type: ignore[arg-type]
+            return ""
+
         context = {
             "params": params, "rawparams": raw_params,
             "printer": self._objects(),
             "action_respond_info": respond_info,
             "action_raise_error": raise_error,
             "action_call_remote_method": call_remote_method,
-            "action_emergency_stop": lambda msg="": self._estop(None, {}) or "",  # type: ignore[arg-type]
+            "action_emergency_stop": emergency_stop,
         }
         try:
             rendered = str(env.from_string(macro.gcode).render(context))
@@ -801,7 +811,7 @@ class StandInThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="klippy-standin",
                                         daemon=True)
 
-    def start(self) -> "StandInThread":
+    def start(self) -> StandInThread:
         self._thread.start()
         self.call(self.standin.start)
         if self.control is not None:

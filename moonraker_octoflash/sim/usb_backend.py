@@ -2,8 +2,9 @@
 
 Each board appears with the ids and strings the real firmware uses: the STM32
 ROM loader (``0483:df11``, its DFU alt settings named after the flash
-layout), Katapult (``1d50:6177``), Klipper USB serial (``1d50:614e``) and
-the Klipper USB-CAN bridge (``1d50:606f``).  Only what discovery reads is
+layout), Katapult (``1d50:6177``), Klipper USB serial (``1d50:614e``),
+the Klipper USB-CAN bridge (``1d50:606f``) and the RP2040/RP2350 boot ROM
+in BOOTSEL mode (``2e8a:0003`` / ``2e8a:000f``).  Only what discovery reads is
 implemented: descriptors and string descriptors through control transfers.
 """
 from __future__ import annotations
@@ -43,6 +44,10 @@ class _SimDevice:
                      for alt in range(len(self.alt_names))]]
         if self.ident["id"] == USB_ID_CANBRIDGE:
             return [[{"cls": 0xFF, "sub": 0xFF, "proto": 0xFF, "str": 0, "eps": 2}]]
+        if self.ident["manufacturer"] == "Raspberry Pi":
+            # The boot ROM: a mass-storage drive (RPI-RP2) and the PICOBOOT interface.
+            return [[{"cls": 0x08, "sub": 0x06, "proto": 0x50, "str": 0, "eps": 2}],
+                    [{"cls": 0xFF, "sub": 0x00, "proto": 0x00, "str": 0, "eps": 2}]]
         # CDC ACM: a control interface and a data interface.
         return [[{"cls": 0x02, "sub": 0x02, "proto": 0x01, "str": 0, "eps": 1}],
                 [{"cls": 0x0A, "sub": 0x00, "proto": 0x00, "str": 0, "eps": 2}]]

@@ -450,6 +450,16 @@
     return [text, kind];
   }
 
+  // Step and device names from the flash methods (status.flash_methods, the registry).
+  function methodText(what, key) {
+    var found = "";
+    ((state.status && state.status.flash_methods) || []).forEach(function (m) {
+      var names = what === "steps" ? m.steps : m.device_labels;
+      if (!found && names && key && names[key]) { found = names[key]; }
+    });
+    return found;
+  }
+
   function connectionText(p) {
     if (p.canbus_uuid) { return "CAN " + p.canbus_uuid + " on " + (p.canbus_interface || "can0"); }
     if (p.serial) { return p.serial.split("/").pop(); }
@@ -512,7 +522,7 @@
     st.textContent = job.state;
     st.className = "pill " + (job.state === "done" ? "good" :
       (job.state === "running" || job.state === "queued") ? "" : "bad");
-    $("job-stage").textContent = job.stage || "";
+    $("job-stage").textContent = methodText("steps", job.stage) || job.stage || "";
     var bar = $("job-progress");
     if (job.percent === null || job.percent === undefined) { bar.removeAttribute("value"); }
     else { bar.value = job.percent; }
@@ -538,7 +548,8 @@
                  (m.mcu_type ? " (" + m.mcu_type + ")" : ""));
     });
     (d.usb || []).forEach(function (u) {
-      items.push("USB " + (u.kind || "") + " " + (u.vid_pid || u.id || "") +
+      items.push("USB " + (methodText("devices", u.kind) || u.kind || "") + " " +
+                 (u.usb_id || u.vid_pid || u.id || "") +
                  (u.serial ? " serial " + u.serial : "") + (u.port_path ? " at " + u.port_path : ""));
     });
     (d.serial_ports || []).forEach(function (s) {

@@ -5,6 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.realpath(__file__))))))
-from moonraker_octoflash.sim.flashtool import main  # noqa: E402
+from moonraker_octoflash.sim.flashtool import main
 
 sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,109 @@
+"""What several methods share: Katapult seen on a board, and the STM32 recovery text.
+
+The STM32's ROM DFU loader is the last resort for both: it cannot be
+damaged, so a board left half-written is always recovered through it.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ...discovery.snapshot import DeviceSnapshot, profile_is_usb_can_bridge
+from ...mcus import flash_base
+from ...presets import list_presets
+from ..plan import FlashPlan, dfu_instructions
+
+
+def katapult_seen(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> Optional[str]:
+    """How the last scan showed Katapult on the profile's board, or None."""
+    if devices is None:
+        return None
+    status = devices.status_of(plan.profile)
+    if status.state == "bootloader":
+        return f"the board was seen in Katapult ({status.detail})"
+    chip = devices.chip_serial_for(plan.profile)
+    if chip and devices.usb_by_serial("katapult", chip) is not None:
+        return "the board's Katapult is on USB"
+    return None
+
+
+def _katapult_preset_for(profile: Any) -> Optional[str]:
+    family = getattr(profile.preset, "family", "")
+    for p in list_presets():
+        if p.target == "katapult" and p.mcu == profile.mcu and (not family or p.id.startswith(family)):
+            return p.id
+    return None
+
+
+def _settings_text(plan: FlashPlan) -> str:
+    return ("the new firmware does not start, or talks over another interface than expected: "
+            "check the build's clock reference, communication interface" +
+            (" and CAN pins and speed" if _is_bridge_profile(plan) or plan.transport in
+             ("can", "usb-can-bridge") else "") + " against the board")
+
+
+def _is_bridge_profile(plan: FlashPlan) -> bool:
+    return plan.profile.target == "klipper" and profile_is_usb_can_bridge(plan.profile)
+
+
+def stm32_recovery(plan: FlashPlan, *, write_started: bool, in_bootloader: bool,
+                  write_complete: bool = False, board_back: bool = False) -> Optional[str]:
+    """How to get the board running again after a flash that did not end well.
+
+    ``write_complete``: the tool reported the whole image written (and, for
+    Katapult, read back and verified); then nothing is half-written and the
+    text is about a board that does not come back (``board_back`` False) or
+    comes back running other firmware (``board_back`` True).  The DFU steps
+    and the Katapult preset named are those of the profile's own board
+    variant.
+    """
+    if not write_started:
+        if in_bootloader:
+            return ("Nothing was written, but the board waits in Katapult: flash a build made "
+                    "for it, or press its reset button once to go back to its firmware.")
+        return None
+    profile = plan.profile
+    katapult_preset = _katapult_preset_for(profile) or "the Katapult preset for this board"
+    dfu = dfu_instructions(profile.preset)
+    keeps_bootloader = profile.target == "klipper" and \
+        plan.artifact.app_address != flash_base(plan.artifact.mcu)
+    if keeps_bootloader:
+        dfu_then = (f"Then flash {katapult_preset} with the dfu method to get the bootloader "
+                    "back, then this profile.")
+    else:
+        dfu_then = "Then flash this profile again with the dfu method."
+    if write_complete and board_back:
+        return ("The write completed, but the board runs other firmware: check that the "
+                "profile names the board that was written (its serial path or canbus_uuid), "
+                f"then flash again. If it still reports the old version, recover over DFU: "
+                f"{dfu} {dfu_then}")
+    if write_complete:
+        if plan.method == "katapult":
+            done = ("The write completed and Katapult read it back and verified it: the image "
+                    "on the board is the build.")
+            bootloader = (" Katapult itself was not touched: double-click the reset button to "
+                          "enter it and flash a build that works (an earlier build is kept: "
+                          "--artifact ID). If Katapult does not come up either, recover over "
+                          f"DFU: {dfu} {dfu_then}")
+            if profile.target == "katapult":
+                done = ("deployer.bin was written and verified; it replaces Katapult on its "
+                        "first start.")
+                bootloader = (f" If nothing comes back, recover over DFU: {dfu} Then flash "
+                              "this profile with the dfu method.")
+        else:
+            done = "dfu-util reported the whole image downloaded."
+            bootloader = (" The STM32's ROM DFU loader cannot be damaged, so the board can "
+                          f"always be recovered: {dfu} {dfu_then}")
+        first = "Power-cycle the board (unplug USB and the 24 V supply)"
+        if plan.method == "dfu":
+            first += ", with the BOOT0 jumper removed: with it fitted the board starts in DFU mode"
+        return (f"{done} {first}. If it still does not come back, "
+                f"{_settings_text(plan)}.{bootloader}")
+    if plan.method == "katapult":
+        return ("The application area was partly written; Katapult itself was not touched. "
+                "Double-click the reset button to enter Katapult and flash again. If Katapult "
+                f"does not come up, recover over DFU: {dfu} {dfu_then}")
+    return ("The flash was partly written. The STM32's ROM DFU loader cannot be damaged, so "
+            f"the board can always be recovered: {dfu} " +
+            ("Then flash again; to get a bootloader back, flash "
+             f"{katapult_preset} over DFU first, then this profile." if keeps_bootloader
+             else "Then flash this profile again."))

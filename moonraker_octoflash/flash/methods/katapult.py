@@ -1,0 +1,293 @@
+"""Katapult: ``flashtool.py`` through the Katapult bootloader, over CAN or USB serial.
+
+A board running Klipper is asked into Katapult (``-r``), Katapult's status
+is read (``-s``: MCU type, application start) and checked against the
+image, then the image is written and verified (``-f``).  A USB-CAN bridge
+mainboard gets the request over CAN and the write over the Katapult serial
+port it comes back as.  flashtool.py's output is read by ``flash/katapult.py``.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Set
+
+from ...discovery.identity import USB_ID_KATAPULT, normalize_uuid
+from ...discovery.serial import SerialPort, katapult_by_id_name, list_serial_ports
+from ...discovery.snapshot import DeviceSnapshot
+from ...mcus import flash_base
+from ..checks import CheckRefused, CheckResult, _mcu_refusal, check_katapult_status, image_mcu
+from ..katapult import KatapultFlasher, katapult_sha1
+from ..plan import (CAN, KATAPULT_DEVICE, USB_CAN_BRIDGE, USB_SERIAL, FlashPlan, FlashStep,
+                    _chip_serial, _flashtool, _transport)
+from ..results import StepRecord, WriteFailed
+from .base import FlashMethod, PlanInput, PlanPart
+from .common import stm32_recovery
+
+if TYPE_CHECKING:
+    from ..executor import _PlanRun
+
+
+class KatapultMethod(FlashMethod):
+    name = "katapult"
+    label = "Katapult (flashtool.py)"
+    tool = "flashtool.py"
+    summary = ("Katapult's flashtool.py through the Katapult bootloader, over CAN, USB serial "
+               "or behind a USB-CAN bridge; no jumper needed.")
+    enter = ("Nothing to do: octoflash asks the running firmware into Katapult; a double-click "
+             "on reset enters it by hand.")
+    usb_ids = {USB_ID_KATAPULT: "katapult"}
+    device_labels = {"katapult": "Katapult"}
+    device_kinds = ("katapult",)
+    connections = ("can", "serial")
+    transports = {
+        USB_SERIAL: "Katapult over USB serial",
+        CAN: "Katapult over CAN",
+        USB_CAN_BRIDGE: "Katapult behind the USB-CAN bridge (request over CAN, write over USB "
+                        "serial)",
+    }
+    transports_short = {USB_SERIAL: "Katapult over USB serial", CAN: "Katapult over CAN",
+                        USB_CAN_BRIDGE: "Katapult behind the USB-CAN bridge"}
+    step_names = {"request_bootloader": "Ask the board to enter Katapult",
+                  "wait_katapult_usb": "Wait for the Katapult serial port",
+                  "wait_katapult_can": "Wait for Katapult to answer on CAN",
+                  "katapult_status": "Read Katapult's status",
+                  "write_katapult": "Write through Katapult"}
+    write_kinds = frozenset({"write_katapult"})
+    bootloader_kinds = frozenset({"request_bootloader", "wait_katapult_usb",
+                                  "wait_katapult_can", "katapult_status"})
+
+    def preferred(self, profile: Any, status: Any, devices: Any = None) -> bool:
+        # Katapult is there: replace it with the deployer, no jumper.
+        return status is not None and status.state == "bootloader" and \
+            profile.target == "katapult"
+
+    def plan(self, given: PlanInput) -> PlanPart:
+        profile, artifact, config = given.profile, given.artifact, given.config
+        devices, status, t = given.devices, given.status, config.timeouts
+        uuid = normalize_uuid(profile.canbus_uuid)
+        interface = profile.canbus_interface or "can0"
+        warnings: List[str] = []
+        steps: List[FlashStep] = []
+        transport = _transport(profile)
+        file_name = given.entry.get("file") or artifact.main_file
+        if profile.target == "katapult":
+            # deployer.bin is linked where the old bootloader starts applications.
+            address = (getattr(artifact, "deployer_address", None) or artifact.bootloader_app_start
+                       or profile.preset.bootloader_app_start or flash_base(artifact.mcu) or 0)
+        else:
+            address = artifact.app_address
+        steps.append(FlashStep("stop_klipper", "Stop Klipper", timeout=t.stop_klipper))
+        in_katapult = status is not None and status.state == "bootloader"
+        fw = artifact.path(file_name)
+        if transport == CAN:
+            steps.append(FlashStep(
+                "request_bootloader", f"Ask node {uuid} on {interface} to enter Katapult",
+                argv=_flashtool(config, "-i", interface, "-u", str(uuid), "-r"),
+                timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
+            steps.append(FlashStep("wait_katapult_can", f"Wait for Katapult to answer as {uuid}",
+                                   timeout=t.bootloader_wait,
+                                   params={"uuid": uuid, "interface": interface}))
+            where = ["-i", interface, "-u", str(uuid)]
+        else:
+            chip = _chip_serial(profile, devices)
+            by_id_name = katapult_by_id_name(profile.mcu, chip) if chip else None
+            if transport == USB_CAN_BRIDGE:
+                steps.append(FlashStep(
+                    "request_bootloader", f"Ask the bridge {uuid} on {interface} to enter Katapult",
+                    argv=_flashtool(config, "-i", interface, "-u", str(uuid), "-r"),
+                    timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
+            else:
+                # -f too: flashtool.py before October 2024 insists on an existing file
+                # even for a bare bootloader request over serial (-r writes nothing).
+                steps.append(FlashStep(
+                    "request_bootloader", f"Ask {os.path.basename(profile.serial)} to enter Katapult",
+                    argv=_flashtool(config, "-d", profile.serial, "-f", fw, "-r"),
+                    timeout=t.request_bootloader, params={"skip_if_in_bootloader": True}))
+            target = os.path.join(config.by_id_dir, by_id_name) if by_id_name else None
+            steps.append(FlashStep(
+                "wait_katapult_usb",
+                f"Wait for {target or 'a usb-katapult_' + profile.mcu + '_… serial port'}",
+                timeout=t.bootloader_wait,
+                params={"path": target, "mcu": profile.mcu, "chip_serial": chip}))
+            where = ["-d", target or KATAPULT_DEVICE]
+        steps.append(FlashStep("katapult_status",
+                               "Read Katapult's status (MCU type, application start)",
+                               argv=_flashtool(config, *where, "-s"), timeout=t.status))
+        steps.append(FlashStep("write_katapult", f"Write {file_name} through Katapult",
+                               argv=_flashtool(config, *where, "-f", fw), timeout=t.write,
+                               params={"in_bootloader": in_katapult}))
+        if file_name != "klipper.bin" and profile.target == "klipper":
+            warnings.append(f"{file_name} is not named klipper.bin, so flashtool.py skips its "
+                            "own MCU check (octoflash still checks the MCU).")
+        return PlanPart(transport=transport, file_name=file_name, address=address, steps=steps,
+                        needs_klipper_stop=True, warnings=warnings)
+
+    def board_check(self, plan: FlashPlan, devices: DeviceSnapshot) -> Optional[CheckResult]:
+        chip = devices.chip_serial_for(plan.profile)
+        wanted = image_mcu(plan)
+        for kind in ("katapult", "klipper", "canbridge"):
+            dev = devices.usb_by_serial(kind, chip) if chip else None
+            if dev is not None and dev.mcu:
+                if dev.mcu != wanted:
+                    raise _mcu_refusal(f"the board's USB {kind} device ({dev.usb_id})", dev.mcu, plan)
+                return CheckResult("board_mcu", True, f"USB device reports {dev.mcu}")
+        return None
+
+    def checks(self, plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> List[CheckResult]:
+        return [CheckResult("bootloader", True, "the bootloader area is not written"),
+                CheckResult("dfu_device", True, "not a DFU write")]
+
+    async def run_step(self, run: _PlanRun, step: FlashStep, record: StepRecord) -> None:
+        kind = step.kind
+        timeout = float(step.timeout or 60.0)
+        katapult = KatapultFlasher(on_progress=run.on_tool_progress,
+                                   env=run.config.tool_env or None)
+        if kind == "request_bootloader":
+            if await self._already_in_katapult(run, step):
+                record.status, record.message = "skipped", "the board is already in Katapult"
+                run.in_bootloader = True
+                return
+            run.katapult_ports_before = await self._katapult_ports(run)
+            await katapult.request_bootloader(run.argv(step), timeout=timeout)
+            run.in_bootloader = run.bootloader_requested = True
+        elif kind == "wait_katapult_usb":
+            run.katapult_device = await self._wait_katapult_usb(run, step, timeout)
+            record.message = run.katapult_device
+        elif kind == "wait_katapult_can":
+            await self._wait_katapult_can(run, step, timeout)
+        elif kind == "katapult_status":
+            status = await katapult.status(run.argv(step), timeout=timeout)
+            if status is None:
+                run.result.warnings.append(
+                    "This flashtool.py is older than October 2024 and cannot report Katapult's "
+                    "status, so the MCU type and application start were not checked against "
+                    "Katapult before writing. Update it: git -C ~/katapult pull")
+                record.status, record.message = "skipped", "flashtool.py has no -s"
+                return
+            run.result.katapult_status = status.to_json()
+            for check in check_katapult_status(run.plan, status):
+                run.emit("check", check.message, kind="output")
+            run.status_block_size = status.block_size or 64
+        elif kind == "write_katapult":
+            run.write_started = True
+            written = await katapult.write(run.argv(step), timeout=timeout)
+            run.in_bootloader = False
+            run.result.verified_sha = written.sha
+            data = await asyncio.to_thread(_read, run.plan.file_path)
+            run.result.expected_sha = katapult_sha1(data, run.status_block_size)
+            if written.sha and written.sha != run.result.expected_sha:
+                run.result.warnings.append(
+                    f"Katapult's read-back SHA-1 {written.sha} differs from the image's "
+                    f"{run.result.expected_sha}: flashtool.py may have written another file.")
+            if written.legacy:
+                run.result.warnings.append("flashtool.py predates 'Programming Complete'; the "
+                                           "write was judged by its 'Flash Success' after a "
+                                           "completed write and verification.")
+        else:
+            await super().run_step(run, step, record)
+
+    async def _katapult_ports(self, run: _PlanRun) -> Set[str]:
+        ports, _ = await asyncio.to_thread(list_serial_ports, run.config.by_id_dir)
+        return {p.path for p in ports if p.kind == "katapult"}
+
+    async def _already_in_katapult(self, run: _PlanRun, step: FlashStep) -> bool:
+        if not step.params.get("skip_if_in_bootloader"):
+            return False
+        devices = await run.snapshot()
+        if devices is not None:
+            return devices.status_of(run.plan.profile).state == "bootloader"
+        wait = run.plan.step("wait_katapult_usb")
+        path = wait.params.get("path") if wait else None
+        return bool(path and await asyncio.to_thread(os.path.exists, path))
+
+    async def _wait_katapult_usb(self, run: _PlanRun, step: FlashStep, timeout: float) -> str:
+        wanted = step.params.get("path")
+        mcu = step.params.get("mcu")
+        chip = step.params.get("chip_serial")
+
+        async def probe() -> Optional[str]:
+            ports, _ = await asyncio.to_thread(list_serial_ports, run.config.by_id_dir)
+            katapult = [p for p in ports if p.kind == "katapult"]
+            if wanted and any(p.path == wanted for p in katapult):
+                return str(wanted)
+            if not wanted:
+                new = [p for p in katapult if p.path not in run.katapult_ports_before
+                       and (not mcu or p.mcu == mcu)]
+                if len(new) == 1:
+                    return new[0].path
+                same = [p for p in katapult if not mcu or p.mcu == mcu]
+                if len(same) == 1:
+                    return same[0].path
+            _refuse_other_katapult(run.plan, katapult, chip, run.katapult_ports_before
+                                   if run.bootloader_requested else None)
+            return None
+        found = await run.poll("katapult", timeout, probe)
+        if not found:
+            raise WriteFailed(
+                f"The board did not show up as a Katapult serial port within {timeout:g} s.",
+                hint="Double-click the board's reset button to enter Katapult and flash again. "
+                     "If Katapult never appears, it is not installed: put the board into DFU "
+                     "mode and flash the Katapult preset first.")
+        return str(found)
+
+    async def _wait_katapult_can(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
+        uuid, interface = step.params.get("uuid"), step.params.get("interface")
+        if run.ctx.discover is None:
+            await asyncio.sleep(min(1.0, timeout))
+            return
+
+        async def probe() -> bool:
+            devices = await run.snapshot()
+            node = devices.can_node(uuid, interface) if devices else None
+            return node is not None and node.application == "Katapult"
+        if not await run.poll("katapult-can", timeout, probe):
+            raise WriteFailed(
+                f"Node {uuid} did not answer as Katapult on {interface} within {timeout:g} s.",
+                hint="Check that Katapult is installed on the node and that the bus is up; a "
+                     "double-click on the node's reset button also enters Katapult.")
+
+    def recovery(self, plan: FlashPlan, *, write_started: bool, in_bootloader: bool,
+                 write_complete: bool = False, board_back: bool = False) -> Optional[str]:
+        return stm32_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
+                              write_complete=write_complete, board_back=board_back)
+
+
+def _refuse_other_katapult(plan: FlashPlan, katapult: Sequence[SerialPort],
+                           chip: Optional[str], before: Optional[Set[str]]) -> None:
+    """The board answered as Katapult, but for another MCU: say so at once.
+
+    A port with the board's chip id (or, when the chip id is not known, the
+    one Katapult port that appeared after the request) whose name carries
+    another MCU than the build's is this board; waiting for a port with the
+    expected name would only time out.
+    """
+    expected = image_mcu(plan)
+    if chip:
+        mine = [p for p in katapult if p.serial and p.serial.upper() == str(chip).upper()]
+        how = "with this board's chip id"
+    elif before is not None:
+        mine = [p for p in katapult if p.path not in before]
+        how = "right after the bootloader request"
+        if len(mine) != 1:
+            return
+    else:
+        return
+    other = [p for p in mine if p.mcu and p.mcu != expected]
+    if not other or len(other) != len(mine):
+        return
+    port = other[0]
+    raise CheckRefused(
+        "mcu", f"The board entered Katapult as {port.name} ({how}): its Katapult reports "
+        f"{port.mcu}, but the build is for {expected}.",
+        hint=f"Choose the preset for a {port.mcu} board and build again, or check that the "
+             "profile names the right board.",
+        facts={"artifact": expected, "board": port.mcu, "source": port.path})
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+METHOD = KatapultMethod()

@@ -1,0 +1,164 @@
+"""Klipper as octoflash sees it: one reader of its MCUs, config sections and print state.
+
+The component and the update-manager entries both read Klipper through
+this one object.  Its ``status`` holds the latest ``mcu`` / ``mcu NAME``,
+``configfile`` (the MCU sections of ``settings`` and ``config``),
+``webhooks`` and ``print_stats`` status; it is read when Klipper is ready,
+and also while it is connected but not ready (startup, error): a board
+Klipper cannot reach keeps it in startup, and that is when the others'
+versions and the missing one's "not connected" matter most.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from ..discovery.identity import normalize_uuid
+from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
+
+if TYPE_CHECKING:
+    from moonraker.server import Server
+
+    from ..profiles import Profile
+
+log = logging.getLogger("octoflash")
+
+KLIPPER_QUERY_TIMEOUT = 5.0
+# While Klipper is in startup (retrying a board it cannot reach, for up to
+# 90 s) its MCUs are read this often: the reachable ones report on their own
+# time, and the state ends without an event when Klipper gives up (error).
+STARTUP_POLL_INTERVAL = 2.0
+
+
+class KlipperState:
+    """Reads Klipper through Moonraker; sends ``octoflash:klipper_mcus`` on news."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.eventloop = server.get_event_loop()
+        self.status: Dict[str, Any] = {}
+        self.host_version: Optional[str] = None
+        self._startup_watch: Optional[asyncio.Task] = None
+
+    @property
+    def klippy(self) -> Any:
+        return self.server.lookup_component("klippy_connection")
+
+    @property
+    def klippy_apis(self) -> Any:
+        return self.server.lookup_component("klippy_apis")
+
+    def is_connected(self) -> bool:
+        return bool(self.klippy.is_connected())
+
+    def close(self) -> None:
+        if self._startup_watch is not None:
+            self._startup_watch.cancel()
+
+    def on_started(self) -> None:
+        # ready is handled by on_ready; error and shutdown end up here only
+        if not self.klippy.is_ready():
+            self.eventloop.create_task(self.refresh())
+
+    def mcus(self) -> List[KlipperMcu]:
+        return klipper_mcus(self.status)
+
+    def state_name(self) -> str:
+        """Moonraker's view of Klipper: startup, ready, error, shutdown, disconnected."""
+        return str(getattr(self.klippy.state, "name", self.klippy.state)).lower()
+
+    async def on_identified(self) -> None:
+        # Klipper answered its first info request.  Moonraker tells nothing
+        # more until Klipper leaves startup, which with an unreachable board
+        # takes up to 90 s: read the MCUs meanwhile.
+        if self._startup_watch is None or self._startup_watch.done():
+            self._startup_watch = self.eventloop.create_task(self._watch_startup())
+
+    async def _watch_startup(self) -> None:
+        while True:
+            await asyncio.sleep(STARTUP_POLL_INTERVAL)
+            if not self.klippy.is_connected() or self.state_name() != "startup":
+                return
+            await self.refresh()
+
+    async def on_ready(self) -> None:
+        self.eventloop.create_task(self.refresh())
+
+    async def on_disconnect(self) -> None:
+        # What runs on the boards is unknown until Klipper reports again (a
+        # flash happens now); which board is which ([mcu] sections) stays.
+        self.status = {k: v for k, v in self.status.items()
+                               if k == "configfile"}
+
+    async def refresh(self) -> Dict[str, Any]:
+        """Read the MCUs, their config sections and the host version from Klipper.
+
+        Works in every state in which Klipper answers: in startup it lists
+        its objects and reports ``{}`` for a board it has not reached yet.
+        """
+        if not self.klippy.is_connected():
+            return self.status
+        ready = self.klippy.is_ready()
+        try:
+            objects = await asyncio.wait_for(self.klippy_apis.get_object_list(default=[]),
+                                             KLIPPER_QUERY_TIMEOUT)
+            query: Dict[str, Any] = {name: None for name in objects if is_mcu_section(name)}
+            # settings: typed, with defaults, but keyed in lower case;
+            # config: the section names as printer.cfg writes them
+            query["configfile"] = ["settings", "config"]
+            query["webhooks"] = None
+            query["print_stats"] = ["state", "filename"]
+            status = await asyncio.wait_for(self.klippy_apis.query_objects(query, default={}),
+                                            KLIPPER_QUERY_TIMEOUT)
+        except (asyncio.TimeoutError, Exception) as exc:
+            log.info("octoflash: could not read Klipper's MCUs: %s", exc)
+            return self.status
+        if status:
+            configfile = status.get("configfile") or {}
+            status["configfile"] = {
+                part: {k: v for k, v in (configfile.get(part) or {}).items() if is_mcu_section(k)}
+                for part in ("settings", "config")}
+            changed = status != self.status
+            self.status = status
+            info = self.klippy.klippy_info or {}
+            self.host_version = info.get("software_version") or self.host_version
+            if ready or changed:
+                self.server.send_event("octoflash:klipper_mcus", dict(self.status))
+        return self.status
+
+    async def print_state(self) -> Tuple[str, str]:
+        """(state, filename) of ``print_stats``, asked from Klipper when it is there."""
+        if not self.klippy.is_connected():
+            return "disconnected", ""
+        try:
+            status = await asyncio.wait_for(
+                self.klippy_apis.query_objects({"print_stats": ["state", "filename"]}, default={}),
+                KLIPPER_QUERY_TIMEOUT)
+            stats = status.get("print_stats") or {}
+        except (asyncio.TimeoutError, Exception):
+            stats = self.server.lookup_component("job_state").get_last_stats()
+        return str(stats.get("state") or "unknown"), str(stats.get("filename") or "")
+
+    def uses(self, profile: Profile) -> bool:
+        """Is this profile's board one of Klipper's MCUs (so Klipper must stop to flash it)?"""
+        if profile.klipper_mcu:
+            return True
+        return self.mcu_of(profile, self.mcus()) is not None
+
+    @staticmethod
+    def mcu_of(profile: Profile, mcus: List[KlipperMcu]) -> Optional[KlipperMcu]:
+        """The MCU that is this profile's board: by its name (any case), else uuid or serial."""
+        if profile.klipper_mcu:
+            found = find_mcu(mcus, profile.klipper_mcu)
+            if found is not None:
+                return found
+        uuid = normalize_uuid(profile.canbus_uuid)
+        for candidate in mcus:
+            if uuid and candidate.canbus_uuid == uuid:
+                return candidate
+            if profile.serial and candidate.serial and \
+                    os.path.basename(candidate.serial) == os.path.basename(profile.serial):
+                return candidate
+        return None
