@@ -3,12 +3,12 @@
 Moonraker offers a component no way to add entries to its update manager or
 announcements to the notification bell; octoflash does both through the
 internals below, and no other module of the entries touches them (they read
-Klipper's MCUs through the component's reader, klipper_state.py).  ``attach`` (updater.py)
-runs ``MoonrakerInternals.check()`` at start: it reads the running
-Moonraker's version and looks for every internal in the table.  On a version
-outside 0.10–0.11 it warns and works on; when an internal is missing it
-warns and leaves the entries (or only the announcements) out.  Moonraker
-itself always keeps running.
+Klipper's MCUs through the component's reader, klipper_state.py).
+``attach`` (updater.py) runs ``MoonrakerInternals.check()`` at start: it
+reads the running Moonraker's version and looks for every internal in the
+table.  On a version outside 0.10–0.11 it warns and works on; when an
+internal is missing it warns and leaves the entries (or only the
+announcements) out.  Moonraker itself always keeps running.
 
 internal                                      what for                                  checked on
 --------------------------------------------  ----------------------------------------  ----------
@@ -16,7 +16,7 @@ server.get_app_args()["software_version"]     the version check() compares      
 server.load_component(config,                 load the update manager when it was not   0.10, 0.11
   "update_manager", None)                     loaded yet (components load in no fixed
                                               order)
-server.config.read_supplemental_dict()       an empty config section per entry         0.10, 0.11
+server.config.read_supplemental_dict()        an empty config section per entry         0.10, 0.11
                                               (BaseDeploy reads its options from one)
 server.is_debug_enabled()                     the entries' debug_enabled                0.10, 0.11
 UpdateManager.updaters (dict name ->          add, find and remove entries; read        0.10, 0.11
@@ -47,7 +47,8 @@ events server:klippy_started,                 refresh the entries when Klipper c
 "checked on": read in the ``moonraker`` packages on PyPI, 0.11.0 (the tests
 on Python >= 3.10) and 0.10.0 (the Python 3.9 run); their update managers
 and ``base_deploy.py`` are identical, and everything above is the same in
-both.  0.11.0 is also exercised by tests/test_updater.py.
+both.  tests/test_updater.py runs the entries on each (0.10.0 in the Python
+3.9 run of .ci/run).
 
 Used directly elsewhere, as every component does: ``server.error``,
 ``server.add_warning``, ``server.lookup_component``.
