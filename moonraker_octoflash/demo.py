@@ -3,9 +3,11 @@
 Starts, in one folder:
 
 * a simulated machine: a BigTreeTech Octopus (STM32F446) running Klipper as
-  a USB-CAN bridge behind Katapult, and a CAN toolhead behind Katapult, both
-  with older firmware than the Klipper checkout; the ``dfu-util`` and
-  ``flashtool.py`` doubles write into their simulated flash;
+  a USB-CAN bridge behind Katapult and a BigTreeTech EBB36 (STM32G0B1) CAN
+  toolhead behind Katapult, both with older firmware than the Klipper
+  checkout, and an LDO Nitehawk-SB (RP2040, USB) waiting in BOOTSEL with an
+  empty flash; the ``dfu-util``, ``flashtool.py`` and ``rp2040_flash``
+  doubles write into their simulated flash;
 * small Klipper-like and Katapult-like source trees (git checkouts) whose
   ``make`` produces firmware images without an ARM compiler;
 * a Klipper stand-in on Moonraker's unix socket that reports the boards'
@@ -29,13 +31,16 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
     from .sim.board import SimulatedMachine
     from .sim.klippy import SimMcu
 
 OLD_FIRMWARE = "v0.12.0-200-g5b3a0c1"
+# The Nitehawk's serial number (the RP2040's flash id), fixed so its by-id
+# names, and so the profile's serial, stay the same from run to run.
+NITEHAWK_CHIP_ID = "E6625C05E7215D2C"
 DEFAULT_PORT = 7125
 
 
@@ -79,8 +84,11 @@ class Demo:
         if fresh or not machine.boards():
             machine.add_board("octopus", "stm32f446xx", transport="usb", bootloader="katapult",
                               firmware={"version": OLD_FIRMWARE, "bridge": True})
-            machine.add_board("toolhead", "stm32f446xx", transport="can", bootloader="katapult",
+            machine.add_board("toolhead", "stm32g0b1xx", transport="can", bootloader="katapult",
                               firmware={"version": OLD_FIRMWARE})
+            # fresh from the box, held in BOOTSEL: the boot ROM, nothing in flash
+            machine.add_board("nitehawk", "rp2040", transport="usb", bootloader=None,
+                              mode="bootsel", chip_id=NITEHAWK_CHIP_ID)
             machine.set_klipper_running(False)
         machine.sync_links()
         self._write_config()
@@ -113,11 +121,16 @@ class Demo:
         track_local_origin(path)
 
     def _write_config(self) -> None:
+        from .discovery.serial import katapult_by_id_name, klipper_by_id_name
         machine = self.machine
         assert machine is not None
         tools = machine.tool_paths()
         octopus = machine.board("octopus")
         toolhead = machine.board("toolhead")
+        nitehawk_katapult = os.path.join(machine.by_id_dir,
+                                         katapult_by_id_name("rp2040", NITEHAWK_CHIP_ID))
+        nitehawk_klipper = os.path.join(machine.by_id_dir,
+                                        klipper_by_id_name("rp2040", NITEHAWK_CHIP_ID))
         trusted = "  127.0.0.0/8\n"
         if self.host not in ("127.0.0.1", "localhost"):
             trusted += "  10.0.0.0/8\n  172.16.0.0/12\n  192.168.0.0/16\n"
@@ -155,17 +168,30 @@ class Demo:
             klipper_mcu: mcu
             auto_update: True
 
-            # The CAN toolhead: the same processor, CAN on PD0/PD1 instead of the bridge.
+            # The CAN toolhead: a BigTreeTech EBB36/EBB42 (STM32G0B1) behind Katapult,
+            # on the bridge's bus at the bridge's 1 Mbit/s.
             [octoflash toolhead]
-            preset: btt-octopus-f446-canbridge
-            description: Simulated CAN toolhead
+            preset: btt-ebb-klipper-1m
+            description: Simulated EBB36 CAN toolhead
             canbus_uuid: {toolhead.canbus_uuid}
             klipper_mcu: toolhead
             auto_update: True
-            kconfig:
-              CONFIG_STM32_USBCANBUS_PA11_PA12=n
-              CONFIG_STM32_CMENU_CANBUS_PD0_PD1=n
-              CONFIG_STM32_MMENU_CANBUS_PD0_PD1=y
+
+            # The RP2040 toolhead, an LDO Nitehawk-SB on USB, new and waiting in
+            # BOOTSEL: its first install writes Katapult through the boot ROM...
+            [octoflash nitehawk-katapult]
+            preset: ldo-nitehawk-sb-katapult
+            description: Simulated Nitehawk-SB: Katapult, first through the boot ROM
+            serial: {nitehawk_katapult}
+
+            # ...then Klipper goes through that Katapult over USB.  Left out of
+            # "update all" until its first install is done by hand.
+            [octoflash nitehawk]
+            preset: ldo-nitehawk-sb-klipper
+            description: Simulated Nitehawk-SB (RP2040, USB)
+            serial: {nitehawk_klipper}
+            klipper_mcu: nitehawk
+            auto_update: False
             """)
         path = os.path.join(self.data_dir, "config", "moonraker.conf")
         with open(path, "w", encoding="utf-8") as f:
@@ -197,15 +223,26 @@ class Demo:
 
     def _klipper_mcus(self) -> List[SimMcu]:
         """What a starting Klipper finds: each board's running firmware."""
+        from .discovery.serial import klipper_by_id_name
         from .sim.klippy import SimMcu
         assert self.machine is not None
         mcus: List[SimMcu] = []
-        for klipper_name, board_name in (("mcu", "octopus"), ("toolhead", "toolhead")):
+        for klipper_name, board_name in (("mcu", "octopus"), ("toolhead", "toolhead"),
+                                         ("nitehawk", "nitehawk")):
             board = self.machine.board(board_name)
             status = self.machine.klipper_mcu_status(board_name) or {}
+            if board_name == "nitehawk":
+                if board.running_firmware() is None:
+                    # no Klipper on it yet (BOOTSEL, Katapult only): printer.cfg
+                    # gains its [mcu nitehawk] once Klipper is on the board
+                    continue
+                settings: Dict[str, Any] = {
+                    "serial": os.path.join(self.machine.by_id_dir,
+                                           klipper_by_id_name(board.mcu, board.chip_id))}
+            else:
+                settings = {"canbus_uuid": board.canbus_uuid, "canbus_interface": "can0"}
             mcus.append(SimMcu(
-                name=klipper_name,
-                settings={"canbus_uuid": board.canbus_uuid, "canbus_interface": "can0"},
+                name=klipper_name, settings=settings,
                 version=status.get("mcu_version", ""),
                 mcu_type=(status.get("mcu_constants") or {}).get("MCU", board.mcu)))
         return mcus
@@ -287,9 +324,15 @@ class Demo:
               Open:    {base}/server/octoflash/web   (the octoflash page)
               Moonraker API: {base}  (point Mainsail or Fluidd at it to see the
                        firmware entries in the update panel and the console)
-              Profiles: octopus (USB-CAN bridge), toolhead (CAN node), both out of date
+              Boards:  octopus   BigTreeTech Octopus (STM32F446), USB-CAN bridge, out of date
+                       toolhead  BigTreeTech EBB36 (STM32G0B1) on CAN at 1 Mbit/s, out of date
+                       nitehawk  LDO Nitehawk-SB (RP2040, USB) waiting in BOOTSEL, empty:
+                                 profile nitehawk-katapult installs Katapult through the
+                                 boot ROM, then profile nitehawk writes Klipper over USB
 
               Try:     curl -H 'Content-Type: application/json' -d '{{"profile": "toolhead"}}' \\
+                            {base}/server/octoflash/flash
+                       curl -H 'Content-Type: application/json' -d '{{"profile": "nitehawk-katapult"}}' \\
                             {base}/server/octoflash/flash
                        curl '{base}/server/octoflash/jobs'
                        curl -X POST '{base}/printer/gcode/script?script=OCTOFLASH_UPDATE_ALL'
@@ -352,8 +395,9 @@ async def run(demo: Demo, stop_after: Optional[float] = None) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m moonraker_octoflash.demo",
-        description="Run octoflash in a real Moonraker 0.11 with a simulated Octopus and CAN "
-                    "toolhead (no printer, no ARM compiler needed).")
+        description="Run octoflash in a real Moonraker 0.11 with a simulated Octopus (USB-CAN "
+                    "bridge), an STM32G0B1 CAN toolhead and an RP2040 toolhead waiting in "
+                    "BOOTSEL (no printer, no ARM compiler needed).")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"Moonraker's port (default {DEFAULT_PORT})")
     parser.add_argument("--host", default="127.0.0.1",

@@ -2,8 +2,9 @@
 
 The module runs the demo itself (``moonraker_octoflash.demo.Demo``): a real
 Moonraker 0.11 with the component linked in, the simulated Octopus (USB-CAN
-bridge behind Katapult) and CAN toolhead, the small source trees (real
-``make`` and Kconfig) and the Klipper stand-in.  What the tests check is
+bridge behind Katapult), the EBB36 CAN toolhead (STM32G0B1 behind Katapult)
+and the Nitehawk-SB (RP2040 on USB, waiting in BOOTSEL), the small source
+trees (real ``make`` and Kconfig) and the Klipper stand-in.  What the tests check is
 what a user sees: HTTP and JSON-RPC answers, notifications, console lines,
 the job history, the versions Klipper reports afterwards.
 """
@@ -51,7 +52,9 @@ async def test_a_build_reports_every_step_and_ends_in_the_history(idle, ws_facto
     record = demo.result("GET", "/server/octoflash/job", args={"job_id": job["job_id"]})["job"]
     assert record["state"] == "done" and record["duration"] > 0
     assert record["artifact"]["profile"] == "toolhead"
-    assert record["artifact"]["mcu"] == "stm32f446xx"
+    assert record["artifact"]["mcu"] == "stm32g0b1xx"
+    assert record["artifact"]["preset"] == "btt-ebb-klipper-1m"
+    assert record["artifact"]["app_address"] == "0x08002000"    # behind an 8 KiB Katapult
     assert record["version"].startswith("v0.13.0-3-g")
     assert record["steps"][0]["stage"] == "build" and record["steps"][0]["state"] == "done"
     assert record["steps"][0]["result"]["skipped"] is False
@@ -240,6 +243,55 @@ async def test_update_all_from_the_macro_flashes_the_toolhead_first(idle, ws_fac
     demo.wait_klippy_ready()
 
 
+async def test_the_nitehawk_gets_katapult_through_the_boot_rom_then_klipper_over_usb(
+        idle, ws_factory):
+    """The RP2040 toolhead waits in BOOTSEL with an empty flash: Katapult goes on
+    through the boot ROM, then Klipper through that Katapult over USB."""
+    demo = idle
+    ws = await ws_factory(demo)
+    board = demo.machine.board("nitehawk")
+    assert board.mode == "bootsel"
+    devices = demo.result("GET", "/server/octoflash/devices", args={"refresh": True})["devices"]
+    boot_rom = [d for d in devices["usb"] if d["kind"] == "rp2040_boot"]
+    assert [(d["usb_id"], d["serial"]) for d in boot_rom] == [("2e8a:0003", board.chip_id)]
+    assert "nitehawk" not in [m["name"] for m in devices["klipper_mcus"]]
+    nitehawk = demo.result("GET", "/server/octoflash/profile", args={"name": "nitehawk"})["profile"]
+    assert nitehawk["mcu"] == "rp2040" and nitehawk["status"]["mcu_version"] is None
+    assert nitehawk["status"]["out_of_date"] is None
+
+    started = await ws.call("server.octoflash.flash", {"profile": "nitehawk-katapult"})
+    job_id = started["job"]["job_id"]
+    final = await ws.wait_notification("notify_octoflash_job_update",
+                                       lambda u: u["job_id"] == job_id and u["final"], 90)
+    assert final["state"] == "done", final
+    job = _job(demo, job_id)
+    assert job["artifact"]["mcu"] == "rp2040" and job["artifact"]["target"] == "katapult"
+    assert job["plan"]["method"] == "rp2040_boot"       # picked: the board waits in BOOTSEL
+    assert job["plan"]["transport"] == "rp2040-boot-rom"
+    stages = [s["stage"] for s in job["steps"]]
+    assert stages.index("wait_bootsel") < stages.index("write_rp2040") < stages.index("wait_return")
+    assert demo.machine.tool_invocations("rp2040_flash")
+    demo.wait_for(lambda: board.mode == "katapult", 20, "the Nitehawk to run Katapult")
+    assert board.bootloader()["app_start"] == 0x10004000
+    demo.wait_klippy_ready()
+
+    started = await ws.call("server.octoflash.flash", {"profile": "nitehawk"})
+    job_id = started["job"]["job_id"]
+    final = await ws.wait_notification("notify_octoflash_job_update",
+                                       lambda u: u["job_id"] == job_id and u["final"], 90)
+    assert final["state"] == "done", final
+    job = _job(demo, job_id)
+    assert job["plan"]["method"] == "katapult" and job["plan"]["transport"] == "usb-serial"
+    assert "write_katapult" in [s["stage"] for s in job["steps"]]
+    assert job["result"]["version_matches"] is True
+    demo.wait_klippy_ready()
+    assert board.mode == "klipper"
+    nitehawk = demo.result("GET", "/server/octoflash/profile", args={"name": "nitehawk"})["profile"]
+    assert nitehawk["status"]["mcu_version"] == job["version"]
+    assert nitehawk["status"]["mcu_type"] == "rp2040"
+    assert nitehawk["status"]["out_of_date"] is False
+
+
 async def test_device_changes_are_notified(idle, ws_factory):
     demo = idle
     ws = await ws_factory(demo)
@@ -281,7 +333,11 @@ async def test_plans_devices_and_update_all_over_jsonrpc(idle, ws_factory):
     await ws.call("server.octoflash.delete_profile", {"name": "spare"})
 
     devices = await ws.call("server.octoflash.devices", {"refresh": True})
-    assert set(devices["devices"]["profiles"]) == {"octopus", "toolhead"}
+    assert set(devices["devices"]["profiles"]) == {"octopus", "toolhead", "nitehawk",
+                                                   "nitehawk-katapult"}
+    assert {name: state["state"] for name, state in devices["devices"]["profiles"].items()
+            if name != "nitehawk-katapult"} == {
+        "octopus": "running", "toolhead": "running", "nitehawk": "running"}
 
     nothing = await ws.call("server.octoflash.update_all")
     assert nothing == {"job": None, "message": "every board is up to date"}

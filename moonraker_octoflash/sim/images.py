@@ -42,7 +42,14 @@ def find_data_dictionary(data: bytes) -> Optional[Dict[str, Any]]:
 
 
 def default_app_start(mcu: str) -> int:
-    """Where Katapult starts applications when the image does not say (guide's offsets)."""
+    """Where Katapult starts applications when the image does not say: the
+    Octopus guide's offsets (32 KiB, 128 KiB on the H7), Katapult's 8 KiB on
+    the STM32G0 and its 16 KiB on the RP2040/RP235x (whose flash is at
+    0x10000000)."""
+    if mcu.startswith("rp2"):
+        return 0x10000000 + 0x4000
+    if mcu.startswith("stm32g0"):
+        return FLASH_BASE + 0x2000
     return FLASH_BASE + (0x20000 if mcu.startswith("stm32h7") else 0x8000)
 
 
