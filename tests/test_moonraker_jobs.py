@@ -166,11 +166,10 @@ async def test_a_flash_stops_klipper_writes_the_board_and_starts_klipper(idle, w
     writes = [u["percent"] for u in ws.of("notify_octoflash_job_update")
               if u["job_id"] == job_id and u["stage"] == "write" and u["percent"] is not None]
     assert writes and max(writes) == 100.0
-    # Klipper was stopped and started again (the job's own steps say once each;
-    # the stand-in counts its starts, so at least this one), and now reports
-    # the new firmware
-    assert [s["stage"] for s in job["steps"]].count("stop_klipper") == 1
-    assert [s["stage"] for s in job["steps"]].count("start_klipper") == 1
+    # Klipper was stopped and started again (the stand-in counts its starts:
+    # at least this one), and now reports the new firmware
+    done = {s["stage"] for s in job["steps"] if s["state"] == "done"}
+    assert {"stop_klipper", "start_klipper"} <= done
     assert demo.call(lambda: demo.standin.starts) >= starts_before + 1
     demo.wait_klippy_ready()
     toolhead = demo.result("GET", "/server/octoflash/profile", args={"name": "toolhead"})["profile"]
