@@ -165,7 +165,7 @@ def test_the_release_is_read_from_pypi_and_git_versions(version, release):
 
 
 @pytest.mark.parametrize("version", ["0.10.0", "0.11.0", "v0.11.0-38-gf00dfee"])
-def test_a_known_moonraker_with_every_internal_gives_no_warning(version):
+async def test_a_known_moonraker_with_every_internal_gives_no_warning(version):
     server = Server(version)
     report = MoonrakerInternals(server, server.components["update_manager"]).check()
     assert report.known_version and report.entries_usable and report.announcements_usable
@@ -173,7 +173,7 @@ def test_a_known_moonraker_with_every_internal_gives_no_warning(version):
 
 
 @pytest.mark.parametrize("version", ["v0.12.0-3-gabc1234", "0.9.3", "?"])
-def test_an_unknown_version_warns_and_keeps_the_entries(version):
+async def test_an_unknown_version_warns_and_keeps_the_entries(version):
     server = Server(version)
     internals = MoonrakerInternals(server, server.components["update_manager"])
     report = internals.check()
@@ -185,7 +185,7 @@ def test_an_unknown_version_warns_and_keeps_the_entries(version):
     assert internals.announcements_available()
 
 
-def test_a_missing_update_manager_internal_turns_the_entries_off_without_raising():
+async def test_a_missing_update_manager_internal_turns_the_entries_off_without_raising():
     server = Server()
     del server.components["update_manager"].cmd_request_lock
     assert updater.attach(Component(server)) is None
@@ -196,7 +196,7 @@ def test_a_missing_update_manager_internal_turns_the_entries_off_without_raising
     assert server.events == {}
 
 
-def test_a_missing_base_deploy_member_turns_the_entries_off(monkeypatch):
+async def test_a_missing_base_deploy_member_turns_the_entries_off(monkeypatch):
     base = pytest.importorskip("moonraker.components.update_manager.base_deploy").BaseDeploy
     monkeypatch.delattr(base, "_save_state")
     server = Server()
@@ -205,14 +205,14 @@ def test_a_missing_base_deploy_member_turns_the_entries_off(monkeypatch):
     assert "it lacks BaseDeploy._save_state" in message
 
 
-def test_without_base_deploy_the_entries_stay_out(monkeypatch):
+async def test_without_base_deploy_the_entries_stay_out(monkeypatch):
     monkeypatch.setattr(moonraker_internals, "_BASE_DEPLOY_FOUND", False)
     server = Server()
     report = MoonrakerInternals(server, server.components["update_manager"]).check()
     assert report.missing == ["update_manager.base_deploy.BaseDeploy"]
 
 
-def test_a_missing_klipper_call_turns_the_entries_off(monkeypatch):
+async def test_a_missing_klipper_call_turns_the_entries_off(monkeypatch):
     monkeypatch.delattr(Klippy, "is_printing")
     server = Server()
     report = MoonrakerInternals(server, server.components["update_manager"]).check()
@@ -234,7 +234,7 @@ async def test_missing_announcement_calls_turn_only_the_announcements_off(monkey
     assert internals.add_announcement("t", "d", "", "normal", "octoflash/x") is None
 
 
-def test_a_check_that_fails_itself_is_a_warning():
+async def test_a_check_that_fails_itself_is_a_warning():
     class Broken(Server):
         def lookup_component(self, name: str, default: Any = None) -> Any:
             raise RuntimeError("components are elsewhere now")
@@ -247,7 +247,7 @@ def test_a_check_that_fails_itself_is_a_warning():
                               "elsewhere now)")
 
 
-def test_without_update_manager_nothing_is_checked():
+async def test_without_update_manager_nothing_is_checked():
     server = Server("0.42.0")
     server.components.pop("update_manager")
     server.config.has_section = lambda name: False
@@ -319,7 +319,7 @@ async def test_an_entry_is_a_base_deploy_that_asks_octoflash(monkeypatch):
     assert not internals.has_entry("octoflash_octopus")
 
 
-def test_klipper_is_asked_through_the_internals():
+async def test_klipper_is_asked_through_the_internals():
     server = Server()
     internals = MoonrakerInternals(server, server.components["update_manager"])
     assert internals.klipper_connected() and not internals.klipper_printing()
@@ -390,7 +390,7 @@ async def test_announcements_are_kept_in_step_through_the_internals():
     assert bell.entries == []
 
 
-def test_an_update_manager_that_cannot_be_loaded_is_a_warning():
+async def test_an_update_manager_that_cannot_be_loaded_is_a_warning():
     class Unloadable(Server):
         def load_component(self, config: Any, name: str, default: Any = None) -> Any:
             raise ImportError("no module named update_manager")
