@@ -70,6 +70,19 @@ def make_venv(path: str) -> str:
     return python
 
 
+def poll_until(predicate: Callable[[], Any], timeout: float = 20.0,
+               what: str = "condition") -> Any:
+    """Ask ``predicate`` until it answers something truthy (blocking: for code
+    outside an event loop); AssertionError naming ``what`` when time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 async def wait_until(check: Callable[[], Any], timeout: float = 30.0,
                      interval: float = 0.2, what: str = "condition") -> Any:
     """Poll an async or plain callable until it returns something truthy (without
@@ -140,13 +153,7 @@ class MoonrakerClient:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0,
                  what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
+        return poll_until(predicate, timeout, what)
 
     def wait_klippy_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:

@@ -24,14 +24,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
-from fixtures_moonraker import free_port
+from fixtures_moonraker import free_port, poll_until
 from moonraker_octoflash.sim.trees import install_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,15 +301,20 @@ class RunningMoonraker:
 
     def info(self, timeout: float = 60.0) -> Dict[str, Any]:
         """/server/info once Moonraker answers and has loaded its components."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answer() -> Optional[Dict[str, Any]]:
             if self.proc.poll() is not None:
                 raise AssertionError(f"Moonraker exited:\n{self.output.read_text()[-3000:]}")
             try:
                 return self.get("/server/info")
             except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"Moonraker did not answer:\n{self.output.read_text()[-3000:]}")
+                return None
+        try:
+            return poll_until(answer, timeout, "Moonraker's answer")
+        except AssertionError:
+            if self.proc.poll() is not None:
+                raise
+            raise AssertionError(
+                f"Moonraker did not answer:\n{self.output.read_text()[-3000:]}") from None
 
 
 def octoflash_warnings(info: Dict[str, Any]) -> List[str]:

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from fixtures_moonraker import wait_until
 from moonraker_octoflash.errors import ToolError
 from moonraker_octoflash.tools import ToolTimeout, run_tool
 
@@ -75,11 +76,7 @@ async def test_missing_program_is_a_clear_error():
 
 async def _ends(pid: int, timeout: float = 10.0) -> bool:
     """True once ``pid`` is gone (a killed process may take a moment to be reaped)."""
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: not _alive(pid), timeout, interval=0.02, what=f"process {pid} gone")
     return True
 
 

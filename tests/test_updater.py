@@ -212,14 +212,14 @@ async def refresh_when_ready(client: MoonrakerWebsocket, name: str, timeout: flo
     first refresh of every entry has ended; that state is not published, so
     the call itself is the probe.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    async def refreshed() -> Any:
         try:
-            return await client.call("machine.update.refresh", {"name": name})
+            return {"result": await client.call("machine.update.refresh", {"name": name})}
         except RpcError as exc:
-            if exc.code != 503 or time.monotonic() > deadline:
+            if exc.code != 503:
                 raise
-        await asyncio.sleep(0.1)
+            return None
+    return (await wait_until(refreshed, timeout, what="Moonraker accepting a refresh"))["result"]
 
 
 async def test_one_entry_per_firmware_profile_with_what_the_clients_read(printer, client):
