@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from moonraker_octoflash.demo import Demo
+from moonraker_octoflash.sim.demo import Demo
 
 
 def _free_port() -> int:

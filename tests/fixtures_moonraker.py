@@ -655,7 +655,7 @@ class DemoThread(MoonrakerClient):
 
     def __init__(self, data_dir: str) -> None:
         import threading
-        from moonraker_octoflash.demo import Demo
+        from moonraker_octoflash.sim.demo import Demo
         self.port = free_port()
         self.demo = Demo(data_dir, self.port)
         self.data_dir = data_dir

@@ -1,6 +1,6 @@
 """Builds and flashes through a real Moonraker, against the demo's simulated machine.
 
-The module runs the demo itself (``moonraker_octoflash.demo.Demo``): a real
+The module runs the demo itself (``moonraker_octoflash.sim.demo.Demo``): a real
 Moonraker 0.11 with the component linked in, the simulated Octopus (USB-CAN
 bridge behind Katapult), the EBB36 CAN toolhead (STM32G0B1 behind Katapult)
 and the Nitehawk-SB (RP2040 on USB, waiting in BOOTSEL), the small source

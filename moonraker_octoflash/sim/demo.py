@@ -1,4 +1,4 @@
-"""``python3 -m moonraker_octoflash.demo``: octoflash in a real Moonraker, no printer needed.
+"""``python3 -m moonraker_octoflash.sim.demo``: octoflash in a real Moonraker, no printer needed.
 
 Starts, in one folder:
 
@@ -34,8 +34,8 @@ import urllib.request
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 if TYPE_CHECKING:
-    from .sim.board import SimulatedMachine
-    from .sim.klippy import SimMcu
+    from .board import SimulatedMachine
+    from .klippy import SimMcu
 
 OLD_FIRMWARE = "v0.12.0-200-g5b3a0c1"
 # The Nitehawk's serial number (the RP2040's flash id), fixed so its by-id
@@ -68,9 +68,9 @@ class Demo:
 
     def prepare(self) -> None:
         """Source trees, boards, config and the component link (idempotent)."""
-        from .moonraker.link import link_component
-        from .sim.board import SimulatedMachine
-        from .sim.trees import install_tree
+        from ..moonraker.link import link_component
+        from .board import SimulatedMachine
+        from .trees import install_tree
 
         for sub in ("config", "logs", "comms", "gcodes", "sim"):
             os.makedirs(os.path.join(self.data_dir, sub), exist_ok=True)
@@ -106,7 +106,7 @@ class Demo:
         disables Fluidd's "Update all").  The remote is a local one: nothing
         to fetch from the internet, and no GitHub links to commits GitHub does
         not have."""
-        from .sim.trees import track_local_origin
+        from .trees import track_local_origin
         examples = os.path.join(path, "config")
         os.makedirs(examples, exist_ok=True)
         with open(os.path.join(examples, "sample-octoflash-demo.cfg"), "w", encoding="utf-8") as f:
@@ -121,7 +121,7 @@ class Demo:
         track_local_origin(path)
 
     def _write_config(self) -> None:
-        from .discovery.serial import katapult_by_id_name, klipper_by_id_name
+        from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
         machine = self.machine
         assert machine is not None
         tools = machine.tool_paths()
@@ -135,7 +135,7 @@ class Demo:
         if self.host not in ("127.0.0.1", "localhost"):
             trusted += "  10.0.0.0/8\n  172.16.0.0/12\n  192.168.0.0/16\n"
         text = textwrap.dedent(f"""\
-            # moonraker-octoflash demo: written by `python3 -m moonraker_octoflash.demo`
+            # moonraker-octoflash demo: written by `python3 -m moonraker_octoflash.sim.demo`
             [server]
             host: {self.host}
             port: {self.port}
@@ -210,8 +210,8 @@ class Demo:
             """)
 
     def _write_printer_cfg(self) -> None:
-        here = os.path.dirname(os.path.abspath(__file__))
-        macros = os.path.join(os.path.dirname(here), "docs", "macros.cfg")
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        macros = os.path.join(repo, "docs", "macros.cfg")
         dest = os.path.join(self.data_dir, "config", "octoflash-macros.cfg")
         if os.path.isfile(macros):
             shutil.copyfile(macros, dest)
@@ -223,8 +223,8 @@ class Demo:
 
     def _klipper_mcus(self) -> List[SimMcu]:
         """What a starting Klipper finds: each board's running firmware."""
-        from .discovery.serial import klipper_by_id_name
-        from .sim.klippy import SimMcu
+        from ..discovery.serial import klipper_by_id_name
+        from .klippy import SimMcu
         assert self.machine is not None
         mcus: List[SimMcu] = []
         for klipper_name, board_name in (("mcu", "octopus"), ("toolhead", "toolhead"),
@@ -248,8 +248,8 @@ class Demo:
         return mcus
 
     async def start(self) -> None:
-        from .sim.klippy import ControlServer, KlippyStandIn
-        from .sim.trees import describe
+        from .klippy import ControlServer, KlippyStandIn
+        from .trees import describe
         assert self.machine is not None
         machine = self.machine
         printer_cfg = os.path.join(self.data_dir, "config", "printer.cfg")
@@ -277,7 +277,7 @@ class Demo:
             raise DemoError(f"Port {self.port} is in use (another Moonraker?); "
                             "choose another with --port")
         env = dict(os.environ)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
         console = open(os.path.join(self.data_dir, "logs", "moonraker-console.log"), "ab")  # noqa: SIM115
         self.moonraker = subprocess.Popen(
@@ -394,7 +394,7 @@ async def run(demo: Demo, stop_after: Optional[float] = None) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m moonraker_octoflash.demo",
+        prog="python3 -m moonraker_octoflash.sim.demo",
         description="Run octoflash in a real Moonraker 0.11 with a simulated Octopus (USB-CAN "
                     "bridge), an STM32G0B1 CAN toolhead and an RP2040 toolhead waiting in "
                     "BOOTSEL (no printer, no ARM compiler needed).")
