@@ -6,11 +6,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import pytest
+
 pytest_plugins = ["fixtures_build", "fixtures_flash", "fixtures_moonraker"]
+
+# The simulated compiler spends a fixed amount of CPU per file so that the
+# demo's builds take a visible while; no test is about how long a compile
+# takes (the benchmarks in bench/ keep the cost), and the images do not
+# depend on it.  Builds in tests, in make and in Moonraker, inherit this.
+os.environ.setdefault("OCTOFLASH_SIMCC_ROUNDS", "0")
+
+_WORKER_CASES = {"count": 0}
+
+
+def pytest_sessionfinish(session):
+    """A test worker (pytest-xdist) hands its count of hostile cases to the controller."""
+    import hostile
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["hostile_cases"] = hostile.CASES["count"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _WORKER_CASES["count"] += getattr(node, "workeroutput", {}).get("hostile_cases", 0)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     import hostile
-    if hostile.CASES["count"]:
-        terminalreporter.write_line(
-            f"hostile-input cases run: {hostile.CASES['count']}")
+    count = hostile.CASES["count"] + _WORKER_CASES["count"]
+    if count:
+        terminalreporter.write_line(f"hostile-input cases run: {count}")

@@ -210,9 +210,23 @@ class MoonrakerProcess(MoonrakerClient):
         return path
 
     def start(self, timeout: float = 30.0) -> None:
+        # The port comes from free_port(), which cannot hold it until Moonraker
+        # binds: another process (a parallel test worker) may take it in
+        # between.  Moonraker then stays up without its HTTP server, so a
+        # start that fails to bind is retried on another port.
+        for _attempt in range(5):
+            if self._start_once(timeout):
+                return
+            self.kill()
+            self.port = free_port()
+        raise RuntimeError(f"Moonraker found no free port:\n{self.output()[-4000:]}")
+
+    def _start_once(self, timeout: float) -> bool:
+        """Start Moonraker and wait for its answer; False when its port was taken."""
         self.write_config()
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        offset = len(self.output())
         out = open(self.output_path, "ab")
         self.proc = subprocess.Popen(
             [self.python, "-m", "moonraker", "-d", self.data_dir, "-n"],
@@ -223,10 +237,12 @@ class MoonrakerProcess(MoonrakerClient):
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"Moonraker exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
+            if "Address already in use" in self.output()[offset:]:
+                return False
             try:
                 status, _ = self.get("/server/info", timeout=1)
                 if status == 200:
-                    return
+                    return True
             except OSError:
                 pass
             time.sleep(0.1)
@@ -552,6 +568,10 @@ class SimulatedPrinter(MoonrakerProcess):
         result = subprocess.run(["git", "-C", self.klipper_tree, "describe", "--tags", "--long",
                                  revision], stdout=subprocess.PIPE, check=True, timeout=30)
         return result.stdout.decode().strip()
+
+    def klipper_running(self) -> bool:
+        assert self.klipper is not None
+        return bool(self.klipper.call(lambda: self.standin.running))
 
     def stop_klipper(self) -> None:
         assert self.klipper is not None

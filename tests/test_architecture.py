@@ -26,8 +26,8 @@ LINK_FILE = os.path.join("moonraker", "octoflash_link.py")
 
 def modules() -> Iterator[Tuple[str, ast.Module]]:
     for base, dirs, files in os.walk(PKG):
-        dirs[:] = [d for d in dirs if d not in ("trees", "__pycache__")]
-        for name in files:
+        dirs[:] = sorted(d for d in dirs if d not in ("trees", "__pycache__"))
+        for name in sorted(files):
             if name.endswith(".py"):
                 path = os.path.join(base, name)
                 rel = os.path.relpath(path, PKG)
@@ -60,18 +60,18 @@ def test_the_contract_reads_every_module():
     assert len(names) > 40
 
 
-@pytest.mark.parametrize("rel, tree", [m for m in modules()
+@pytest.mark.parametrize("rel, tree", [pytest.param(*m, id=m[0]) for m in modules()
                                        if not m[0].startswith("sim" + os.sep)
-                                       and m[0] not in EDGES], ids=lambda v: str(v)[:40])
+                                       and m[0] not in EDGES])
 def test_no_product_module_imports_the_simulation(rel, tree):
     bad = [(line, name) for line, name in imported(rel, tree)
            if name == "moonraker_octoflash.sim" or name.startswith("moonraker_octoflash.sim.")]
     assert not bad, f"{rel} imports the simulation: {bad}"
 
 
-@pytest.mark.parametrize("rel, tree", [m for m in modules()
+@pytest.mark.parametrize("rel, tree", [pytest.param(*m, id=m[0]) for m in modules()
                                        if not m[0].startswith(("moonraker" + os.sep, "sim" + os.sep))
-                                       and m[0] not in EDGES], ids=lambda v: str(v)[:40])
+                                       and m[0] not in EDGES])
 def test_the_core_imports_nothing_of_moonraker(rel, tree):
     # The installer and the command line set the component up (link it, find
     # Moonraker's layout): they may use the adapter's helpers, never Moonraker.

@@ -156,8 +156,10 @@ def test_the_command_line_and_moonraker_refuse_each_other(printer):
             f"(pid {os.getpid()}) flashing 'toolhead'") in message
     assert _standin(printer, "running") is True and _standin(printer, "starts") == starts
 
-    # Moonraker flashes (slowly): the command line is refused naming the job
-    printer.machine.tool_delay = 3.0
+    # Moonraker flashes (its write held a third of the way): the command line is
+    # refused naming the job
+    board = printer.board("toolhead")
+    board.set_fault("katapult_pause")
     try:
         job = printer.result("POST", "/server/octoflash/flash",
                              body={"profile": "toolhead", "build": False})["job"]
@@ -173,8 +175,9 @@ def test_the_command_line_and_moonraker_refuse_each_other(printer):
                 in cli.stderr), cli.stderr
         assert "flashing 'toolhead'" in cli.stderr
         assert _standin(printer, "running") is False        # still stopped by Moonraker's flash
+        assert _job(printer, job["job_id"])["state"] == "running"
     finally:
-        printer.machine.tool_delay = 0.05
+        board.set_fault("katapult_pause", False)
     record = printer.wait_job(job["job_id"], 120)
     assert record["state"] == "done", record["error"]
     printer.wait_klippy_ready(60)

@@ -9,13 +9,18 @@ they happen on a printer: a board gets other firmware (``set_firmware``),
 a commit lands in the checkout (``commit_to_source``), a print starts,
 Klipper stops, a board goes dark, a profile changes through the API.
 
-The module shares one Moonraker; the tests run in file order and each
-sets up the board versions it needs.  What one test leaves behind and the
-next relies on is said where it happens.
+The module shares one Moonraker, and its tests pass in any order: each
+starts with ``arrange`` (``scene`` fixture), which brings the printer back
+to the module's starting point — the octopus two commits behind the
+checkout, the toolhead and the spare board on it (the spare one behind),
+the checkout where it started, Klipper ready, no print — or to the
+versions the test asks for.  A test that needs a board octoflash has
+flashed, flashes it itself.
 """
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Any, Dict, List
 
@@ -123,10 +128,11 @@ def fluidd_lines(client: MoonrakerWebsocket, start: int, app: str) -> List[str]:
 @pytest.fixture(scope="module")
 def printer(tmp_path_factory: Any, linked_component: str, moonraker_python: str) -> Any:
     p = octopus_printer(str(tmp_path_factory.mktemp("updater")), moonraker_python)
-    # A third CAN node Klipper uses ([mcu spare]) without a profile yet: one
-    # is made through the API below.
+    # A third CAN node Klipper uses ([mcu spare]) without a profile yet: the
+    # tests make one through the API.
     p.add_board("spare", "spare", version=p.installed["octopus"], transport="can")
     p.start()
+    p.start_head = _git_head(p)
     yield p
     p.close()
 
@@ -134,6 +140,63 @@ def printer(tmp_path_factory: Any, linked_component: str, moonraker_python: str)
 @pytest.fixture
 async def client(printer: SimulatedPrinter, ws_factory: Any) -> MoonrakerWebsocket:
     return await ws_factory(printer)
+
+
+@pytest.fixture
+async def scene(printer: SimulatedPrinter, client: MoonrakerWebsocket) -> Any:
+    """``await scene(octopus=..., toolhead=...)``: the module's starting point, or
+    the versions asked for; returns the time after which entries were read anew."""
+    async def arranged(**versions: str) -> float:
+        return await arrange(printer, client, **versions)
+    return arranged
+
+
+def _git_head(printer: SimulatedPrinter) -> str:
+    return subprocess.run(["git", "-C", printer.klipper_tree, "rev-parse", "HEAD"],
+                          stdout=subprocess.PIPE, check=True, timeout=30).stdout.decode().strip()
+
+
+async def arrange(printer: SimulatedPrinter, client: MoonrakerWebsocket,
+                  **wanted: str) -> float:
+    """Bring the printer to the module's starting point (or the versions in
+    ``wanted``, by board name) and wait until the entries have read it."""
+    changed = False
+    if _git_head(printer) != printer.start_head:       # a test moved the checkout on
+        subprocess.run(["git", "-C", printer.klipper_tree, "reset", "-q", "--hard",
+                        printer.start_head], check=True, timeout=30)
+        changed = True
+    for board in printer.machine.boards():
+        for fault in list(board.state.get("faults", [])):
+            board.set_fault(fault, False)
+        if board.mode not in ("klipper", "klipper-canbridge"):     # off, or in Katapult
+            board.reset(delay=0.0)
+            changed = True
+    firmware = {"octopus": old(printer), "toolhead": new(printer), "spare": old(printer)}
+    firmware.update(wanted)
+    for name, version in firmware.items():
+        if printer.running_version(name) != version:
+            printer.set_firmware(name, version)
+            changed = True
+    printer.set_print_state("standby")
+    read_after = time.time()
+    if changed or not printer.klipper_running():
+        start = len(client.notifications)
+        if printer.klipper_running():
+            printer.stop_klipper()
+        printer.start_klipper()                 # Klipper reads its boards; the entries follow
+        await client.wait_notification("notify_klippy_ready", start=start)
+    else:
+        for name in [n for n in await versions(client) if n.startswith("octoflash_")]:
+            await refresh_when_ready(client, name)
+    await wait_until(lambda: _entries_read_after(client, read_after), 30,
+                     what="the entries read after the scene was set")
+    return read_after
+
+
+async def _entries_read_after(client: MoonrakerWebsocket, since: float) -> bool:
+    info = await versions(client)
+    ours = [e for name, e in info.items() if name.startswith("octoflash_")]
+    return bool(ours) and all(e["octoflash"].get("checked", 0.0) > since for e in ours)
 
 
 def old(printer: SimulatedPrinter) -> str:
@@ -222,7 +285,8 @@ async def refresh_when_ready(client: MoonrakerWebsocket, name: str, timeout: flo
     return (await wait_until(refreshed, timeout, what="Moonraker accepting a refresh"))["result"]
 
 
-async def test_one_entry_per_firmware_profile_with_what_the_clients_read(printer, client):
+async def test_one_entry_per_firmware_profile_with_what_the_clients_read(printer, client, scene):
+    await scene()
     entry = await entry_when(client, "octoflash_octopus", state_is("behind"))
     info = await versions(client)
     assert "octoflash_toolhead" in info
@@ -264,7 +328,9 @@ async def test_this_moonraker_has_every_internal_the_entries_use(printer, client
         in printer.output()
 
 
-async def test_a_profile_naming_only_its_klipper_mcu_finds_it_in_any_case(printer, client):
+async def test_a_profile_naming_only_its_klipper_mcu_finds_it_in_any_case(printer, client,
+                                                                           scene):
+    await scene()
     # No canbus_uuid or serial: only the name (in another case) finds the board.
     await client.call("server.octoflash.post_profile", {
         "name": "head", "preset": "btt-octopus-f446-canbridge", "klipper_mcu": "TOOLHEAD"})
@@ -277,10 +343,11 @@ async def test_a_profile_naming_only_its_klipper_mcu_finds_it_in_any_case(printe
     await wait_until(lambda: _entry_gone(client, "octoflash_head"), 10, what="entry removed")
 
 
-async def test_announcement_names_the_profile_and_both_versions(printer, client):
-    notes = await wait_until(lambda: our_announcements(client), 20,
-                             what="an octoflash announcement")
-    assert list(notes) == ["octoflash/octopus"]
+async def test_announcement_names_the_profile_and_both_versions(printer, client, scene):
+    await scene()                                    # only the octopus is behind
+    await wait_until(lambda: _announced(client, ["octoflash/octopus"]), 20,
+                     what="the octopus announced alone")
+    notes = await our_announcements(client)
     note = notes["octoflash/octopus"]
     assert "octopus" in note["title"]
     assert old(printer) in note["description"] and new(printer) in note["description"]
@@ -289,9 +356,13 @@ async def test_announcement_names_the_profile_and_both_versions(printer, client)
     assert note["priority"] == "normal" and note["source"] == "internal"
 
 
-async def test_update_button_builds_flashes_and_streams_to_the_end(printer, client):
-    # Leaves: the octopus flashed by octoflash with new(printer).
-    await entry_when(client, "octoflash_octopus", state_is("behind"))
+async def test_update_button_builds_flashes_and_streams_to_the_end(printer, client, scene):
+    await scene()
+    # a commit of its own: whatever earlier tests built, this update compiles
+    head = printer.commit_to_source("the update button")
+    await refresh_when_ready(client, "octoflash_octopus")
+    await entry_when(client, "octoflash_octopus",
+                     lambda e: e["remote_version"] == as_published(head))
     start = len(client.notifications)
     since = time.time()
     assert await client.call("machine.update.upgrade", {"name": "octoflash_octopus"},
@@ -299,7 +370,7 @@ async def test_update_button_builds_flashes_and_streams_to_the_end(printer, clie
     await final_response(client, "octoflash_octopus", start)
     # the result is the last line Fluidd shows too, before the completing message
     assert fluidd_lines(client, start, "octoflash_octopus")[-1].endswith(
-        f"firmware updated, the board runs {new(printer)}")
+        f"firmware updated, the board runs {head}")
     responses = [n["params"][0] for n in client.notifications[start:]
                  if n["method"] == "notify_update_response"
                  and n["params"][0]["application"] == "octoflash_octopus"]
@@ -311,23 +382,25 @@ async def test_update_button_builds_flashes_and_streams_to_the_end(printer, clie
                      "[start_klipper]"):
         assert expected in text, expected
     assert printer.written_boards(since) == ["octopus"]
-    assert printer.running_version("octopus") == new(printer)
+    assert printer.running_version("octopus") == head
     entry = (await versions(client))["octoflash_octopus"]
-    assert entry["version"] == entry["remote_version"] == as_published(new(printer))
+    assert entry["version"] == entry["remote_version"] == as_published(head)
     assert entry["octoflash"]["state"] == "up_to_date"
     # The clients were told to read the new state, and the announcement went.
     await client.wait_notification(
         "notify_update_refreshed",
         lambda p: p["version_info"]["octoflash_octopus"]["octoflash"]["state"] == "up_to_date",
         start=start)
-    await wait_until(lambda: _no_announcements(client), 10, what="announcement removed")
+    await wait_until(lambda: _no_announcement(client, "octoflash/octopus"), 10,
+                     what="the octopus announcement removed")
 
 
 async def _no_announcements(client: MoonrakerWebsocket) -> bool:
     return not await our_announcements(client)
 
 
-async def test_update_of_an_up_to_date_board_writes_nothing(printer, client):
+async def test_update_of_an_up_to_date_board_writes_nothing(printer, client, scene):
+    await scene()
     await entry_when(client, "octoflash_toolhead", state_is("up_to_date"))
     start = len(client.notifications)
     since = time.time()
@@ -339,15 +412,23 @@ async def test_update_of_an_up_to_date_board_writes_nothing(printer, client):
     assert (fluidd_shows(entry), mainsail_shows(entry)) == ("UP TO DATE", "Up-to-date")
 
 
-async def test_klipper_down_shows_the_last_flashed_firmware(printer, client):
-    # The octopus was flashed by the Update button above; the toolhead never was.
+async def test_klipper_down_shows_the_last_flashed_firmware(printer, client, scene):
+    # The octopus is flashed by octoflash; a profile made now for the spare
+    # board never was.
+    await scene()
+    await _update(printer, client, "octoflash_octopus")
+    never = f"never{int(time.time() * 1000) % 100000}"
+    await client.call("server.octoflash.post_profile", {
+        "name": never, "preset": "btt-octopus-f446-canbridge", "klipper_mcu": "spare",
+        "canbus_uuid": printer.board("spare").canbus_uuid, "kconfig": dict(CAN_NODE_OVERRIDES)})
+    await entry_when(client, f"octoflash_{never}", state_is("behind"))
     printer.stop_klipper()
     try:
         entry = await entry_when(client, "octoflash_octopus",
                                  lambda e: e["octoflash"]["running_source"] == "last_flash")
         assert entry["octoflash"]["running_version"] == new(printer)
         assert any("octoflash wrote " + new(printer) in a for a in entry["anomalies"])
-        head = await entry_when(client, "octoflash_toolhead",
+        head = await entry_when(client, f"octoflash_{never}",
                                 lambda e: e["octoflash"]["running_source"] == "")
         assert head["version"] == "?"
         assert any("Klipper is not connected" in w for w in head["warnings"])
@@ -362,9 +443,19 @@ async def test_klipper_down_shows_the_last_flashed_firmware(printer, client):
         start = len(client.notifications)
         printer.start_klipper()
         await client.wait_notification("notify_klippy_ready", start=start)
+        await client.call("server.octoflash.delete_profile", {"name": never})
 
 
-async def test_update_is_refused_while_printing(printer, client):
+async def _update(printer: SimulatedPrinter, client: MoonrakerWebsocket, app: str) -> None:
+    """The Update button of ``app``, to its end: the board runs the checkout's version."""
+    start = len(client.notifications)
+    assert await client.call("machine.update.upgrade", {"name": app}, timeout=180) == "ok"
+    await final_response(client, app, start)
+    assert printer.running_version(app[len("octoflash_"):]) == printer.describe()
+
+
+async def test_update_is_refused_while_printing(printer, client, scene):
+    await scene()
     printer.set_firmware("octopus", old(printer))
     await restart_klipper(printer, client)
     await entry_when(client, "octoflash_octopus", state_is("behind"))
@@ -386,8 +477,8 @@ async def _printing(client: MoonrakerWebsocket) -> bool:
     return status["status"]["print_stats"]["state"] == "printing"
 
 
-async def test_a_can_node_klipper_names_in_other_case_is_updated(printer, client):
-    # Leaves: the toolhead flashed by octoflash with new(printer).
+async def test_a_can_node_klipper_names_in_other_case_is_updated(printer, client, scene):
+    await scene()
     printer.set_firmware("toolhead", old(printer))
     await restart_klipper(printer, client)
     head = await entry_when(client, "octoflash_toolhead", state_is("behind"))
@@ -406,7 +497,8 @@ async def test_a_can_node_klipper_names_in_other_case_is_updated(printer, client
     assert printer.running_version("toolhead") == new(printer)
 
 
-async def test_changed_profile_counts_as_an_update(printer, client):
+async def test_changed_profile_counts_as_an_update(printer, client, scene):
+    await scene()                                    # the spare board is behind
     # A profile made through the API gets its entry; once flashed, changing
     # its settings makes its firmware outdated although the checkout is not.
     spare = printer.board("spare")
@@ -448,7 +540,8 @@ async def _no_announcement(client: MoonrakerWebsocket, feed: str) -> bool:
     return feed not in await our_announcements(client)
 
 
-async def test_update_all_flashes_only_auto_update_profiles(printer, client):
+async def test_update_all_flashes_only_auto_update_profiles(printer, client, scene):
+    await scene()
     printer.set_firmware("octopus", old(printer))
     printer.set_firmware("toolhead", old(printer))
     await restart_klipper(printer, client)
@@ -482,11 +575,13 @@ async def _announced(client: MoonrakerWebsocket, feeds: List[str]) -> bool:
     return sorted(await our_announcements(client)) == feeds
 
 
-async def test_update_is_refused_when_the_board_cannot_be_reached(printer, client):
-    # The toolhead was last written by octoflash (above) with new(printer);
-    # then the checkout moves on and the board goes dark: Klipper waits for
-    # it in startup, the entry offers the update from octoflash's record,
-    # and the Update button says why nothing can be written.
+async def test_update_is_refused_when_the_board_cannot_be_reached(printer, client, scene):
+    # The toolhead is written by octoflash with new(printer); then the
+    # checkout moves on and the board goes dark: Klipper waits for it in
+    # startup, the entry offers the update from octoflash's record, and the
+    # Update button says why nothing can be written.
+    await scene(toolhead=old(printer))
+    await _update(printer, client, "octoflash_toolhead")
     printer.commit_to_source("src/sched.c: a fix")
     toolhead = printer.board("toolhead")
     toolhead.set_mode("off")
@@ -510,9 +605,9 @@ async def test_update_is_refused_when_the_board_cannot_be_reached(printer, clien
         await restart_klipper(printer, client)
 
 
-async def test_dismissed_announcement_survives_a_moonraker_restart(printer, client,
+async def test_dismissed_announcement_survives_a_moonraker_restart(printer, client, scene,
                                                                     ws_factory):
-    # The octopus runs new(printer); the commit above made it outdated.
+    await scene()                                    # the octopus is behind: announced
     notes = await wait_until(lambda: _announcement(client, "octoflash/octopus"), 20,
                              what="the octopus announcement")
     start = len(client.notifications)
@@ -534,7 +629,8 @@ async def _announcement(client: MoonrakerWebsocket, feed: str) -> Any:
     return (await our_announcements(client)).get(feed)
 
 
-async def test_announcements_can_be_turned_off(printer, client, ws_factory):
+async def test_announcements_can_be_turned_off(printer, client, scene, ws_factory):
+    await scene()
     await wait_until(lambda: our_announcements(client), 20, what="an announcement")
     printer.octoflash_options["announcements"] = "False"
     try:
@@ -549,10 +645,10 @@ async def test_announcements_can_be_turned_off(printer, client, ws_factory):
         await restart_moonraker(printer)
 
 
-async def test_update_all_flashes_after_a_moonraker_restart(printer, ws_factory):
+async def test_update_all_flashes_after_a_moonraker_restart(printer, client, scene, ws_factory):
     # Moonraker restarts at the end of a full update that updated Moonraker
     # itself; the firmware flashes it deferred run after the restart.
-    client = await ws_factory(printer)
+    await scene()
     await entry_when(client, "octoflash_octopus", state_is("behind"))
     printer.stop_klipper()                       # the flashes wait for Klipper
     start = len(client.notifications)
@@ -575,8 +671,10 @@ async def test_update_all_flashes_after_a_moonraker_restart(printer, ws_factory)
 
 
 
-async def test_a_failed_flash_says_how_to_recover_and_offers_update_again(printer, client):
-    # The toolhead is behind (the commit above).  Its write fails half way:
+async def test_a_failed_flash_says_how_to_recover_and_offers_update_again(printer, client,
+                                                                         scene):
+    await scene(toolhead=old(printer))
+    # The toolhead is behind.  Its write fails half way:
     # the update ends with the failure in a line both clients show, and the
     # entry tells what happened and offers the way forward in both clients.
     await entry_when(client, "octoflash_toolhead", state_is("behind"))

@@ -82,7 +82,8 @@ def link_component(moonraker_path: Optional[str] = None, remove: bool = False) -
     if not os.access(folder, os.W_OK):
         raise OctoflashError(
             f"Cannot write to {folder}; run the command as the user that owns Moonraker")
-    tmp = target + ".octoflash-tmp"
+    # a name of this process's own: two installs at once never share it
+    tmp = f"{target}.octoflash-tmp-{os.getpid()}"
     if os.path.lexists(tmp):
         os.unlink(tmp)
     try:

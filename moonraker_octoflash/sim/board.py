@@ -75,6 +75,8 @@ FAULTS = {
                           "so the COMPLETE command that follows fails too",
     "katapult_verify_error": "flashtool: read-back checksum differs",
     "katapult_hang": "flashtool: hangs during the write",
+    "katapult_pause": "flashtool: the write waits, a third of the way, until the fault "
+                      "is cleared (a test holds a write in progress)",
     "serial_in_use": "flashtool: the serial device is held by another program",
     "no_bootloader_request": "the running Klipper ignores bootloader requests",
     "no_return": "after a write the board does not come back",

@@ -143,6 +143,8 @@ class _Tool:
             fraction = mark / 50
             if hang_at is not None and fraction > hang_at:
                 time.sleep(3600)
+            while mark == 17 and board.has_fault("katapult_pause"):
+                time.sleep(0.05)
             if fail_at is not None and fraction > fail_at:
                 cut = int(blocks * fail_at) * block
                 board.write_flash(start, padded[:cut], name=self.fw_path, erase=False,
