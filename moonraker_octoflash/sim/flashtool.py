@@ -178,6 +178,13 @@ class _Tool:
         if board is not None and board.mode == "katapult":
             board.reset()
 
+    def reset_nodes(self, intf: str) -> None:
+        """CLEAR_NODE_ID (admin 0x12): every Katapult node on the bus forgets its node id."""
+        self.line("Resetting all bootloader node IDs...")
+        for b in self.machine.boards():
+            if b.can_interface == intf and b.mode == "katapult" and b.node_assigned:
+                b.update(lambda s: s.__setitem__("node_assigned", False))
+
     # --- transports -------------------------------------------------------------------
     def run_serial(self, device: str) -> None:
         baud = self.args.baud
@@ -246,9 +253,11 @@ class _Tool:
             raise FlashError(f"Unable to bind socket to {'can0' if self.legacy else intf}")
         nodes = [b for b in self.machine.boards() if b.can_interface == intf and b.on_can]
         if args.query:
-            self.line("Resetting all bootloader node IDs...")
+            self.reset_nodes(intf)
             self.line("Checking for Katapult nodes...")
             for b in nodes:
+                if b.node_assigned:
+                    continue            # an assigned node ignores the query
                 app = "Katapult" if b.mode == "katapult" else "Klipper"
                 self.line(f"Detected UUID: {b.canbus_uuid}, Application: {app}")
             return None
@@ -268,9 +277,13 @@ class _Tool:
                 if self.legacy:
                     self.line("Bootloader request command sent")
                 return None
-        self.line("Resetting all bootloader node IDs...")
+        self.reset_nodes(intf)
         target = next((b for b in self.machine.boards()
                        if b.can_interface == intf and b.on_can and b.canbus_uuid == uuid), None)
+        if target is not None and target.mode == "katapult":
+            # SET_NODEID: the node now answers on its own id and ignores the admin query
+            # until COMPLETE (a reset) or a CLEAR_NODE_ID.
+            target.update(lambda s: s.__setitem__("node_assigned", True))
         board = self.connect(target)
         self.line("Verifying canbus connection")
         try:
