@@ -79,6 +79,8 @@ FAULTS = {
     "no_bootloader_request": "the running Klipper ignores bootloader requests",
     "no_return": "after a write the board does not come back",
     "rp2040_write_error": "rp2040_flash: a PICOBOOT write fails half way",
+    "usb_access_denied": "the service's user may not open the USB devices (no udev rule): "
+                         "dfu-util and pyusb get LIBUSB_ERROR_ACCESS",
 }
 
 
@@ -117,10 +119,12 @@ class SimulatedMachine:
         self.boards_dir = os.path.join(self.directory, "boards")
         self.dev_dir = os.path.join(self.directory, "dev")
         self.by_id_dir = os.path.join(self.dev_dir, "serial", "by-id")
+        # What the kernel shows of each USB device (readable without opening it).
+        self.sysfs_usb_dir = os.path.join(self.directory, "sys", "bus", "usb", "devices")
         self.bin_dir = os.path.join(self.directory, "bin")
         self.log_path = os.path.join(self.directory, "tool-log.jsonl")
         self._config_path = os.path.join(self.directory, "machine.json")
-        for d in (self.boards_dir, self.by_id_dir, self.bin_dir):
+        for d in (self.boards_dir, self.by_id_dir, self.bin_dir, self.sysfs_usb_dir):
             os.makedirs(d, exist_ok=True)
         if not os.path.exists(self._config_path):
             _atomic_write_json(self._config_path, {
@@ -333,6 +337,41 @@ class SimulatedMachine:
                     if not os.path.exists(target):
                         open(target, "a").close()
                     os.symlink(target, path)
+            self._sync_sysfs()
+
+    def _sync_sysfs(self) -> None:
+        """``sys/bus/usb/devices/PORT/``: the attributes the kernel gives every user."""
+        import shutil
+        present: Dict[str, Dict[str, str]] = {}
+        for b in self.boards():
+            ident = b.usb_identity()
+            if ident is None:
+                continue
+            vid, pid = ident["id"]
+            files = {"idVendor": f"{vid:04x}", "idProduct": f"{pid:04x}",
+                     "serial": str(ident.get("serial") or ""),
+                     "manufacturer": str(ident.get("manufacturer") or ""),
+                     "product": str(ident.get("product") or ""),
+                     "devnum": str(ident.get("address") or 0), "busnum": "1"}
+            port = str(ident["port_path"])
+            if ident.get("dfu_layout"):
+                files[os.path.join(f"{port}:1.0", "interface")] = str(ident["dfu_layout"])
+            present[port] = files
+        for name in os.listdir(self.sysfs_usb_dir):
+            if name not in present:
+                shutil.rmtree(os.path.join(self.sysfs_usb_dir, name), ignore_errors=True)
+        for port, files in present.items():
+            for rel, text in files.items():
+                path = os.path.join(self.sysfs_usb_dir, port, rel)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        if f.read() == text + "\n":
+                            continue
+                except OSError:
+                    pass
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
 
     def usb_backend(self) -> Any:
         from .usb_backend import SimulatedUsbBackend
@@ -345,7 +384,8 @@ class SimulatedMachine:
 
     def scan_options(self, listen_time: float = 0.2) -> Dict[str, Any]:
         """Keyword arguments that make ``discovery.scan`` look at this machine."""
-        return {"usb_backend": self.usb_backend(), "by_id_dir": self.by_id_dir,
+        return {"usb_backend": self.usb_backend(), "usb_sysfs": self.sysfs_usb_dir,
+                "by_id_dir": self.by_id_dir,
                 "can_interfaces": self.can_interfaces_up, "can_bustype": "virtual",
                 "can_listen_time": listen_time}
 

@@ -127,25 +127,35 @@ def _download(machine: SimulatedMachine, args: _Args, out: TextIO, err: TextIO) 
     err.write("dfu-util: A valid DFU suffix will be required in a future dfu-util release\n")
     err.flush()
     boards = _select(machine, args)
+    denied = [b for b in boards if b.has_fault("usb_access_denied")]
+    for board in denied:
+        # dfu-util warns and skips a device it may not open (no udev rule for this user).
+        err.write(f"dfu-util: Cannot open DFU device 0483:df11 found on devnum "
+                  f"{board.usb_address} (LIBUSB_ERROR_ACCESS)\n")
+        err.flush()
+    boards = [b for b in boards if b not in denied]
+    if args.alt not in (None, "0"):
+        boards = []          # no interface with that alt setting: no device matches
     if not boards:
         raise _Exit(EX_IOERR, "No DFU capable USB device available")
     if len(boards) > 1:
         raise _Exit(EX_IOERR, "More than one DFU capable USB device found! Try `--list' and "
                               "specify the serial number or disconnect all but one device")
     board = boards[0]
-    if args.alt not in (None, "0"):
-        raise _Exit(EX_IOERR, f"No such Alternate Setting: \"{args.alt}\"")
     if not args.dfuse:
-        raise _Exit(EX_USAGE, "DfuSe address (-s) is required for this simulated STM32")
+        # Without -s dfu-util reads the file as a DfuSe file; octoflash always passes -s.
+        raise _Exit(EX_USAGE, "No valid DfuSe signature")
     parts = args.dfuse.split(":")
     try:
         address = int(parts[0], 0)
     except ValueError:
         raise _Exit(EX_USAGE, f"Invalid dfuse address: {parts[0]}")
     modifiers = set(parts[1:])
+    if "mass-erase" in modifiers and "force" not in modifiers:
+        raise _Exit(EX_USAGE, "The mass erase command can only be used with force")
     unknown = modifiers - {"leave", "mass-erase", "force", "will-reset", "unprotect"}
     if unknown:
-        raise _Exit(EX_USAGE, f"Invalid DfuSe modifier: {sorted(unknown)[0]}")
+        raise _Exit(EX_USAGE, f"Invalid dfuse modifier: {sorted(unknown)[0]}")
     delay = machine.tool_delay
     out.write("Opening DFU capable USB device...\n"
               "Device ID 0483:df11\n"

@@ -147,6 +147,9 @@ class _Tool:
                 cut = int(blocks * fail_at) * block
                 board.write_flash(start, padded[:cut], name=self.fw_path, erase=False,
                                   complete=False)
+                if self.legacy:
+                    # Before July 2025 the failed command is the error itself.
+                    raise FlashError("Error sending command [SEND_BLOCK] to Device")
                 try:
                     raise FlashError("Error sending command [SEND_BLOCK] to Device")
                 except FlashError as exc:
