@@ -79,6 +79,8 @@ FAULTS = {
     "no_bootloader_request": "the running Klipper ignores bootloader requests",
     "no_return": "after a write the board does not come back",
     "rp2040_write_error": "rp2040_flash: a PICOBOOT write fails half way",
+    "katapult_tty_late": "flashtool: a USB-CAN bridge comes back as Katapult but its tty is "
+                         "not there yet (Failed to locate serial tty path)",
     "usb_access_denied": "the service's user may not open the USB devices (no udev rule): "
                          "dfu-util and pyusb get LIBUSB_ERROR_ACCESS",
 }

@@ -80,12 +80,25 @@ class _Tool:
             time.sleep(min(0.5, self.machine.tool_delay))
             self.put(".")
             ident = board.usb_identity()
+            if self.legacy:
+                # Before March 2025 only a Katapult coming back ends the wait.
+                if ident is not None and ident["manufacturer"] == "katapult":
+                    self.line("Katapult detected")
+                    return True
+                continue
             if ident is not None and ident["id"] != start_kind:
                 vid, pid = ident["id"]
                 self.line("done")
+                # flashtool reads these from sysfs and lower-cases them.
                 self.line(f"Detected new USB Device: {vid:04x}:{pid:04x} "
-                          f"{ident['manufacturer'].lower()} {ident['product']}")
-                return True
+                          f"{ident['manufacturer'].lower()} {ident['product'].lower()}")
+                if ident["manufacturer"] == "katapult":
+                    return True
+                # Since March 2025: another device came back (the ROM's DFU loader, say);
+                # the run ends as a bootloader request, exit 0.
+                self.args.request_bootloader = True
+                self.line("Device is not Katapult, exiting...")
+                return False
         self.line("timed out")
         return False
 
@@ -211,7 +224,8 @@ class _Tool:
             board.enter_bootloader()
             if self.wait_reconnect(board, start_id) and board.mode == "katapult":
                 device = board.by_id_path() or device
-                self.line(f"Katapult detected{' on ' + device if not self.legacy else ''}")
+                if not self.legacy:
+                    self.line(f"Katapult detected on {device}")
             if self.is_bootloader_req:
                 return
         elif mode == "katapult":
@@ -272,6 +286,9 @@ class _Tool:
                 target.enter_bootloader()
                 if bridge is not None:
                     if self.wait_reconnect(bridge, start_id) and bridge.mode == "katapult":
+                        if bridge.has_fault("katapult_tty_late"):
+                            # the tty is not there 0.5 s after re-enumeration
+                            raise FlashError("Failed to locate serial tty path")
                         self.line(f"Katapult detected at serial port {bridge.tty_path}")
                         return None if self.is_bootloader_req else bridge.tty_path
                     return None
