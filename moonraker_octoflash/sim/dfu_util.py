@@ -31,11 +31,20 @@ Please report bugs to http://sourceforge.net/p/dfu-util/tickets/
 """
 
 
+USAGE_FIRST_LINE = "Usage: dfu-util [options] ..."
+
+
 class _Exit(Exception):
-    def __init__(self, code: int, message: Optional[str] = None) -> None:
+    """``errx``: ``dfu-util: MESSAGE`` on stderr; ``usage``: getopt's complaint or the
+    missing action, followed by the usage text, as the real program prints them."""
+
+    def __init__(self, code: int, message: Optional[str] = None, *, usage: bool = False,
+                 prefix: bool = True) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.usage = usage
+        self.prefix = prefix
 
 
 class _Args:
@@ -67,9 +76,12 @@ def _parse(argv: Sequence[str]) -> _Args:
             try:
                 setattr(args, _OPTIONS[arg], next(it))
             except StopIteration:
-                raise _Exit(EX_USAGE, f"option requires an argument -- '{arg.lstrip('-')}'")
+                raise _Exit(EX_USAGE, f"option requires an argument -- '{arg.lstrip('-')}'",
+                            usage=True)
+        elif arg.startswith("--"):
+            raise _Exit(EX_USAGE, f"unrecognized option '{arg}'", usage=True)
         else:
-            raise _Exit(EX_USAGE, f"invalid option -- '{arg.lstrip('-')}'")
+            raise _Exit(EX_USAGE, f"invalid option -- '{arg.lstrip('-')}'", usage=True)
     return args
 
 
@@ -219,10 +231,10 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
     argv = list(sys.argv[1:] if argv is None else argv)
     machine = SimulatedMachine.from_env()
     machine.log_invocation("dfu-util", argv)
-    out.write(BANNER)
-    out.flush()
     try:
-        args = _parse(argv)
+        args = _parse(argv)          # getopt complains before the banner
+        out.write(BANNER)
+        out.flush()
         if args.version:
             return 0
         if args.list:
@@ -230,11 +242,13 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
             return 0
         if args.download:
             return _download(machine, args, out, err)
-        raise _Exit(EX_USAGE, "You need to specify one of -D or -U")
+        raise _Exit(EX_USAGE, "You need to specify one of -D or -U", usage=True, prefix=False)
     except _Exit as exc:
         out.flush()
         if exc.message:
-            err.write(f"dfu-util: {exc.message}\n")
+            err.write(f"{'dfu-util: ' if exc.prefix else ''}{exc.message}\n")
+        if exc.usage:
+            err.write(USAGE_FIRST_LINE + "\n")
         err.flush()
         return exc.code
 

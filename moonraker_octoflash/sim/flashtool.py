@@ -263,7 +263,7 @@ class _Tool:
                 self.line(f"Connecting to CAN UUID {args.uuid} on interface {intf}")
             else:
                 self.line(f"Flashing CAN UUID {args.uuid} on interface {intf}")
-        if self.legacy and not self.is_bootloader_req and not os.path.isfile(self.fw_path):
+        if self.legacy and self.is_flash_req and not os.path.isfile(self.fw_path):
             raise FlashError(f"Invalid firmware path '{self.fw_path}'")
         self.check_firmware()
         if intf not in self.machine.can_interfaces_up():
