@@ -34,8 +34,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ..discovery.identity import (USB_ID_CANBRIDGE, USB_ID_DFU, USB_ID_KATAPULT,
-                                  USB_ID_KLIPPER, canbus_uuid_from_chip_id,
-                                  dfu_serial_from_chip_id, normalize_uuid)
+                                  USB_ID_KLIPPER, canbus_uuid_from_chip_id, normalize_uuid)
 from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
 from ..discovery.usb import DfuLayout, parse_dfu_layout
 from .images import FLASH_BASE, classify_image, default_app_start
@@ -84,6 +83,31 @@ FAULTS = {
     "usb_access_denied": "the service's user may not open the USB devices (no udev rule): "
                          "dfu-util and pyusb get LIBUSB_ERROR_ACCESS",
 }
+
+
+def _rom_dfu_serial(chip_id: str) -> Optional[str]:
+    """The serial the simulated ROM loader shows, built here the way ST's USB device code
+    (Get_SerialNum / IntToUnicode) builds it, nibble by nibble from the 96-bit unique id
+    (little-endian words as the chip stores them): 8 digits of word0 + word2, then the
+    top 4 digits of word1.  Written apart from ``discovery.identity`` on purpose, so the
+    tests that match a DFU device to its board do not check that function against
+    itself.  Not checked against a real ROM loader (docs/flashing.md)."""
+    if len(chip_id) != 24:
+        return None
+    try:
+        raw = bytes.fromhex(chip_id)
+    except ValueError:
+        return None
+    words = [raw[i] | raw[i + 1] << 8 | raw[i + 2] << 16 | raw[i + 3] << 24 for i in (0, 4, 8)]
+
+    def int_to_unicode(value: int, digits: int) -> str:
+        out = ""
+        for _ in range(digits):
+            nibble = (value >> 28) & 0xF
+            out += chr(ord("0") + nibble) if nibble < 10 else chr(ord("A") + nibble - 10)
+            value = (value << 4) & 0xFFFFFFFF
+        return out
+    return int_to_unicode((words[0] + words[2]) & 0xFFFFFFFF, 8) + int_to_unicode(words[1], 4)
 
 
 def mcu_facts(mcu: str) -> Dict[str, Any]:
@@ -238,7 +262,7 @@ class SimulatedMachine:
         state: Dict[str, Any] = {
             "name": name, "mcu": mcu, "chip_id": chip, "transport": transport,
             "index": index, "port_path": f"1-1.{index + 1}",
-            "dfu_serial": dfu_serial or dfu_serial_from_chip_id(chip) or chip[:12],
+            "dfu_serial": dfu_serial or _rom_dfu_serial(chip) or chip[:12],
             "canbus_uuid": normalize_uuid(canbus_uuid) or canbus_uuid_from_chip_id(chip),
             "can_interface": can_interface, "flash_size": facts["flash_size"],
             "dfu_layout": facts["dfu_layout"], "leave_status_error": leave_status_error,
