@@ -206,3 +206,41 @@ async def test_a_legacy_write_error_is_the_bare_send_block_error(rig, artifact_d
                              board.by_id_path(), "-f", art.path()], timeout=20)
     assert caught.value.args[0] == "flashtool.py: Error sending command [SEND_BLOCK] to Device"
     assert caught.value.write_started
+
+
+# --- before September 2024: -r is for CAN only ---------------------------------------------
+
+async def test_a_flashtool_whose_request_is_can_only_is_not_run_over_serial(rig, artifact_dir):
+    # Before Katapult's 542b6a8 (2024-09-20) -r said "(CAN only)" and, with -d, was
+    # ignored: `flashtool.py -d PORT -f fw -r` would write without octoflash's checks.
+    from moonraker_octoflash.presets import get_preset
+    from moonraker_octoflash.profiles import Profile
+    rig.machine.flashtool_version = "old"
+    board = rig.machine.add_board("usb", "stm32f446xx", firmware={"version": "v0.12.0"})
+    profile = Profile(name="usb", preset=get_preset("btt-octopus-f446-canbridge"),
+                      serial=board.by_id_path(), klipper_mcu="mcu", source="cli")
+    art = write_artifact(artifact_dir("u"), profile="usb", preset=profile.preset.id,
+                         bridge=False)
+    before = board.read_flash(0x08008000, 32768)
+    result = await execute_plan(make_plan(profile, art, config=rig.config),
+                                rig.context(with_discovery=False))
+    assert result.state == "failed" and not result.written, result.summary()
+    assert result.message.startswith("This flashtool.py is from before September 2024")
+    assert "git -C ~/katapult pull" in result.hint
+    assert rig.machine.tool_invocations("flashtool") == []     # not even the request
+    assert board.read_flash(0x08008000, 32768) == before and board.mode == "klipper"
+
+
+def test_the_old_double_really_writes_on_a_serial_request(rig, artifact_dir):
+    # What the refusal above prevents, shown on the double itself.
+    import subprocess
+    import sys
+    rig.machine.flashtool_version = "old"
+    board = rig.machine.add_board("usb", "stm32f446xx", mode="katapult")
+    art = write_artifact(artifact_dir("u"), profile="usb", preset="btt-octopus-f446-canbridge",
+                         bridge=False)
+    proc = subprocess.run([sys.executable, rig.config.flashtool_path, "-d", board.by_id_path(),
+                           "-f", art.path(), "-r"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "Flash Success"
+    image = open(art.path(), "rb").read()
+    assert board.read_flash(0x08008000, len(image)) == image

@@ -209,15 +209,16 @@ class SimulatedMachine:
 
     @property
     def flashtool_version(self) -> str:
-        """``current`` (Katapult 2025: bridge support, ``Programming Complete``) or
-        ``legacy`` (before October 2024: no ``-s``, ``Flash Success`` on every success)."""
+        """``current`` (Katapult 2025: bridge support, ``Programming Complete``),
+        ``legacy`` (before October 2024: no ``-s``, ``Flash Success`` on every success)
+        or ``old`` (before September 2024: ``-r`` for CAN only, ignored over serial)."""
         return os.environ.get("OCTOFLASH_SIM_FLASHTOOL_VERSION") or \
             self.config.get("flashtool_version", "current")
 
     @flashtool_version.setter
     def flashtool_version(self, value: str) -> None:
-        if value not in ("current", "legacy"):
-            raise ValueError("flashtool_version is 'current' or 'legacy'")
+        if value not in ("current", "legacy", "old"):
+            raise ValueError("flashtool_version is 'current', 'legacy' or 'old'")
         self.update_config(lambda c: c.__setitem__("flashtool_version", value))
 
     @property
@@ -447,7 +448,8 @@ class SimulatedMachine:
             f.write(line + "\n")
 
     def tool_invocations(self, tool: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Every run of a tool double so far (``tool``: dfu-util or flashtool)."""
+        """Every run of a tool double so far (``tool``: dfu-util or flashtool); a run that
+        only prints its help (``--help``) is not one."""
         try:
             with open(self.log_path, encoding="utf-8") as f:
                 entries = [json.loads(line) for line in f if line.strip()]

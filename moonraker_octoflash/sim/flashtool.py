@@ -8,6 +8,9 @@ Two versions, chosen by the machine's ``flashtool_version``:
   another MCU, ends with ``Programming Complete`` / ``Bootloader Request
   Complete`` / ``Status Request Complete``, errors logged as
   ``ERROR:root:Flash Tool Error``.
+* ``old`` (July 2023 to September 2024, before Katapult's ``542b6a8``): as
+  ``legacy``, but ``-r`` is for CAN only ("(CAN only)" in its help): with
+  ``-d`` it is ignored and the image is written; errors exit 255.
 * ``legacy`` (before October 2024): no ``-s`` (argparse rejects it), no
   bridge detection, only warns on an MCU mismatch, ends every success —
   a bare ``-r`` included — with ``Flash Success``, errors logged as
@@ -46,7 +49,8 @@ class _Tool:
         self.machine = machine
         self.args = args
         self.out = out
-        self.legacy = machine.flashtool_version == "legacy"
+        self.old = machine.flashtool_version == "old"
+        self.legacy = machine.flashtool_version in ("legacy", "old")
         self.fw_path = os.path.realpath(os.path.expanduser(args.firmware))
 
     # --- output --------------------------------------------------------------------
@@ -217,7 +221,10 @@ class _Tool:
                       "Process ID: 4242\nProcess Systemd Unit Name: klipper.service")
             raise FlashError(f"Serial device {device} in use")
         mode = board.mode if board is not None else "off"
-        if mode == "klipper" and board is not None:
+        if self.old:
+            # No USB bootloader request yet, and -r is for CAN only: this is a write.
+            self.args.request_bootloader = False
+        elif mode == "klipper" and board is not None:
             self.line("Detected USB device running Klipper")
             self.line(f"Requesting USB bootloader for {device}...")
             start_id = str((board.usb_identity() or {}).get("id") or "")
@@ -315,7 +322,7 @@ class _Tool:
         return None
 
 
-def _parser(legacy: bool) -> argparse.ArgumentParser:
+def _parser(legacy: bool, old: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Katapult Flash Tool")
     parser.add_argument("-d", "--device", metavar="<serial device>", help="Serial Device")
     parser.add_argument("-b", "--baud", default=250000, metavar="<baud rate>",
@@ -329,7 +336,8 @@ def _parser(legacy: bool) -> argparse.ArgumentParser:
                         help="Query available CAN UUIDs (CANBus Ony)")
     parser.add_argument("-v", "--verbose", action="store_true", help="Enable verbose responses")
     parser.add_argument("-r", "--request-bootloader", action="store_true",
-                        help="Requests the bootloader and exits")
+                        help="Requests the bootloader and exits" + (" (CAN only)" if old
+                                                                      else ""))
     if not legacy:
         parser.add_argument("-s", "--status", action="store_true",
                             help="Connect to bootloader and print status")
@@ -349,9 +357,11 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     machine = SimulatedMachine.from_env()
-    machine.log_invocation("flashtool", argv)
-    legacy = machine.flashtool_version == "legacy"
-    args = _parser(legacy).parse_args(argv)   # exits 2 on an unknown option, as argparse does
+    if not {"-h", "--help"} & set(argv):
+        machine.log_invocation("flashtool", argv)   # the log holds runs that act on boards
+    old = machine.flashtool_version == "old"
+    legacy = old or machine.flashtool_version == "legacy"
+    args = _parser(legacy, old).parse_args(argv)   # exits 2 on an unknown option (argparse)
     tool = _Tool(machine, args, out)
     try:
         if args.device is None:
@@ -363,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
     except FlashError as exc:
         out.flush()
         _traceback(err, legacy, exc)
-        return 1
+        return 255 if old else 1          # sys.exit(-1) before September 2024
     if legacy:
         tool.line("Query Complete" if args.query else "Flash Success")
     elif args.query:

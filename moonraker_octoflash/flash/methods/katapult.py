@@ -152,6 +152,13 @@ class KatapultMethod(FlashMethod):
                 record.status, record.message = "skipped", "the board is already in Katapult"
                 run.in_bootloader = True
                 return
+            if "-d" in (step.argv or []) and not await self._serial_request_works(run):
+                raise WriteFailed(
+                    "This flashtool.py is from before September 2024: it cannot ask a USB "
+                    "board into Katapult (its -r is for CAN only; over serial it would write "
+                    "the image without octoflash's checks), so it was not run.",
+                    hint="Update it: git -C ~/katapult pull. Or double-click the board's reset "
+                         "button to enter Katapult and flash again.")
             run.katapult_ports_before = await self._katapult_ports(run)
             try:
                 asked = await katapult.request_bootloader(run.argv(step), timeout=timeout)
@@ -216,6 +223,18 @@ class KatapultMethod(FlashMethod):
                                            "completed write and verification.")
         else:
             await super().run_step(run, step, record)
+
+    async def _serial_request_works(self, run: _PlanRun) -> bool:
+        """False for a flashtool whose ``-r`` is "(CAN only)" (before Katapult's 542b6a8,
+        2024-09-20): with ``-d`` it ignores ``-r`` and writes.  Read from its ``--help``."""
+        argv = _flashtool(run.config, "--help")
+        try:
+            result = await run_tool(argv, timeout=30.0, env=run.config.tool_env or None,
+                                    what="flashtool.py")
+        except Exception:         # let the request itself say what is wrong
+            return True
+        text = " ".join(" ".join(result.lines).split())
+        return "(CAN only)" not in text
 
     def _query_argv(self, run: _PlanRun, interface: str) -> List[str]:
         return _flashtool(run.config, "-i", interface, "-q")
