@@ -19,7 +19,7 @@ from ...discovery.snapshot import DeviceSnapshot
 from ...mcus import flash_base
 from ..checks import CheckRefused, CheckResult, _mcu_refusal, check_katapult_status, image_mcu
 from ...tools import run_tool
-from ..katapult import KatapultFlasher, NotKatapult, katapult_sha1
+from ..katapult import KatapultFlasher, katapult_sha1
 from ..plan import (CAN, KATAPULT_DEVICE, USB_CAN_BRIDGE, USB_SERIAL, FlashPlan, FlashStep,
                     _chip_serial, _flashtool, _transport)
 from ..results import StepRecord, WriteFailed
@@ -160,11 +160,8 @@ class KatapultMethod(FlashMethod):
                     hint="Update it: git -C ~/katapult pull. Or double-click the board's reset "
                          "button to enter Katapult and flash again.")
             run.katapult_ports_before = await self._katapult_ports(run)
-            try:
-                asked = await katapult.request_bootloader(run.argv(step), timeout=timeout)
-            except NotKatapult as exc:
-                run.state["not_katapult"] = exc
-                raise
+            # A board that comes back as another device (DFU) raises NotKatapult at once.
+            asked = await katapult.request_bootloader(run.argv(step), timeout=timeout)
             run.in_bootloader = run.bootloader_requested = True
             if asked.tty_missing:
                 record.message = ("the board came back as Katapult before its serial port "
