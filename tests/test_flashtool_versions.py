@@ -119,12 +119,36 @@ async def test_a_bridge_without_katapult_is_recognised_at_once(rig, artifact_dir
     assert result.message == ("The board is not running Katapult: asked into its bootloader "
                               "it came back as 0483:df11 stmicroelectronics stm32  bootloader, "
                               "the STM32's ROM loader in DFU mode.")
-    assert "flash this profile with the dfu method" in result.hint
-    assert result.recovery.startswith("Nothing was written. The board waits in DFU mode")
+    # the build starts at 0x08008000: it needs Katapult first, not a DFU write of its own
+    assert ("this build starts at 0x08008000, behind a bootloader: written alone over DFU it "
+            "would not start") in result.hint
+    assert result.recovery == (
+        "Nothing was written. The board waits in DFU mode (the STM32's ROM loader): flash "
+        "btt-octopus-f446-katapult with the dfu method, then this profile; or press its "
+        "reset button to go back to its firmware.")
     request = _step(result, "request_bootloader")
     assert request.status == "failed" and request.duration < 10.0     # not after 20 s
     assert _step(result, "wait_katapult_usb").status != "done"
     assert board.mode == "dfu" and rig.writes() == []
+
+    # Following the recovery text: the board shows up in DFU mode, so the plans switch to
+    # the dfu method without being told; Katapult goes on first, then the build.
+    from moonraker_octoflash.presets import get_preset
+    from moonraker_octoflash.profiles import Profile
+    kat_profile = Profile(name="kat", preset=get_preset("btt-octopus-f446-katapult"),
+                          source="cli")
+    kat = write_artifact(artifact_dir("k"), profile="kat", preset=kat_profile.preset.id,
+                         target="katapult", app_address=0x08000000,
+                         bootloader_app_start=0x08008000)
+    kat_plan = make_plan(kat_profile, kat, devices=await rig.scan(), config=rig.config)
+    assert kat_plan.method == "dfu"
+    assert (await execute_plan(kat_plan, rig.context())).ok
+    assert board.bootloader()["kind"] == "katapult"
+    again = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                         config=rig.config), rig.context())
+    assert again.ok, again.summary()
+    image = open(art.path(), "rb").read()
+    assert board.read_flash(0x08008000, len(image)) == image
 
 
 # --- March 2025 on: the bridge's tty is not there yet --------------------------------------

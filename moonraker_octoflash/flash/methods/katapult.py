@@ -19,12 +19,12 @@ from ...discovery.snapshot import DeviceSnapshot
 from ...mcus import flash_base
 from ..checks import CheckRefused, CheckResult, _mcu_refusal, check_katapult_status, image_mcu
 from ...tools import run_tool
-from ..katapult import KatapultFlasher, katapult_sha1
+from ..katapult import KatapultFlasher, NotKatapult, katapult_sha1
 from ..plan import (CAN, KATAPULT_DEVICE, USB_CAN_BRIDGE, USB_SERIAL, FlashPlan, FlashStep,
                     _chip_serial, _flashtool, _transport)
 from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
-from .common import stm32_recovery
+from .common import _katapult_preset_for, stm32_recovery
 
 if TYPE_CHECKING:
     from ..executor import _PlanRun
@@ -161,7 +161,11 @@ class KatapultMethod(FlashMethod):
                          "button to enter Katapult and flash again.")
             run.katapult_ports_before = await self._katapult_ports(run)
             # A board that comes back as another device (DFU) raises NotKatapult at once.
-            asked = await katapult.request_bootloader(run.argv(step), timeout=timeout)
+            try:
+                asked = await katapult.request_bootloader(run.argv(step), timeout=timeout)
+            except NotKatapult as exc:
+                _what_now(exc, run.plan)
+                raise
             run.in_bootloader = run.bootloader_requested = True
             if asked.tty_missing:
                 record.message = ("the board came back as Katapult before its serial port "
@@ -341,6 +345,31 @@ class KatapultMethod(FlashMethod):
                  write_complete: bool = False, board_back: bool = False) -> Optional[str]:
         return stm32_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
                               write_complete=write_complete, board_back=board_back)
+
+
+def _what_now(exc: NotKatapult, plan: FlashPlan) -> None:
+    """What to do with a board that has no Katapult, for this build: a build linked behind
+    a bootloader needs one first (written over DFU it would not start)."""
+    if not exc.dfu:
+        return
+    profile = plan.profile
+    base = flash_base(plan.artifact.mcu) or 0
+    if plan.artifact.app_address == base:
+        exc.hint = ("Katapult is not installed on this board. It waits in DFU mode now: flash "
+                    f"this profile with the dfu method (octoflash flash {plan.profile_name} "
+                    "--method dfu).")
+        exc.recovery = ("Nothing was written. The board waits in DFU mode (the STM32's ROM "
+                        "loader): flash this profile with the dfu method now, or press its "
+                        "reset button to go back to its firmware.")
+        return
+    katapult = _katapult_preset_for(profile) or "the Katapult preset for this board"
+    exc.hint = (f"Katapult is not installed on this board, and this build starts at "
+                f"0x{plan.artifact.app_address:08x}, behind a bootloader: written alone over "
+                f"DFU it would not start. The board waits in DFU mode now: flash {katapult} "
+                "with the dfu method first, then this profile.")
+    exc.recovery = ("Nothing was written. The board waits in DFU mode (the STM32's ROM "
+                    f"loader): flash {katapult} with the dfu method, then this profile; or "
+                    "press its reset button to go back to its firmware.")
 
 
 def _refuse_other_katapult(plan: FlashPlan, katapult: Sequence[SerialPort],
