@@ -620,3 +620,23 @@ async def test_a_can_node_left_with_a_node_id_is_found_again(rig, artifact_dir):
     assert _step(result, "wait_katapult_can").status == "done"
     runs = [e["argv"] for e in rig.machine.tool_invocations("flashtool")]
     assert ["-i", "can0", "-q"] in runs
+
+
+async def test_a_can_write_whose_complete_failed_leaves_the_node_reachable(rig, artifact_dir):
+    # The link broke during the write, so flashtool's COMPLETE (which would reset the node)
+    # failed too: the node keeps its node id until octoflash clears it.
+    _bridge(rig)
+    node = rig.machine.add_board("ebb", "stm32g0b1xx", transport="can", app_start=0x08002000,
+                                 firmware={"version": "v0.12.0"})
+    node.set_fault("katapult_link_lost")
+    profile = ebb_profile(node.canbus_uuid)
+    art = write_artifact(artifact_dir("ebb"), profile="ebb", preset=EBB_PRESET.id,
+                         mcu="stm32g0b1xx", app_address=0x08002000, bridge=False)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written
+    assert "Double-click the reset button" in result.recovery
+    assert node.mode == "katapult" and not node.node_assigned
+    seen = (await rig.scan()).can_node(node.canbus_uuid, "can0")
+    assert seen is not None and seen.application == "Katapult"
+    assert [e["argv"][-1] for e in rig.machine.tool_invocations("flashtool")][-1] == "-q"
