@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
+from .discovery.permissions import UDEV_RULE_NAME, UDEV_RULES_DIR, udev_rule, valid_user
 from .moonraker import conffile
 from .moonraker.layout import Instance, find_instances, is_checkout, systemd_dir
 from .moonraker.link import LINK_NAME, exclude_entry, link_component
@@ -60,12 +61,17 @@ Install: checks for make, the ARM toolchain, dfu-util and a Katapult checkout
 virtualenv, links the component into Moonraker (hidden from Moonraker's git
 status), makes `octoflash` reachable on PATH (~/.local/bin), adds [octoflash]
 and [update_manager octoflash] to moonraker.conf, the Firmware link to
-Mainsail's sidebar and the macros to printer.cfg, and restarts Moonraker.
+Mainsail's sidebar and the macros to printer.cfg, installs the udev rule
+/etc/udev/rules.d/70-octoflash.rules (the Moonraker service's user may open
+the STM32 DFU, Katapult, Klipper, USB-CAN bridge and RP2040 boot devices,
+which dfu-util and octoflash need without sudo) and reloads udev, and
+restarts Moonraker.
 Running it again changes nothing that is already in place, and restores the
 component link after Moonraker was re-cloned (a hard recovery or a KIAUH
 reinstall).
 
-Uninstall: removes all of that again; the [octoflash...] sections are saved to
+Uninstall: removes all of that again (the udev rule once no instance uses
+octoflash); the [octoflash...] sections are saved to
 the backup folder first (--keep-config keeps them in moonraker.conf, commented
 out).  The build folder is removed only with --remove-builds.
 
@@ -550,6 +556,7 @@ def install(session: Session, home: str, instances: List[Instance], args: argpar
     for checkout in unique(i.moonraker_dir for i in instances):
         code_changed |= link_into(session, checkout)
     put_on_path(session, home, instances[0].venv_dir)
+    install_udev_rule(session, instances)
     origin = git_origin(source)
     for instance in instances:
         if install_instance(session, instance, source, origin, not args.no_macros) or code_changed:
@@ -558,6 +565,106 @@ def install(session: Session, home: str, instances: List[Instance], args: argpar
     if changed or session.dry_run:
         session.left.append("add one [octoflash NAME] section per MCU (docs/moonraker.md); "
                             "`octoflash presets` lists the board configurations")
+
+
+# --- USB permissions: the udev rule ----------------------------------------------
+
+def udev_rules_dir() -> str:
+    """Where udev rules go (``OCTOFLASH_UDEV_RULES_DIR`` moves it, for tests)."""
+    return os.environ.get("OCTOFLASH_UDEV_RULES_DIR") or UDEV_RULES_DIR
+
+
+def service_user(instances: List[Instance]) -> str:
+    """The user Moonraker's service runs as (its unit's ``User=``), else this user."""
+    for instance in instances:
+        if not instance.unit_file:
+            continue
+        try:
+            text = read(instance.unit_file)
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.strip().partition("=")
+            if key.strip() == "User" and value.strip():
+                return value.strip()
+    import getpass
+    return getpass.getuser()
+
+
+def _privileged(path: str) -> List[str]:
+    """``sudo`` when this user may not write ``path``'s folder."""
+    return [] if os.access(os.path.dirname(path), os.W_OK) else sudo_prefix()
+
+
+def reload_udev(session: Session) -> None:
+    """udev reads the rules again and applies them to the boards plugged in now."""
+    if shutil.which("udevadm") is None:
+        session.left.append("udevadm not found: the udev rule applies once the boards are "
+                            "plugged in again (or after a reboot)")
+        return
+    for argv in (["udevadm", "control", "--reload-rules"],
+                 ["udevadm", "trigger", "--subsystem-match=usb", "--action=add"]):
+        try:
+            proc = run([*sudo_prefix(), *argv], SHORT_TIMEOUT)
+            failed = proc.returncode != 0
+            why = (proc.stderr or proc.stdout or "").strip() or f"exit {proc.returncode}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            failed, why = True, str(exc)
+        if failed:
+            session.left.append(f"`sudo {' '.join(argv)}` failed ({why}): unplug and plug in "
+                                "the boards (or reboot) for the udev rule to apply")
+            return
+
+
+def install_udev_rule(session: Session, instances: List[Instance]) -> None:
+    user = service_user(instances)
+    if not valid_user(user):
+        session.left.append(f"no udev rule: {user!r} is not a user name it can name")
+        return
+    path = os.path.join(udev_rules_dir(), UDEV_RULE_NAME)
+    text = udev_rule(user)
+    try:
+        if read(path) == text:
+            return
+        existed = True
+    except OSError:
+        existed = False
+
+    def put() -> str:
+        note = ""
+        if existed:
+            copy = session.backup(instances[0], path)
+            note = f"backup: {copy}; " if copy else ""
+        if not _privileged(path):
+            write(path, text)
+        else:
+            folder = session.backup_folder(instances[0])
+            os.makedirs(folder, exist_ok=True)
+            staged = os.path.join(folder, UDEV_RULE_NAME + ".new")
+            with open(staged, "w", encoding="utf-8") as f:
+                f.write(text)
+            checked([*sudo_prefix(), "install", "-m", "0644", staged, path], SHORT_TIMEOUT)
+        reload_udev(session)
+        return note + "udev reloaded" if shutil.which("udevadm") else note + "no udevadm here"
+    session.change(f"{'update' if existed else 'install'} the udev rule {path}: {user} (the "
+                   "Moonraker service's user) may open the STM32 DFU, Katapult, Klipper, "
+                   "USB-CAN bridge and RP2040 boot devices without sudo", put)
+
+
+def remove_udev_rule(session: Session, instances: List[Instance]) -> None:
+    path = os.path.join(udev_rules_dir(), UDEV_RULE_NAME)
+    if not os.path.exists(path):
+        return
+
+    def take() -> str:
+        copy = session.backup(instances[0], path)
+        if not _privileged(path):
+            os.unlink(path)
+        else:
+            checked([*sudo_prefix(), "rm", "-f", "--", path], SHORT_TIMEOUT)
+        reload_udev(session)
+        return f"backup: {copy}" if copy else ""
+    session.change(f"remove the udev rule {path}", take)
 
 
 # --- uninstall -----------------------------------------------------------------
@@ -677,6 +784,11 @@ def uninstall(session: Session, home: str, instances: List[Instance], others: Li
         if os.path.islink(launcher) and os.readlink(launcher) == os.path.join(venv, "bin",
                                                                               "octoflash"):
             session.change(f"remove the `octoflash` command {launcher}", removes(launcher))
+    if still_used:
+        session.left.append(f"the udev rule stays: {', '.join(i.name for i in still_used)} "
+                            "still use octoflash")
+    else:
+        remove_udev_rule(session, instances)
     if code_changed:
         changed.extend(i for i in instances if i not in changed)
     restart(session, changed, not args.no_restart)

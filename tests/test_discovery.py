@@ -270,3 +270,32 @@ async def test_scan_of_this_machine_with_the_real_backends_says_what_it_lacks(tm
     assert snap.dfu_devices() == [] and snap.serial_ports == []
     for warning in snap.warnings:      # e.g. no libusb: the message says what to install
         assert "libusb" in warning or "CAN" in warning or "can" in warning
+
+
+# Chip id -> the ROM DFU loader's serial.  No public capture showing both for one board
+# was found, so these expectations are worked by hand from ST's Get_SerialNum (word0 +
+# word2 as 8 hex digits, then the top 4 digits of word1, words little-endian); the
+# derivation is unverified against a real board (docs/flashing.md).  The first chip id is
+# from a public klipper.discourse.group post (an F446's usb-Klipper_… name).
+DFU_SERIAL_BY_HAND = [
+    ("44002B000B50563046363120", "205C368A3056"),
+    ("2C0033000851363131363530", "3068365D3136"),
+    ("000000000000000000000000", "000000000000"),
+    ("FFFFFFFFFFFFFFFF01000000", "00000000FFFF"),   # word0 + word2 wraps at 32 bits
+]
+
+
+def test_dfu_serial_from_chip_id_matches_the_hand_worked_values():
+    for chip, serial in DFU_SERIAL_BY_HAND:
+        assert dfu_serial_from_chip_id(chip) == serial, chip
+
+
+def test_the_simulated_rom_loader_agrees_with_discovery_on_many_chip_ids(machine):
+    # Two implementations written apart (sim/board.py's follows ST's code nibble by nibble).
+    import random
+    from moonraker_octoflash.sim.board import _rom_dfu_serial
+    rng = random.Random(13)
+    chips = ["".join(rng.choice("0123456789ABCDEF") for _ in range(24)) for _ in range(2000)]
+    assert [c for c in chips if _rom_dfu_serial(c) != dfu_serial_from_chip_id(c)] == []
+    for chip, serial in DFU_SERIAL_BY_HAND:
+        assert _rom_dfu_serial(chip) == serial

@@ -51,9 +51,10 @@ async def test_mcu_differs_from_katapult_status(rig, artifact_dir):
     assert result.check == "mcu"
     assert "Katapult (flashtool.py -s, MCU type) reports stm32f446xx" in result.message
     runs = [e["argv"][-1] for e in rig.machine.tool_invocations("flashtool")]
-    assert runs == ["-r", "-s"] and rig.writes() == []
+    # -q after the refusal clears Katapult's node ids, so the node answers again
+    assert runs == ["-r", "-s", "-q"] and rig.writes() == []
     assert node.read_flash(0x08008000, 32768) == before
-    assert "waits in Katapult" in result.recovery
+    assert "waits in Katapult" in result.recovery and not node.node_assigned
     assert rig.service.calls == ["stop", "start"]
 
 

@@ -572,3 +572,71 @@ def test_the_resolved_config_tells_a_bridge_build(tmp_path):
     with open(art.path("config"), "w") as f:
         f.write('CONFIG_MCU="stm32f446xx"\n# CONFIG_USBCANBUS is not set\n')
     assert builds_usb_can_bridge(plan) is False
+
+
+async def test_a_can_node_refused_at_the_status_step_answers_the_next_attempt(rig, artifact_dir):
+    # flashtool -s leaves the Katapult node with a node id; an assigned node ignores the
+    # admin query and Katapult has no handler for the bootloader request, so without
+    # clearing the ids the second attempt waits in vain.
+    _bridge(rig)
+    node = rig.machine.add_board("ebb", "stm32g0b1xx", transport="can", app_start=0x08002000,
+                                 firmware={"version": "v0.12.0"})
+    profile = ebb_profile(node.canbus_uuid)
+    wrong = write_artifact(artifact_dir("wrong"), profile="ebb", preset=EBB_PRESET.id,
+                           mcu="stm32g0b1xx", app_address=0x08008000, bridge=False)
+    first = await execute_plan(make_plan(profile, wrong, devices=await rig.scan(),
+                                         config=rig.config), rig.context())
+    assert first.state == "refused" and not first.written, first.summary()
+    assert _step(first, "katapult_status").status == "failed"
+    assert first.recovery.startswith("Nothing was written, but the board waits in Katapult")
+    # What the recovery text says is true: the node answers as Katapult again.
+    assert node.mode == "katapult" and not node.node_assigned
+    seen = (await rig.scan()).can_node(node.canbus_uuid, "can0")
+    assert seen is not None and seen.application == "Katapult"
+
+    right = write_artifact(artifact_dir("right"), profile="ebb", preset=EBB_PRESET.id,
+                           mcu="stm32g0b1xx", app_address=0x08002000, bridge=False)
+    second = await execute_plan(make_plan(profile, right, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert second.ok, second.summary()
+    image = open(right.path(), "rb").read()
+    assert _flash_of(node, 0x08002000, len(image)) == image and node.mode == "klipper"
+
+
+async def test_a_can_node_left_with_a_node_id_is_found_again(rig, artifact_dir):
+    # A run that died after flashtool -s (or a flashtool -s by hand) left the node
+    # assigned: octoflash's own wait clears the ids (flashtool -q) before asking.
+    _bridge(rig)
+    node = rig.machine.add_board("ebb", "stm32g0b1xx", transport="can", app_start=0x08002000,
+                                 mode="katapult")
+    node.update(lambda s: s.__setitem__("node_assigned", True))
+    assert (await rig.scan()).can_node(node.canbus_uuid, "can0") is None
+    profile = ebb_profile(node.canbus_uuid)
+    art = write_artifact(artifact_dir("ebb"), profile="ebb", preset=EBB_PRESET.id,
+                         mcu="stm32g0b1xx", app_address=0x08002000, bridge=False)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.ok, result.summary()
+    assert _step(result, "wait_katapult_can").status == "done"
+    runs = [e["argv"] for e in rig.machine.tool_invocations("flashtool")]
+    assert ["-i", "can0", "-q"] in runs
+
+
+async def test_a_can_write_whose_complete_failed_leaves_the_node_reachable(rig, artifact_dir):
+    # The link broke during the write, so flashtool's COMPLETE (which would reset the node)
+    # failed too: the node keeps its node id until octoflash clears it.
+    _bridge(rig)
+    node = rig.machine.add_board("ebb", "stm32g0b1xx", transport="can", app_start=0x08002000,
+                                 firmware={"version": "v0.12.0"})
+    node.set_fault("katapult_link_lost")
+    profile = ebb_profile(node.canbus_uuid)
+    art = write_artifact(artifact_dir("ebb"), profile="ebb", preset=EBB_PRESET.id,
+                         mcu="stm32g0b1xx", app_address=0x08002000, bridge=False)
+    result = await execute_plan(make_plan(profile, art, devices=await rig.scan(),
+                                          config=rig.config), rig.context())
+    assert result.state == "failed" and result.written
+    assert "Double-click the reset button" in result.recovery
+    assert node.mode == "katapult" and not node.node_assigned
+    seen = (await rig.scan()).can_node(node.canbus_uuid, "can0")
+    assert seen is not None and seen.application == "Katapult"
+    assert [e["argv"][-1] for e in rig.machine.tool_invocations("flashtool")][-1] == "-q"

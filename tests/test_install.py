@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from fixtures_moonraker import free_port, poll_until
+from moonraker_octoflash.discovery.permissions import udev_rule
 from moonraker_octoflash.sim.trees import install_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +130,8 @@ class KiauhHome:
         self.home.mkdir()
         self.units = root / "systemd"
         self.units.mkdir()
+        self.udev = root / "udev-rules.d"      # stands in for /etc/udev/rules.d
+        self.udev.mkdir()
         self.tools = root / "tools"
         self.tools.mkdir()
         self.system_bin = root / "bin"
@@ -226,7 +229,8 @@ class KiauhHome:
         """The installer's environment: only the programs it needs, and the tool stubs."""
         path = f"{self.tools}:{self.home / '.local' / 'bin'}:{self.system_bin}"
         return dict(os.environ, HOME=str(self.home), PATH=path, FAKE_PIP_LOG=str(self.pip_log),
-                    OCTOFLASH_SYSTEMD_DIR=str(self.units), **GIT_ENV)
+                    OCTOFLASH_SYSTEMD_DIR=str(self.units),
+                    OCTOFLASH_UDEV_RULES_DIR=str(self.udev), **GIT_ENV)
 
     def install(self, *args: str, stdin: Optional[int] = subprocess.DEVNULL
                 ) -> subprocess.CompletedProcess:
@@ -439,6 +443,12 @@ def test_one_instance_install_again_and_uninstall(one):
     assert "sudo systemctl restart moonraker" in out
     assert "not a systemd service" not in out
     assert_loaded(one, "")
+    # the udev rule: Moonraker's user (the unit's User=) may open the boards' USB devices
+    rule = one.udev / "70-octoflash.rules"
+    assert 'ATTR{idVendor}=="0483", ATTR{idProduct}=="df11", OWNER="pi", MODE="0660"' in \
+        rule.read_text()
+    assert f"install the udev rule {rule}: pi (the Moonraker service's user)" in out
+    assert "udevadm not found" in out            # none in this home: said, not failed on
 
     # again: nothing changes
     before = one.snapshot()
@@ -465,7 +475,25 @@ def test_one_instance_install_again_and_uninstall(one):
     assert len(saved) == 1 and saved[0].read_text().startswith("[octoflash]")
     assert str(saved[0]) in proc.stdout
     assert "profiles made through the API stay in Moonraker's database" in proc.stdout
+    assert not rule.exists() and f"remove the udev rule {rule}" in proc.stdout
+    assert [p.read_text() for p in (data / "backup").glob("octoflash-*/70-octoflash.rules")] \
+        == [udev_rule("pi")]
     assert_gone(one, "")
+
+
+def test_the_udev_rule_is_reloaded_and_an_old_one_backed_up(one):
+    log = one.root / "udevadm.log"
+    one.stub("udevadm", f'echo "$@" >> {log}')
+    rule = one.udev / "70-octoflash.rules"
+    rule.write_text("# an older rule\n")
+    proc = one.install("--yes")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert rule.read_text() == udev_rule("pi")
+    assert f"update the udev rule {rule}" in proc.stdout and "udev reloaded" in proc.stdout
+    backups = list((one.data[""] / "backup").glob("octoflash-*/70-octoflash.rules"))
+    assert [b.read_text() for b in backups] == ["# an older rule\n"]
+    assert log.read_text().splitlines() == ["control --reload-rules",
+                                            "trigger --subsystem-match=usb --action=add"]
 
 
 def test_keep_config_comments_the_sections_out_and_a_reinstall_restores_them(one):

@@ -18,7 +18,7 @@ from .klipper import KlipperMcu, klipper_mcus, klipper_state
 from .serial import DEFAULT_BY_ID_DIR, SerialPort, list_serial_ports
 from .snapshot import (BOOTLOADER, DFU, NOT_FOUND, RUNNING, BoardStatus, DeviceSnapshot,
                        profile_is_usb_can_bridge)
-from .usb import DfuLayout, UsbDevice, list_usb_devices, parse_dfu_layout
+from .usb import SYSFS_USB, DfuLayout, UsbDevice, list_usb_devices, parse_dfu_layout
 
 __all__ = [
     "scan", "DeviceSnapshot", "BoardStatus", "UsbDevice", "SerialPort", "CanNode",
@@ -50,6 +50,7 @@ async def scan(*, usb_backend: Any = None,
                can_listen_time: float = 0.5,
                klipper_status: Optional[Mapping[str, Any]] = None,
                sysfs_net: str = "/sys/class/net",
+               usb_sysfs: Optional[str] = SYSFS_USB,
                usb: bool = True, can: bool = True) -> DeviceSnapshot:
     """Look for every board, in threads; returns a ``DeviceSnapshot``.
 
@@ -65,7 +66,7 @@ async def scan(*, usb_backend: Any = None,
     async def do_usb() -> Tuple[List[UsbDevice], List[str]]:
         if not usb:
             return [], []
-        return await asyncio.to_thread(list_usb_devices, usb_backend)
+        return await asyncio.to_thread(list_usb_devices, usb_backend, usb_sysfs)
 
     async def do_can() -> Tuple[List[CanInterface], List[CanNode], List[str]]:
         if not can:

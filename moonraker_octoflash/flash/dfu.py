@@ -11,6 +11,7 @@ import dataclasses
 import re
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..discovery.permissions import permission_fix
 from ..events import Progress, ProgressCallback, null_progress
 from ..tools import ToolResult, run_tool
 from .results import WriteFailed
@@ -21,6 +22,10 @@ NO_DEVICE = "No DFU capable USB device available"
 SEVERAL_DEVICES = "More than one DFU capable USB device found"
 MASS_ERASE_FAILED = 'Error during special command "MASS_ERASE"'
 LEAVE_STATUS_ERROR = "Error during download get_status"
+# "Cannot open DFU device 0483:df11 found on devnum 5 (LIBUSB_ERROR_ACCESS)": no permission.
+ACCESS_DENIED = "LIBUSB_ERROR_ACCESS"
+_CANNOT_OPEN_RE = re.compile(r"Cannot open DFU device (?P<id>[0-9a-f]{4}:[0-9a-f]{4}) found on "
+                             r"devnum (?P<devnum>\d+)")
 _STAGES = {"Erase": "erase", "Download": "write"}
 
 
@@ -109,6 +114,16 @@ class DfuFlasher:
                        f"{'; '.join(first.errors)})")
             outcome.write_started = outcome.write_started or first.write_started
         tail = outcome.lines[-12:]
+        denied = [e for e in outcome.errors if ACCESS_DENIED in e]
+        if denied:
+            # dfu-util skips a device it may not open, then finds "no device": say why.
+            m = _CANNOT_OPEN_RE.search(denied[0])
+            device = f"{m.group('id')} (USB device {m.group('devnum')})" if m else "0483:df11"
+            raise WriteFailed(f"dfu-util was refused access to the DFU device {device} for "
+                              f"{board} ({ACCESS_DENIED}): nothing was written.",
+                              hint=permission_fix(f"{device}, the STM32 in DFU mode"),
+                              log_tail=tail, returncode=outcome.returncode,
+                              write_started=False)
         if any(NO_DEVICE in e for e in outcome.errors):
             raise WriteFailed(f"No board in DFU mode: dfu-util found no 0483:df11 device for {board}.",
                               hint=instructions or "Put the board into DFU mode (boot jumper, "

@@ -22,7 +22,7 @@ from ..artifacts import CONFIG_NAME, read_data_dictionary_file
 from ..discovery.klipper import find_mcu, klipper_mcus
 from ..discovery.serial import parse_by_id_name
 from ..discovery.snapshot import DeviceSnapshot, profile_is_usb_can_bridge
-from ..errors import OctoflashError
+from ..errors import FlashError, OctoflashError
 from ..events import Progress, ProgressCallback, null_progress
 from ..kconfig import parse_config
 from ..service import KlipperService, NullService
@@ -542,6 +542,10 @@ def _fail(result: FlashResult, run: _PlanRun, exc: BaseException) -> None:
     result.written = run.write_started
     result.recovery = recovery_text(run.plan, write_started=run.write_started,
                                     in_bootloader=run.in_bootloader)
+    if isinstance(exc, FlashError) and exc.recovery and not run.write_started:
+        # The step knew better where the board is (e.g. a board that is not running
+        # Katapult came back in DFU mode).
+        result.recovery = exc.recovery
 
 
 async def _check_version(plan: FlashPlan, ctx: FlashContext, result: FlashResult) -> None:

@@ -4,10 +4,13 @@ Works with flashtool versions before and after its March 2025 USB-CAN
 bridge support, because the bridge case is always done in two steps here
 (request the bootloader over CAN, then write over the ``usb-katapult_…``
 serial port).  Success: ``Programming Complete``; older versions print
-``Flash Success`` for every success, so it only counts after a write was
-seen (``Write complete`` / ``Verification Complete``), never after a bare
-bootloader request.  Errors are the ``ERROR:root:Flash Tool Error`` (older:
-``Flash Error``) traceback on stderr, exit code 1.
+``Flash Success`` (the oldest, ``flash_can.py`` era: ``CAN Flash Success``)
+for every success, so it only counts after a write was seen (``Write
+complete`` / ``Verification Complete``), never after a bare bootloader
+request.  Errors are the ``ERROR:root:Flash Tool Error`` (before October
+2024: ``Flash Error``; before August 2023: ``Can Flash Error``, exit code
+255) traceback on stderr, exit code 1.  The versions and what changed
+between them: docs/flashing.md, "flashtool.py versions".
 """
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ import hashlib
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..discovery.permissions import permission_fix
 from ..events import Progress, ProgressCallback, null_progress
 from ..tools import ToolResult, run_tool
 from .checks import CheckRefused, KatapultStatus
 from .results import WriteFailed
 
-_ERROR_MARK = re.compile(r"^ERROR:root:Flash (Tool )?Error")
+_ERROR_MARK = re.compile(r"^ERROR:root:(?:Can )?Flash (?:Tool )?Error")
 # Python prints the class unqualified for a script (``FlashError: …``), qualified
 # otherwise; the oldest tools raise ``FlashCanError``.
 _FLASH_ERROR_LINE = re.compile(r"^(?:[\w.]*\.)?Flash(?:Can)?Error: (?P<msg>.*)$")
@@ -29,11 +33,22 @@ _CAUSE_LINE = "The above exception was the direct cause of the following excepti
 _DURING_LINE = "During handling of the above exception, another exception occurred"
 _STATUS_PATTERNS = {
     "app_start": re.compile(r"^Application Start: 0x(?P<v>[0-9A-Fa-f]+)"),
-    "mcu": re.compile(r"^MCU type: (?P<v>\S+)"),
+    "mcu": re.compile(r"^MCU type: (?P<v>[^\s\x00]+)"),
     "block_size": re.compile(r"^Block Size: (?P<v>\d+)"),
     "software_version": re.compile(r"^Software Version: (?P<v>.+)$"),
     "protocol_version": re.compile(r"^Protocol Version: (?P<v>.+)$"),
 }
+# After a bootloader request the USB device re-enumerated as something else than Katapult
+# (the ROM's DFU loader, typically): flashtool prints this and exits 0 (since March 2025).
+NOT_KATAPULT = "Device is not Katapult, exiting..."
+# No re-enumeration within 4 s of the request: the dots of "Waiting for USB Reconnect."
+# end with this (exit 0).
+RECONNECT_TIMED_OUT = "timed out"
+# A USB-CAN bridge came back as Katapult, but its tty was not there 0.5 s later
+# (since March 2025; exit 1): the board is in Katapult, the port follows.
+TTY_MISSING = ("Failed to locate serial tty path", "Detected tty path does not exist")
+_NEW_USB_RE = re.compile(r"^Detected new USB Device: (?P<id>[0-9a-f]{4}:[0-9a-f]{4}) "
+                         r"(?P<mfr>\S*) ?(?P<product>.*)$")
 _SHA_RE = re.compile(r"Verification Complete: SHA = (?P<sha>[0-9A-Fa-f]+)")
 _PAGES_RE = re.compile(r"Write complete: (?P<pages>\d+) pages")
 
@@ -51,7 +66,25 @@ _HINTS: Tuple[Tuple[str, str], ...] = (
      "flashtool_python to Klipper's Python (~/klippy-env/bin/python)."),
     ("UUID mismatch", "Another node answered for this uuid: check canbus_uuid in the profile."),
     ("Checksum mismatch", "The read-back differs from the image: the write is not trustworthy."),
+    ("Block Request Error", "Katapult did not return a block while the write was read back: "
+     "the connection is unreliable (USB cable, CAN wiring and termination), and the write "
+     "is not verified. Flash again."),
+    ("Device or resource busy", "Another program holds the serial port; is Klipper still "
+     "running?"),
+    ("Failed to locate serial tty path", "The bridge came back as Katapult but its serial port "
+     "was not there yet; octoflash waits for it and carries on."),
 )
+_DEVICE_RE = re.compile(r"(/dev/\S+?)['\":,]?(?:\s|$)")
+
+
+def _permission_hint(error: str) -> Optional[str]:
+    """No permission for a serial port: name it and say how to get access."""
+    if "No permission to access device" not in error and not (
+            "Unable to open serial port" in error and ("Permission denied" in error
+                                                       or "Errno 13" in error)):
+        return None
+    m = _DEVICE_RE.search(error)
+    return permission_fix(m.group(1) if m else None, serial=True)
 
 
 def katapult_sha1(data: bytes, block_size: int = 64) -> str:
@@ -72,6 +105,14 @@ class FlashtoolRun:
     pages: Optional[int]
     status: KatapultStatus
     later_errors: List[str] = dataclasses.field(default_factory=list)   # raised after ``error``
+    not_katapult: bool = False         # re-enumerated as another device: NOT_KATAPULT
+    new_usb: Optional[Tuple[str, str, str]] = None   # (usb id, manufacturer, product) seen
+    reconnect_timed_out: bool = False
+
+    @property
+    def tty_missing(self) -> bool:
+        """The board re-enumerated as Katapult but its tty was not there yet."""
+        return bool(self.error) and any(t in str(self.error) for t in TTY_MISSING)
 
     @property
     def legacy(self) -> bool:
@@ -152,7 +193,9 @@ def read_run(result: ToolResult) -> FlashtoolRun:
         for key, pattern in _STATUS_PATTERNS.items():
             m = pattern.match(line)
             if m:
-                value = m.group("v").strip()
+                # Flashtools from August 2024 to March 2025 print the MCU type of a
+                # Katapult speaking protocol 1.0 with its trailing NUL bytes.
+                value = m.group("v").strip().strip("\x00").strip()
                 if key == "app_start":
                     status.app_start = int(value, 16)
                 elif key == "block_size":
@@ -170,18 +213,68 @@ def read_run(result: ToolResult) -> FlashtoolRun:
     finals = ("Programming Complete", "Bootloader Request Complete", "Status Request Complete",
               "CANBus UUID Query Complete", "Flash Success", "CAN Flash Success", "Query Complete")
     final = next((line.strip() for line in reversed(lines) if line.strip() in finals), None)
+    new_usb = None
+    for line in lines:
+        m = _NEW_USB_RE.match(line.strip())
+        if m:
+            new_usb = (m.group("id"), m.group("mfr"), m.group("product").strip())
     return FlashtoolRun(
         returncode=result.returncode, lines=lines, error=error,
         write_started=any(line.startswith("Flashing '") for line in lines),
         write_seen=sha is not None or pages is not None, final=final, sha=sha, pages=pages,
-        status=status, later_errors=later)
+        status=status, later_errors=later,
+        not_katapult=any(line.strip() == NOT_KATAPULT for line in lines), new_usb=new_usb,
+        reconnect_timed_out=any(line.startswith("Waiting for USB Reconnect")
+                                and line.rstrip().endswith(RECONNECT_TIMED_OUT) for line in lines))
 
 
 def hint_for(error: str) -> Optional[str]:
+    permission = _permission_hint(error)
+    if permission:
+        return permission
     for needle, hint in _HINTS:
         if needle in error:
             return hint
     return None
+
+
+def _is_katapult_usb(new_usb: Tuple[str, str, str]) -> bool:
+    usb_id, mfr, _product = new_usb
+    return usb_id == "1d50:6177" or mfr == "katapult"
+
+
+class NotKatapult(WriteFailed):
+    """Asked into its bootloader, the board came back as another USB device (flashtool:
+    ``Device is not Katapult, exiting...``): Katapult is not installed, and Klipper fell
+    back to the ROM loader (DFU on most STM32s) or to nothing."""
+
+    def __init__(self, run: FlashtoolRun) -> None:
+        usb_id, mfr, product = run.new_usb or ("", "", "")
+        self.usb_id = usb_id
+        self.dfu = usb_id == "0483:df11"
+        seen = f" as {usb_id} {mfr} {product}".rstrip() if usb_id else ""
+        if self.dfu:
+            text = (f"The board is not running Katapult: asked into its bootloader it came back"
+                    f"{seen}, the STM32's ROM loader in DFU mode.")
+            hint = ("Katapult is not installed on this board. It waits in DFU mode now: flash "
+                    "this profile with the dfu method, or flash the Katapult preset for the "
+                    "board over DFU first.")
+        else:
+            text = (f"The board is not running Katapult: asked into its bootloader it came back"
+                    f"{seen or ' as another device'}.")
+            hint = ("Katapult is not installed on this board: put it into DFU mode (boot "
+                    "jumper, then reset) and flash with the dfu method, or flash the Katapult "
+                    "preset for it over DFU first.")
+        if self.dfu:
+            recovery = ("Nothing was written. The board waits in DFU mode (the STM32's ROM "
+                        "loader): flash this profile with the dfu method now, or press its "
+                        "reset button to go back to Klipper.")
+        else:
+            recovery = ("Nothing was written. Press the board's reset button (or power-cycle "
+                        "it) to go back to Klipper.")
+        super().__init__(text, hint=hint, log_tail=run.lines[-12:], returncode=run.returncode,
+                         write_started=False, recovery=recovery)
+        self.run = run
 
 
 class _HashProgress:
@@ -256,8 +349,17 @@ class KatapultFlasher:
                            write_started=run.write_started)
 
     async def request_bootloader(self, argv: Sequence[str], *, timeout: float) -> FlashtoolRun:
-        """``-r``: nothing is written; older tools end it with ``Flash Success`` too."""
+        """``-r``: nothing is written; older tools end it with ``Flash Success`` too.
+
+        A board that came back as Katapult whose tty was not there yet counts
+        as a request that worked (the next step waits for the port); a board
+        that came back as something else raises ``NotKatapult`` at once.
+        """
         run = await self._run(argv, timeout, "request_bootloader")
+        if run.not_katapult:
+            raise NotKatapult(run)
+        if run.tty_missing and (run.new_usb is None or _is_katapult_usb(run.new_usb)):
+            return run
         if run.returncode != 0 or run.error:
             raise self._failure(run, "confirming the bootloader request")
         return run
@@ -274,6 +376,8 @@ class KatapultFlasher:
     async def write(self, argv: Sequence[str], *, timeout: float) -> FlashtoolRun:
         """``-f``: success is ``Programming Complete``, or ``Flash Success`` after a write."""
         run = await self._run(argv, timeout, "write")
+        if run.not_katapult:
+            raise NotKatapult(run)
         if run.returncode != 0 or run.error:
             raise self._failure(run, "finishing the write")
         if run.final == "Programming Complete" and run.write_seen:

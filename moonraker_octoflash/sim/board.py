@@ -34,8 +34,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ..discovery.identity import (USB_ID_CANBRIDGE, USB_ID_DFU, USB_ID_KATAPULT,
-                                  USB_ID_KLIPPER, canbus_uuid_from_chip_id,
-                                  dfu_serial_from_chip_id, normalize_uuid)
+                                  USB_ID_KLIPPER, canbus_uuid_from_chip_id, normalize_uuid)
 from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
 from ..discovery.usb import DfuLayout, parse_dfu_layout
 from .images import FLASH_BASE, classify_image, default_app_start
@@ -81,7 +80,36 @@ FAULTS = {
     "no_bootloader_request": "the running Klipper ignores bootloader requests",
     "no_return": "after a write the board does not come back",
     "rp2040_write_error": "rp2040_flash: a PICOBOOT write fails half way",
+    "katapult_tty_late": "flashtool: a USB-CAN bridge comes back as Katapult but its tty is "
+                         "not there yet (Failed to locate serial tty path)",
+    "usb_access_denied": "the service's user may not open the USB devices (no udev rule): "
+                         "dfu-util and pyusb get LIBUSB_ERROR_ACCESS",
 }
+
+
+def _rom_dfu_serial(chip_id: str) -> Optional[str]:
+    """The serial the simulated ROM loader shows, built here the way ST's USB device code
+    (Get_SerialNum / IntToUnicode) builds it, nibble by nibble from the 96-bit unique id
+    (little-endian words as the chip stores them): 8 digits of word0 + word2, then the
+    top 4 digits of word1.  Written apart from ``discovery.identity`` on purpose, so the
+    tests that match a DFU device to its board do not check that function against
+    itself.  Not checked against a real ROM loader (docs/flashing.md)."""
+    if len(chip_id) != 24:
+        return None
+    try:
+        raw = bytes.fromhex(chip_id)
+    except ValueError:
+        return None
+    words = [raw[i] | raw[i + 1] << 8 | raw[i + 2] << 16 | raw[i + 3] << 24 for i in (0, 4, 8)]
+
+    def int_to_unicode(value: int, digits: int) -> str:
+        out = ""
+        for _ in range(digits):
+            nibble = (value >> 28) & 0xF
+            out += chr(ord("0") + nibble) if nibble < 10 else chr(ord("A") + nibble - 10)
+            value = (value << 4) & 0xFFFFFFFF
+        return out
+    return int_to_unicode((words[0] + words[2]) & 0xFFFFFFFF, 8) + int_to_unicode(words[1], 4)
 
 
 def mcu_facts(mcu: str) -> Dict[str, Any]:
@@ -119,10 +147,12 @@ class SimulatedMachine:
         self.boards_dir = os.path.join(self.directory, "boards")
         self.dev_dir = os.path.join(self.directory, "dev")
         self.by_id_dir = os.path.join(self.dev_dir, "serial", "by-id")
+        # What the kernel shows of each USB device (readable without opening it).
+        self.sysfs_usb_dir = os.path.join(self.directory, "sys", "bus", "usb", "devices")
         self.bin_dir = os.path.join(self.directory, "bin")
         self.log_path = os.path.join(self.directory, "tool-log.jsonl")
         self._config_path = os.path.join(self.directory, "machine.json")
-        for d in (self.boards_dir, self.by_id_dir, self.bin_dir):
+        for d in (self.boards_dir, self.by_id_dir, self.bin_dir, self.sysfs_usb_dir):
             os.makedirs(d, exist_ok=True)
         if not os.path.exists(self._config_path):
             _atomic_write_json(self._config_path, {
@@ -181,15 +211,16 @@ class SimulatedMachine:
 
     @property
     def flashtool_version(self) -> str:
-        """``current`` (Katapult 2025: bridge support, ``Programming Complete``) or
-        ``legacy`` (before October 2024: no ``-s``, ``Flash Success`` on every success)."""
+        """``current`` (Katapult 2025: bridge support, ``Programming Complete``),
+        ``legacy`` (before October 2024: no ``-s``, ``Flash Success`` on every success)
+        or ``old`` (before September 2024: ``-r`` for CAN only, ignored over serial)."""
         return os.environ.get("OCTOFLASH_SIM_FLASHTOOL_VERSION") or \
             self.config.get("flashtool_version", "current")
 
     @flashtool_version.setter
     def flashtool_version(self, value: str) -> None:
-        if value not in ("current", "legacy"):
-            raise ValueError("flashtool_version is 'current' or 'legacy'")
+        if value not in ("current", "legacy", "old"):
+            raise ValueError("flashtool_version is 'current', 'legacy' or 'old'")
         self.update_config(lambda c: c.__setitem__("flashtool_version", value))
 
     @property
@@ -234,7 +265,7 @@ class SimulatedMachine:
         state: Dict[str, Any] = {
             "name": name, "mcu": mcu, "chip_id": chip, "transport": transport,
             "index": index, "port_path": f"1-1.{index + 1}",
-            "dfu_serial": dfu_serial or dfu_serial_from_chip_id(chip) or chip[:12],
+            "dfu_serial": dfu_serial or _rom_dfu_serial(chip) or chip[:12],
             "canbus_uuid": normalize_uuid(canbus_uuid) or canbus_uuid_from_chip_id(chip),
             "can_interface": can_interface, "flash_size": facts["flash_size"],
             "dfu_layout": facts["dfu_layout"], "leave_status_error": leave_status_error,
@@ -335,6 +366,41 @@ class SimulatedMachine:
                     if not os.path.exists(target):
                         open(target, "a").close()
                     os.symlink(target, path)
+            self._sync_sysfs()
+
+    def _sync_sysfs(self) -> None:
+        """``sys/bus/usb/devices/PORT/``: the attributes the kernel gives every user."""
+        import shutil
+        present: Dict[str, Dict[str, str]] = {}
+        for b in self.boards():
+            ident = b.usb_identity()
+            if ident is None:
+                continue
+            vid, pid = ident["id"]
+            files = {"idVendor": f"{vid:04x}", "idProduct": f"{pid:04x}",
+                     "serial": str(ident.get("serial") or ""),
+                     "manufacturer": str(ident.get("manufacturer") or ""),
+                     "product": str(ident.get("product") or ""),
+                     "devnum": str(ident.get("address") or 0), "busnum": "1"}
+            port = str(ident["port_path"])
+            if ident.get("dfu_layout"):
+                files[os.path.join(f"{port}:1.0", "interface")] = str(ident["dfu_layout"])
+            present[port] = files
+        for name in os.listdir(self.sysfs_usb_dir):
+            if name not in present:
+                shutil.rmtree(os.path.join(self.sysfs_usb_dir, name), ignore_errors=True)
+        for port, files in present.items():
+            for rel, text in files.items():
+                path = os.path.join(self.sysfs_usb_dir, port, rel)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        if f.read() == text + "\n":
+                            continue
+                except OSError:
+                    pass
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
 
     def usb_backend(self) -> Any:
         from .usb_backend import SimulatedUsbBackend
@@ -347,7 +413,8 @@ class SimulatedMachine:
 
     def scan_options(self, listen_time: float = 0.2) -> Dict[str, Any]:
         """Keyword arguments that make ``discovery.scan`` look at this machine."""
-        return {"usb_backend": self.usb_backend(), "by_id_dir": self.by_id_dir,
+        return {"usb_backend": self.usb_backend(), "usb_sysfs": self.sysfs_usb_dir,
+                "by_id_dir": self.by_id_dir,
                 "can_interfaces": self.can_interfaces_up, "can_bustype": "virtual",
                 "can_listen_time": listen_time}
 
@@ -383,7 +450,8 @@ class SimulatedMachine:
             f.write(line + "\n")
 
     def tool_invocations(self, tool: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Every run of a tool double so far (``tool``: dfu-util or flashtool)."""
+        """Every run of a tool double so far (``tool``: dfu-util or flashtool); a run that
+        only prints its help (``--help``) is not one."""
         try:
             with open(self.log_path, encoding="utf-8") as f:
                 entries = [json.loads(line) for line in f if line.strip()]

@@ -5,9 +5,12 @@ the by-id links in step with boards that finish rebooting (``boot_delay``).  On 
 (``[0x00]`` on 0x3f0) every board reachable on that interface and not yet
 given a node id answers on 0x3f1 with ``[0x20, uuid, app]`` — 0x01 when it
 runs Klipper, 0x11 when it runs Katapult — as the real firmware does.  The
-bootloader request (``[0x02, uuid]``) sends the board to Katapult (a bridge
-board then leaves the bus and shows up as Katapult on USB); Klipper's
-set-node-id (``[0x01, uuid, id]``) marks it claimed.
+bootloader request (``[0x02, uuid]``) sends a board running Klipper to
+Katapult (a bridge board then leaves the bus and shows up as Katapult on
+USB); Katapult has no handler for it.  Klipper's set-node-id (``[0x01, uuid,
+id]``) and Katapult's (``[0x11, uuid, id]``, what flashtool sends before it
+connects) mark the node assigned: it ignores the query until a reset or
+Katapult's clear-node-ids (``[0x12]``), as Katapult's ``canserial.c`` does.
 
 python-can's virtual bus only reaches buses of the same process: start the
 nodes in the process that scans (the tests, the Moonraker demo, the CLI).
@@ -113,6 +116,11 @@ class SimulatedCanNodes:
                 bus.send(can.Message(arbitration_id=ADMIN_RESPONSE_ID, data=payload,
                                      is_extended_id=False))
             return
+        if cmd == CMD_KATAPULT_CLEAR_NODEID:
+            for board in self._nodes_on(interface):
+                if board.mode == "katapult" and board.node_assigned:
+                    board.update(lambda s: s.__setitem__("node_assigned", False))
+            return
         if len(data) < 7:
             return
         uuid = data[1:7].hex()
@@ -121,5 +129,6 @@ class SimulatedCanNodes:
                 continue
             if cmd == CMD_REQUEST_BOOTLOADER and board.mode != "katapult":
                 board.enter_bootloader()
-            elif cmd in (CMD_SET_KLIPPER_NODEID, CMD_KATAPULT_SET_NODEID):
+            elif (cmd == CMD_SET_KLIPPER_NODEID and board.mode != "katapult") or \
+                    (cmd == CMD_KATAPULT_SET_NODEID and board.mode == "katapult"):
                 board.update(lambda s: s.__setitem__("node_assigned", True))

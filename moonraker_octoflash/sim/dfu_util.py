@@ -31,11 +31,20 @@ Please report bugs to http://sourceforge.net/p/dfu-util/tickets/
 """
 
 
+USAGE_FIRST_LINE = "Usage: dfu-util [options] ..."
+
+
 class _Exit(Exception):
-    def __init__(self, code: int, message: Optional[str] = None) -> None:
+    """``errx``: ``dfu-util: MESSAGE`` on stderr; ``usage``: getopt's complaint or the
+    missing action, followed by the usage text, as the real program prints them."""
+
+    def __init__(self, code: int, message: Optional[str] = None, *, usage: bool = False,
+                 prefix: bool = True) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.usage = usage
+        self.prefix = prefix
 
 
 class _Args:
@@ -67,9 +76,12 @@ def _parse(argv: Sequence[str]) -> _Args:
             try:
                 setattr(args, _OPTIONS[arg], next(it))
             except StopIteration:
-                raise _Exit(EX_USAGE, f"option requires an argument -- '{arg.lstrip('-')}'")
+                raise _Exit(EX_USAGE, f"option requires an argument -- '{arg.lstrip('-')}'",
+                            usage=True)
+        elif arg.startswith("--"):
+            raise _Exit(EX_USAGE, f"unrecognized option '{arg}'", usage=True)
         else:
-            raise _Exit(EX_USAGE, f"invalid option -- '{arg.lstrip('-')}'")
+            raise _Exit(EX_USAGE, f"invalid option -- '{arg.lstrip('-')}'", usage=True)
     return args
 
 
@@ -127,25 +139,35 @@ def _download(machine: SimulatedMachine, args: _Args, out: TextIO, err: TextIO) 
     err.write("dfu-util: A valid DFU suffix will be required in a future dfu-util release\n")
     err.flush()
     boards = _select(machine, args)
+    denied = [b for b in boards if b.has_fault("usb_access_denied")]
+    for board in denied:
+        # dfu-util warns and skips a device it may not open (no udev rule for this user).
+        err.write(f"dfu-util: Cannot open DFU device 0483:df11 found on devnum "
+                  f"{board.usb_address} (LIBUSB_ERROR_ACCESS)\n")
+        err.flush()
+    boards = [b for b in boards if b not in denied]
+    if args.alt not in (None, "0"):
+        boards = []          # no interface with that alt setting: no device matches
     if not boards:
         raise _Exit(EX_IOERR, "No DFU capable USB device available")
     if len(boards) > 1:
         raise _Exit(EX_IOERR, "More than one DFU capable USB device found! Try `--list' and "
                               "specify the serial number or disconnect all but one device")
     board = boards[0]
-    if args.alt not in (None, "0"):
-        raise _Exit(EX_IOERR, f"No such Alternate Setting: \"{args.alt}\"")
     if not args.dfuse:
-        raise _Exit(EX_USAGE, "DfuSe address (-s) is required for this simulated STM32")
+        # Without -s dfu-util reads the file as a DfuSe file; octoflash always passes -s.
+        raise _Exit(EX_USAGE, "No valid DfuSe signature")
     parts = args.dfuse.split(":")
     try:
         address = int(parts[0], 0)
     except ValueError:
         raise _Exit(EX_USAGE, f"Invalid dfuse address: {parts[0]}")
     modifiers = set(parts[1:])
+    if "mass-erase" in modifiers and "force" not in modifiers:
+        raise _Exit(EX_USAGE, "The mass erase command can only be used with force")
     unknown = modifiers - {"leave", "mass-erase", "force", "will-reset", "unprotect"}
     if unknown:
-        raise _Exit(EX_USAGE, f"Invalid DfuSe modifier: {sorted(unknown)[0]}")
+        raise _Exit(EX_USAGE, f"Invalid dfuse modifier: {sorted(unknown)[0]}")
     delay = machine.tool_delay
     out.write("Opening DFU capable USB device...\n"
               "Device ID 0483:df11\n"
@@ -209,10 +231,10 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
     argv = list(sys.argv[1:] if argv is None else argv)
     machine = SimulatedMachine.from_env()
     machine.log_invocation("dfu-util", argv)
-    out.write(BANNER)
-    out.flush()
     try:
-        args = _parse(argv)
+        args = _parse(argv)          # getopt complains before the banner
+        out.write(BANNER)
+        out.flush()
         if args.version:
             return 0
         if args.list:
@@ -220,11 +242,13 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
             return 0
         if args.download:
             return _download(machine, args, out, err)
-        raise _Exit(EX_USAGE, "You need to specify one of -D or -U")
+        raise _Exit(EX_USAGE, "You need to specify one of -D or -U", usage=True, prefix=False)
     except _Exit as exc:
         out.flush()
         if exc.message:
-            err.write(f"dfu-util: {exc.message}\n")
+            err.write(f"{'dfu-util: ' if exc.prefix else ''}{exc.message}\n")
+        if exc.usage:
+            err.write(USAGE_FIRST_LINE + "\n")
         err.flush()
         return exc.code
 

@@ -8,6 +8,9 @@ Two versions, chosen by the machine's ``flashtool_version``:
   another MCU, ends with ``Programming Complete`` / ``Bootloader Request
   Complete`` / ``Status Request Complete``, errors logged as
   ``ERROR:root:Flash Tool Error``.
+* ``old`` (July 2023 to September 2024, before Katapult's ``542b6a8``): as
+  ``legacy``, but ``-r`` is for CAN only ("(CAN only)" in its help): with
+  ``-d`` it is ignored and the image is written; errors exit 255.
 * ``legacy`` (before October 2024): no ``-s`` (argparse rejects it), no
   bridge detection, only warns on an MCU mismatch, ends every success —
   a bare ``-r`` included — with ``Flash Success``, errors logged as
@@ -46,7 +49,8 @@ class _Tool:
         self.machine = machine
         self.args = args
         self.out = out
-        self.legacy = machine.flashtool_version == "legacy"
+        self.old = machine.flashtool_version == "old"
+        self.legacy = machine.flashtool_version in ("legacy", "old")
         self.fw_path = os.path.realpath(os.path.expanduser(args.firmware))
 
     # --- output --------------------------------------------------------------------
@@ -80,12 +84,25 @@ class _Tool:
             time.sleep(min(0.5, self.machine.tool_delay))
             self.put(".")
             ident = board.usb_identity()
+            if self.legacy:
+                # Before March 2025 only a Katapult coming back ends the wait.
+                if ident is not None and ident["manufacturer"] == "katapult":
+                    self.line("Katapult detected")
+                    return True
+                continue
             if ident is not None and ident["id"] != start_kind:
                 vid, pid = ident["id"]
                 self.line("done")
+                # flashtool reads these from sysfs and lower-cases them.
                 self.line(f"Detected new USB Device: {vid:04x}:{pid:04x} "
-                          f"{ident['manufacturer'].lower()} {ident['product']}")
-                return True
+                          f"{ident['manufacturer'].lower()} {ident['product'].lower()}")
+                if ident["manufacturer"] == "katapult":
+                    return True
+                # Since March 2025: another device came back (the ROM's DFU loader, say);
+                # the run ends as a bootloader request, exit 0.
+                self.args.request_bootloader = True
+                self.line("Device is not Katapult, exiting...")
+                return False
         self.line("timed out")
         return False
 
@@ -149,6 +166,9 @@ class _Tool:
                 cut = int(blocks * fail_at) * block
                 board.write_flash(start, padded[:cut], name=self.fw_path, erase=False,
                                   complete=False)
+                if self.legacy:
+                    # Before July 2025 the failed command is the error itself.
+                    raise FlashError("Error sending command [SEND_BLOCK] to Device")
                 try:
                     raise FlashError("Error sending command [SEND_BLOCK] to Device")
                 except FlashError as exc:
@@ -180,6 +200,13 @@ class _Tool:
         if board is not None and board.mode == "katapult":
             board.reset()
 
+    def reset_nodes(self, intf: str) -> None:
+        """CLEAR_NODE_ID (admin 0x12): every Katapult node on the bus forgets its node id."""
+        self.line("Resetting all bootloader node IDs...")
+        for b in self.machine.boards():
+            if b.can_interface == intf and b.mode == "katapult" and b.node_assigned:
+                b.update(lambda s: s.__setitem__("node_assigned", False))
+
     # --- transports -------------------------------------------------------------------
     def run_serial(self, device: str) -> None:
         baud = self.args.baud
@@ -196,14 +223,18 @@ class _Tool:
                       "Process ID: 4242\nProcess Systemd Unit Name: klipper.service")
             raise FlashError(f"Serial device {device} in use")
         mode = board.mode if board is not None else "off"
-        if mode == "klipper" and board is not None:
+        if self.old:
+            # No USB bootloader request yet, and -r is for CAN only: this is a write.
+            self.args.request_bootloader = False
+        elif mode == "klipper" and board is not None:
             self.line("Detected USB device running Klipper")
             self.line(f"Requesting USB bootloader for {device}...")
             start_id = str((board.usb_identity() or {}).get("id") or "")
             board.enter_bootloader()
             if self.wait_reconnect(board, start_id) and board.mode == "katapult":
                 device = board.by_id_path() or device
-                self.line(f"Katapult detected{' on ' + device if not self.legacy else ''}")
+                if not self.legacy:
+                    self.line(f"Katapult detected on {device}")
             if self.is_bootloader_req:
                 return
         elif mode == "katapult":
@@ -241,16 +272,18 @@ class _Tool:
                 self.line(f"Connecting to CAN UUID {args.uuid} on interface {intf}")
             else:
                 self.line(f"Flashing CAN UUID {args.uuid} on interface {intf}")
-        if self.legacy and not self.is_bootloader_req and not os.path.isfile(self.fw_path):
+        if self.legacy and self.is_flash_req and not os.path.isfile(self.fw_path):
             raise FlashError(f"Invalid firmware path '{self.fw_path}'")
         self.check_firmware()
         if intf not in self.machine.can_interfaces_up():
             raise FlashError(f"Unable to bind socket to {'can0' if self.legacy else intf}")
         nodes = [b for b in self.machine.boards() if b.can_interface == intf and b.on_can]
         if args.query:
-            self.line("Resetting all bootloader node IDs...")
+            self.reset_nodes(intf)
             self.line("Checking for Katapult nodes...")
             for b in nodes:
+                if b.node_assigned:
+                    continue            # an assigned node ignores the query
                 app = "Katapult" if b.mode == "katapult" else "Klipper"
                 self.line(f"Detected UUID: {b.canbus_uuid}, Application: {app}")
             return None
@@ -262,6 +295,9 @@ class _Tool:
                 target.enter_bootloader()
                 if bridge is not None:
                     if self.wait_reconnect(bridge, start_id) and bridge.mode == "katapult":
+                        if bridge.has_fault("katapult_tty_late"):
+                            # the tty is not there 0.5 s after re-enumeration
+                            raise FlashError("Failed to locate serial tty path")
                         self.line(f"Katapult detected at serial port {bridge.tty_path}")
                         return None if self.is_bootloader_req else bridge.tty_path
                     return None
@@ -270,9 +306,13 @@ class _Tool:
                 if self.legacy:
                     self.line("Bootloader request command sent")
                 return None
-        self.line("Resetting all bootloader node IDs...")
+        self.reset_nodes(intf)
         target = next((b for b in self.machine.boards()
                        if b.can_interface == intf and b.on_can and b.canbus_uuid == uuid), None)
+        if target is not None and target.mode == "katapult":
+            # SET_NODEID: the node now answers on its own id and ignores the admin query
+            # until COMPLETE (a reset) or a CLEAR_NODE_ID.
+            target.update(lambda s: s.__setitem__("node_assigned", True))
         board = self.connect(target)
         self.line("Verifying canbus connection")
         try:
@@ -284,7 +324,7 @@ class _Tool:
         return None
 
 
-def _parser(legacy: bool) -> argparse.ArgumentParser:
+def _parser(legacy: bool, old: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Katapult Flash Tool")
     parser.add_argument("-d", "--device", metavar="<serial device>", help="Serial Device")
     parser.add_argument("-b", "--baud", default=250000, metavar="<baud rate>",
@@ -298,7 +338,8 @@ def _parser(legacy: bool) -> argparse.ArgumentParser:
                         help="Query available CAN UUIDs (CANBus Ony)")
     parser.add_argument("-v", "--verbose", action="store_true", help="Enable verbose responses")
     parser.add_argument("-r", "--request-bootloader", action="store_true",
-                        help="Requests the bootloader and exits")
+                        help="Requests the bootloader and exits" + (" (CAN only)" if old
+                                                                      else ""))
     if not legacy:
         parser.add_argument("-s", "--status", action="store_true",
                             help="Connect to bootloader and print status")
@@ -318,9 +359,11 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     machine = SimulatedMachine.from_env()
-    machine.log_invocation("flashtool", argv)
-    legacy = machine.flashtool_version == "legacy"
-    args = _parser(legacy).parse_args(argv)   # exits 2 on an unknown option, as argparse does
+    if not {"-h", "--help"} & set(argv):
+        machine.log_invocation("flashtool", argv)   # the log holds runs that act on boards
+    old = machine.flashtool_version == "old"
+    legacy = old or machine.flashtool_version == "legacy"
+    args = _parser(legacy, old).parse_args(argv)   # exits 2 on an unknown option (argparse)
     tool = _Tool(machine, args, out)
     try:
         if args.device is None:
@@ -332,7 +375,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
     except FlashError as exc:
         out.flush()
         _traceback(err, legacy, exc)
-        return 1
+        return 255 if old else 1          # sys.exit(-1) before September 2024
     if legacy:
         tool.line("Query Complete" if args.query else "Flash Success")
     elif args.query:

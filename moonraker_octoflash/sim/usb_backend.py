@@ -116,8 +116,12 @@ class SimulatedUsbBackend(usb.backend.IBackend):
 
     # --- the little I/O discovery does ------------------------------------------
     def open_device(self, dev: _SimDevice) -> _SimDevice:
-        if self.machine.board(dev.board_name).usb_identity() is None:
+        board = self.machine.board(dev.board_name)
+        if board.usb_identity() is None:
             raise USBError("No such device (it was disconnected)", errno=19)
+        if board.has_fault("usb_access_denied"):
+            # What pyusb raises for libusb's LIBUSB_ERROR_ACCESS (no udev rule for the user).
+            raise USBError("Access denied (insufficient permissions)", errno=13, error_code=-3)
         return dev
 
     def close_device(self, dev_handle: _SimDevice) -> None:

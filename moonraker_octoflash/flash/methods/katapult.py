@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Set
+import re
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set
 
 from ...discovery.identity import USB_ID_KATAPULT, normalize_uuid
 from ...discovery.serial import SerialPort, katapult_by_id_name, list_serial_ports
 from ...discovery.snapshot import DeviceSnapshot
 from ...mcus import flash_base
 from ..checks import CheckRefused, CheckResult, _mcu_refusal, check_katapult_status, image_mcu
-from ..katapult import KatapultFlasher, katapult_sha1
+from ...tools import run_tool
+from ..katapult import KatapultFlasher, NotKatapult, katapult_sha1
 from ..plan import (CAN, KATAPULT_DEVICE, USB_CAN_BRIDGE, USB_SERIAL, FlashPlan, FlashStep,
                     _chip_serial, _flashtool, _transport)
 from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
-from .common import stm32_recovery
+from .common import _katapult_preset_for, stm32_recovery
 
 if TYPE_CHECKING:
     from ..executor import _PlanRun
+
+_DETECTED_RE = re.compile(r"^Detected UUID: (?P<uuid>[0-9a-fA-F]{12}), Application: (?P<app>\w+)")
 
 
 class KatapultMethod(FlashMethod):
@@ -148,15 +152,49 @@ class KatapultMethod(FlashMethod):
                 record.status, record.message = "skipped", "the board is already in Katapult"
                 run.in_bootloader = True
                 return
+            if "-d" in (step.argv or []) and not await self._serial_request_works(run):
+                raise WriteFailed(
+                    "This flashtool.py is from before September 2024: it cannot ask a USB "
+                    "board into Katapult (its -r is for CAN only; over serial it would write "
+                    "the image without octoflash's checks), so it was not run.",
+                    hint="Update it: git -C ~/katapult pull. Or double-click the board's reset "
+                         "button to enter Katapult and flash again.")
             run.katapult_ports_before = await self._katapult_ports(run)
-            await katapult.request_bootloader(run.argv(step), timeout=timeout)
+            # A board that comes back as another device (DFU) raises NotKatapult at once.
+            try:
+                asked = await katapult.request_bootloader(run.argv(step), timeout=timeout)
+            except NotKatapult as exc:
+                _what_now(exc, run.plan)
+                raise
             run.in_bootloader = run.bootloader_requested = True
+            if asked.tty_missing:
+                record.message = ("the board came back as Katapult before its serial port "
+                                  "was there; waiting for the port")
+            elif asked.reconnect_timed_out:
+                record.message = ("flashtool.py saw no USB re-enumeration within its 4 s; "
+                                  "waiting for the board")
         elif kind == "wait_katapult_usb":
             run.katapult_device = await self._wait_katapult_usb(run, step, timeout)
             record.message = run.katapult_device
         elif kind == "wait_katapult_can":
             await self._wait_katapult_can(run, step, timeout)
-        elif kind == "katapult_status":
+        elif kind in ("katapult_status", "write_katapult") and run.plan.transport == CAN:
+            # flashtool leaves the node with a node id after -s (and after a write whose
+            # COMPLETE did not get through): an assigned Katapult node ignores the admin
+            # query, so a refusal or failure here would leave it unreachable for the next
+            # attempt.  Clear the ids the way flashtool does before it assigns one.
+            try:
+                await self._run_katapult_step(run, step, record, katapult, timeout)
+            except BaseException:
+                await asyncio.shield(self._release_can_node(run, step))
+                raise
+        else:
+            await self._run_katapult_step(run, step, record, katapult, timeout)
+
+    async def _run_katapult_step(self, run: _PlanRun, step: FlashStep, record: StepRecord,
+                                 katapult: KatapultFlasher, timeout: float) -> None:
+        kind = step.kind
+        if kind == "katapult_status":
             status = await katapult.status(run.argv(step), timeout=timeout)
             if status is None:
                 run.result.warnings.append(
@@ -186,6 +224,54 @@ class KatapultMethod(FlashMethod):
                                            "completed write and verification.")
         else:
             await super().run_step(run, step, record)
+
+    async def _serial_request_works(self, run: _PlanRun) -> bool:
+        """False for a flashtool whose ``-r`` is "(CAN only)" (before Katapult's 542b6a8,
+        2024-09-20): with ``-d`` it ignores ``-r`` and writes.  Read from its ``--help``."""
+        argv = _flashtool(run.config, "--help")
+        try:
+            result = await run_tool(argv, timeout=30.0, env=run.config.tool_env or None,
+                                    what="flashtool.py")
+        except Exception:         # let the request itself say what is wrong
+            return True
+        text = " ".join(" ".join(result.lines).split())
+        return "(CAN only)" not in text
+
+    def _query_argv(self, run: _PlanRun, interface: str) -> List[str]:
+        return _flashtool(run.config, "-i", interface, "-q")
+
+    async def _query_katapult(self, run: _PlanRun, interface: str,
+                              timeout: float) -> Optional[Dict[str, str]]:
+        """``flashtool.py -i IFACE -q``: clears every Katapult node id (admin 0x12), then
+        lists the nodes that answer ({uuid: application}); None when it failed."""
+        try:
+            result = await run_tool(self._query_argv(run, interface), timeout=timeout,
+                                    env=run.config.tool_env or None, what="flashtool.py")
+        except Exception:       # a timeout or a missing tool: the caller goes on without it
+            return None
+        if result.returncode != 0:
+            return None
+        found: Dict[str, str] = {}
+        for line in result.lines:
+            m = _DETECTED_RE.match(line.strip())
+            if m:
+                found[m.group("uuid").lower()] = m.group("app")
+        return found
+
+    async def _release_can_node(self, run: _PlanRun, step: FlashStep) -> None:
+        """After a refusal or failure at the status or write step on CAN: clear the node
+        ids so the node answers the next attempt (and octoflash's scans) again."""
+        interface = run.plan.profile.canbus_interface or "can0"
+        found = await self._query_katapult(run, interface, float(run.config.timeouts.status))
+        uuid = normalize_uuid(run.plan.profile.canbus_uuid)
+        if found is None:
+            run.result.warnings.append(
+                f"Could not clear Katapult's CAN node ids on {interface} (flashtool.py -q "
+                "failed): if the node does not answer the next attempt, press its reset "
+                "button.")
+        elif found.get(str(uuid)) == "Katapult":
+            run.emit("katapult", f"Node {uuid} answers on {interface} as Katapult again",
+                     kind="output")
 
     async def _katapult_ports(self, run: _PlanRun) -> Set[str]:
         ports, _ = await asyncio.to_thread(list_serial_ports, run.config.by_id_dir)
@@ -233,14 +319,22 @@ class KatapultMethod(FlashMethod):
 
     async def _wait_katapult_can(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
         uuid, interface = step.params.get("uuid"), step.params.get("interface")
-        if run.ctx.discover is None:
-            await asyncio.sleep(min(1.0, timeout))
-            return
+        cleared = False
 
         async def probe() -> bool:
+            nonlocal cleared
             devices = await run.snapshot()
             node = devices.can_node(uuid, interface) if devices else None
-            return node is not None and node.application == "Katapult"
+            if node is not None and node.application == "Katapult":
+                return True
+            if not cleared or devices is None:
+                # A node left with a node id (an earlier flashtool -s, a run that died)
+                # ignores the query: flashtool -q clears the ids first, then asks.
+                cleared = True
+                found = await self._query_katapult(run, str(interface),
+                                                   max(3.0, min(timeout, 10.0)))
+                return found is not None and found.get(str(uuid)) == "Katapult"
+            return False
         if not await run.poll("katapult-can", timeout, probe):
             raise WriteFailed(
                 f"Node {uuid} did not answer as Katapult on {interface} within {timeout:g} s.",
@@ -251,6 +345,31 @@ class KatapultMethod(FlashMethod):
                  write_complete: bool = False, board_back: bool = False) -> Optional[str]:
         return stm32_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
                               write_complete=write_complete, board_back=board_back)
+
+
+def _what_now(exc: NotKatapult, plan: FlashPlan) -> None:
+    """What to do with a board that has no Katapult, for this build: a build linked behind
+    a bootloader needs one first (written over DFU it would not start)."""
+    if not exc.dfu:
+        return
+    profile = plan.profile
+    base = flash_base(plan.artifact.mcu) or 0
+    if plan.artifact.app_address == base:
+        exc.hint = ("Katapult is not installed on this board. It waits in DFU mode now: flash "
+                    f"this profile with the dfu method (octoflash flash {plan.profile_name} "
+                    "--method dfu).")
+        exc.recovery = ("Nothing was written. The board waits in DFU mode (the STM32's ROM "
+                        "loader): flash this profile with the dfu method now, or press its "
+                        "reset button to go back to its firmware.")
+        return
+    katapult = _katapult_preset_for(profile) or "the Katapult preset for this board"
+    exc.hint = (f"Katapult is not installed on this board, and this build starts at "
+                f"0x{plan.artifact.app_address:08x}, behind a bootloader: written alone over "
+                f"DFU it would not start. The board waits in DFU mode now: flash {katapult} "
+                "with the dfu method first, then this profile.")
+    exc.recovery = ("Nothing was written. The board waits in DFU mode (the STM32's ROM "
+                    f"loader): flash {katapult} with the dfu method, then this profile; or "
+                    "press its reset button to go back to its firmware.")
 
 
 def _refuse_other_katapult(plan: FlashPlan, katapult: Sequence[SerialPort],
