@@ -237,12 +237,16 @@ def test_status_reports_klipper_and_service_control(moonraker):
 def test_api_profiles_survive_a_restart(moonraker):
     moonraker.result("POST", "/server/octoflash/profile", body={
         "name": "keeper", "preset": "btt-octopus-f429-canbridge", "serial": "/dev/ttyACM0"})
-    moonraker.restart()
-    profile = moonraker.result("GET", "/server/octoflash/profile", args={"name": "keeper"})["profile"]
-    assert profile["source"] == "api" and profile["serial"] == "/dev/ttyACM0"
-    # the config-file profile is still there and still read-only
-    octopus = moonraker.result("GET", "/server/octoflash/profile", args={"name": "octopus"})
-    assert octopus["profile"]["read_only"] is True
+    try:
+        moonraker.restart()
+        profile = moonraker.result("GET", "/server/octoflash/profile",
+                                   args={"name": "keeper"})["profile"]
+        assert profile["source"] == "api" and profile["serial"] == "/dev/ttyACM0"
+        # the config-file profile is still there and still read-only
+        octopus = moonraker.result("GET", "/server/octoflash/profile", args={"name": "octopus"})
+        assert octopus["profile"]["read_only"] is True
+    finally:
+        moonraker.delete("/server/octoflash/profile", name="keeper")   # as the module began
 
 
 def test_devices_on_a_machine_without_boards(moonraker):

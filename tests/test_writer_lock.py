@@ -19,6 +19,7 @@ import textwrap
 import pytest
 
 from fixtures_flash import octopus_profile, write_artifact
+from fixtures_moonraker import wait_until
 from moonraker_octoflash.artifacts import ArtifactStore
 from moonraker_octoflash.flash.executor import execute_plan, execute_plans
 from moonraker_octoflash.flash.plan import make_plan
@@ -132,36 +133,19 @@ def _machine_with_cli_config(tmp_path, machine):
     return str(conf), str(data), octo, head
 
 
-class _HeldAfterStop:
-    """The simulated Klipper service, holding the flash right after Klipper stopped."""
-
-    def __init__(self, service):
-        self.service = service
-        self.stopped = asyncio.Event()
-        self.go_on = asyncio.Event()
-
-    def __getattr__(self, name):
-        return getattr(self.service, name)
-
-    async def stop(self):
-        await self.service.stop()
-        self.stopped.set()
-        await self.go_on.wait()
-
-
 async def test_the_command_line_is_refused_while_another_process_flashes(rig, artifact_dir,
                                                                         tmp_path):
     conf, data, octo, _head = _machine_with_cli_config(tmp_path, rig.machine)
     profile = octopus_profile(canbus_uuid=octo.canbus_uuid, klipper_mcu="mcu")
     art = write_artifact(artifact_dir("o"), profile="octopus", preset=profile.preset.id)
     plan = make_plan(profile, art, devices=await rig.scan(), config=rig.config)
-    held = _HeldAfterStop(rig.service)
     ctx = rig.context(writer_lock=WriterLock(writer_lock_path(data), kind="moonraker",
                                              job_id="20261130-211500-beef",
                                              profiles=["octopus"]))
-    ctx.service = held
+    octo.set_fault("katapult_pause")          # the first writer's write waits part way
     first = asyncio.create_task(execute_plan(plan, ctx))
-    await asyncio.wait_for(held.stopped.wait(), 30)
+    await wait_until(lambda: any((e.percent or 0) > 0 for e in rig.events), 60,
+                     what="the first writer's write under way")
     assert rig.machine.klipper_running is False
     tools_before = len(rig.machine.tool_invocations())
 
@@ -177,7 +161,7 @@ async def test_the_command_line_is_refused_while_another_process_flashes(rig, ar
     assert len(rig.machine.tool_invocations()) == tools_before
     assert not first.done()
 
-    held.go_on.set()
+    octo.set_fault("katapult_pause", False)
     result = await asyncio.wait_for(first, 120)
     assert result.ok, result.summary()
     assert rig.machine.klipper_running is True and rig.service.calls == ["stop", "start"]
