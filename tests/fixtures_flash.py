@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import textwrap
 import time
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from moonraker_octoflash.artifacts import Artifact, ArtifactFile
+from moonraker_octoflash.artifacts import Artifact, ArtifactFile, ArtifactStore
 from moonraker_octoflash.discovery import scan
 from moonraker_octoflash.events import Progress
 from moonraker_octoflash.flash.config import FlashConfig, PhaseTimeouts
@@ -141,3 +142,48 @@ def rig(machine: SimulatedMachine, can_nodes: Any) -> FlashRig:
 
 __all__ = ["write_artifact", "octopus_profile", "ebb_profile", "EBB_PRESET", "FlashRig",
            "get_preset"]
+
+
+def cli_printer(tmp_path: Any, machine: SimulatedMachine) -> Dict[str, Any]:
+    """What the command line finds on a printer: an Octopus USB-CAN bridge and a
+    CAN toolhead on the simulated machine, a build of each, and the
+    ``printer_data/config/moonraker.conf`` naming them.  Returns ``conf``,
+    ``data`` (the printer_data folder), ``octo``, ``head`` and ``store``."""
+    octo = machine.add_board("octopus", "stm32f446xx", firmware={"version": "v1", "bridge": True})
+    head = machine.add_board("toolhead", "stm32f446xx", transport="can", firmware={"version": "v1"})
+    data = tmp_path / "printer_data"
+    (data / "config").mkdir(parents=True)
+    build = data / "octoflash"
+    store = ArtifactStore(str(build), keep=3)
+    config_file = tmp_path / "config.cfg"
+    config_file.write_text("CONFIG_MACH_STM32=y\n")
+    for name, bridge in (("octopus", True), ("toolhead", False)):
+        image = tmp_path / f"{name}.bin"
+        image.write_bytes(make_klipper_image("stm32f446xx", "v0.13.0-5-gabc", bridge=bridge))
+        store.add(profile=name, preset="btt-octopus-f446-canbridge", target="klipper",
+                  mcu="stm32f446xx", app_address=0x08008000, source_version="v0.13.0-5-gabc",
+                  files={"klipper.bin": str(image)}, config_path=str(config_file),
+                  dict_mcu="stm32f446xx", dict_version="v0.13.0-5-gabc")
+    conf = data / "config" / "moonraker.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        [octoflash]
+        build_path: {build}
+        machine: moonraker_octoflash.sim.machine:open_machine {machine.directory}
+        can_listen_time: 0.1
+        reconnect_timeout: 5
+
+        [octoflash octopus]
+        preset: btt-octopus-f446-canbridge
+        canbus_uuid: {octo.canbus_uuid}
+        klipper_mcu: mcu
+
+        [octoflash toolhead]
+        preset: btt-octopus-f446-canbridge
+        canbus_uuid: {head.canbus_uuid}
+        klipper_mcu: toolhead
+        kconfig:
+          CONFIG_STM32_USBCANBUS_PA11_PA12=n
+          CONFIG_STM32_CMENU_CANBUS_PD0_PD1=n
+          CONFIG_STM32_MMENU_CANBUS_PD0_PD1=y
+        """))
+    return {"conf": str(conf), "data": str(data), "octo": octo, "head": head, "store": store}

@@ -739,3 +739,12 @@ class DemoThread(MoonrakerClient):
             finally:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: Any, linked_component: str) -> Any:
+    """The demo, as ``scripts/demo`` runs it, once per test module (DemoThread)."""
+    env = DemoThread(str(tmp_path_factory.mktemp("demo"))).start()
+    env.wait_klippy_ready()
+    yield env
+    env.close()

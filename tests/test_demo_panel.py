@@ -10,17 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_moonraker import DemoThread
 
 pytestmark = pytest.mark.moonraker
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, linked_component):
-    env = DemoThread(str(tmp_path_factory.mktemp("demo"))).start()
-    env.wait_klippy_ready()
-    yield env
-    env.close()
 
 
 def _entries(demo):

@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import io
 import json
-import textwrap
 
 import pytest
 
-from fixtures_flash import ebb_profile, octopus_profile, write_artifact
-from moonraker_octoflash.artifacts import ArtifactStore
+from fixtures_flash import cli_printer, ebb_profile, octopus_profile, write_artifact
 from moonraker_octoflash.cli import main as octoflash
 from moonraker_octoflash.errors import ValidationError
 from moonraker_octoflash.flash.config import FlashConfig
 from moonraker_octoflash.flash.plan import make_plan, order_for_flash
-from moonraker_octoflash.sim.board import make_klipper_image
 
 UUID = "c26f3d91d861"
 
@@ -104,43 +101,8 @@ def test_can_nodes_first_bridge_last():
 
 # --- the command line -------------------------------------------------------------------
 def _setup_cli(tmp_path, machine):
-    octo = machine.add_board("octopus", "stm32f446xx", firmware={"version": "v1", "bridge": True})
-    head = machine.add_board("toolhead", "stm32f446xx", transport="can",
-                             firmware={"version": "v1"})
-    build = tmp_path / "builds"
-    store = ArtifactStore(str(build), keep=3)
-    config_file = tmp_path / "config.cfg"
-    config_file.write_text("CONFIG_MACH_STM32=y\n")
-    for name, bridge in (("octopus", True), ("toolhead", False)):
-        image = tmp_path / f"{name}.bin"
-        image.write_bytes(make_klipper_image("stm32f446xx", "v0.13.0-5-gabc", bridge=bridge))
-        store.add(profile=name, preset="btt-octopus-f446-canbridge", target="klipper",
-                  mcu="stm32f446xx", app_address=0x08008000, source_version="v0.13.0-5-gabc",
-                  files={"klipper.bin": str(image)}, config_path=str(config_file),
-                  dict_mcu="stm32f446xx", dict_version="v0.13.0-5-gabc")
-    conf = tmp_path / "moonraker.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        [octoflash]
-        build_path: {build}
-        machine: moonraker_octoflash.sim.machine:open_machine {machine.directory}
-        can_listen_time: 0.1
-        reconnect_timeout: 5
-
-        [octoflash octopus]
-        preset: btt-octopus-f446-canbridge
-        canbus_uuid: {octo.canbus_uuid}
-        klipper_mcu: mcu
-
-        [octoflash toolhead]
-        preset: btt-octopus-f446-canbridge
-        canbus_uuid: {head.canbus_uuid}
-        klipper_mcu: toolhead
-        kconfig:
-          CONFIG_STM32_USBCANBUS_PA11_PA12=n
-          CONFIG_STM32_CMENU_CANBUS_PD0_PD1=n
-          CONFIG_STM32_MMENU_CANBUS_PD0_PD1=y
-        """))
-    return str(conf), octo, head, store
+    printer = cli_printer(tmp_path, machine)
+    return printer["conf"], printer["octo"], printer["head"], printer["store"]
 
 
 def _run(*argv):

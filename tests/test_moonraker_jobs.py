@@ -15,17 +15,8 @@ import time
 
 import pytest
 
-from fixtures_moonraker import DemoThread
 
 pytestmark = pytest.mark.moonraker
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory, linked_component):
-    env = DemoThread(str(tmp_path_factory.mktemp("demo"))).start()
-    env.wait_klippy_ready()
-    yield env
-    env.close()
 
 
 @pytest.fixture
@@ -38,7 +29,9 @@ def idle(demo):
 async def test_a_build_reports_every_step_and_ends_in_the_history(idle, ws_factory):
     demo = idle
     ws = await ws_factory(demo)
-    job = demo.result("POST", "/server/octoflash/build", body={"profile": "toolhead"})["job"]
+    # forced: whatever other tests built, this build runs every step
+    job = demo.result("POST", "/server/octoflash/build",
+                      body={"profile": "toolhead", "force": True})["job"]
     assert job["kind"] == "build" and job["profile"] == "toolhead" and job["origin"] == "api"
     final = await ws.wait_notification("notify_octoflash_job_update",
                                        lambda u: u["job_id"] == job["job_id"] and u["final"], 60)

@@ -18,13 +18,11 @@ import textwrap
 
 import pytest
 
-from fixtures_flash import octopus_profile, write_artifact
+from fixtures_flash import cli_printer, octopus_profile, write_artifact
 from fixtures_moonraker import wait_until
-from moonraker_octoflash.artifacts import ArtifactStore
 from moonraker_octoflash.flash.executor import execute_plan, execute_plans
 from moonraker_octoflash.flash.plan import make_plan
 from moonraker_octoflash.flash.writer_lock import WriterBusy, WriterLock, probe, writer_lock_path
-from moonraker_octoflash.sim.board import make_klipper_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -96,46 +94,10 @@ async def test_a_writer_that_died_does_not_block_and_its_record_is_handed_on(tmp
 
 
 # --- two real writers on one simulated machine ----------------------------------------
-def _machine_with_cli_config(tmp_path, machine):
-    """Two boards and their builds, and a moonraker.conf the command line reads."""
-    octo = machine.add_board("octopus", "stm32f446xx", firmware={"version": "v1", "bridge": True})
-    head = machine.add_board("toolhead", "stm32f446xx", transport="can", firmware={"version": "v1"})
-    data = tmp_path / "printer_data"
-    (data / "config").mkdir(parents=True)
-    build = data / "octoflash"
-    store = ArtifactStore(str(build), keep=3)
-    config_file = tmp_path / "config.cfg"
-    config_file.write_text("CONFIG_MACH_STM32=y\n")
-    for name, bridge in (("octopus", True), ("toolhead", False)):
-        image = tmp_path / f"{name}.bin"
-        image.write_bytes(make_klipper_image("stm32f446xx", "v0.13.0-5-gabc", bridge=bridge))
-        store.add(profile=name, preset="btt-octopus-f446-canbridge", target="klipper",
-                  mcu="stm32f446xx", app_address=0x08008000, source_version="v0.13.0-5-gabc",
-                  files={"klipper.bin": str(image)}, config_path=str(config_file),
-                  dict_mcu="stm32f446xx", dict_version="v0.13.0-5-gabc")
-    conf = data / "config" / "moonraker.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        [octoflash]
-        build_path: {build}
-        machine: moonraker_octoflash.sim.machine:open_machine {machine.directory}
-        can_listen_time: 0.1
-        reconnect_timeout: 5
-
-        [octoflash toolhead]
-        preset: btt-octopus-f446-canbridge
-        canbus_uuid: {head.canbus_uuid}
-        klipper_mcu: toolhead
-        kconfig:
-          CONFIG_STM32_USBCANBUS_PA11_PA12=n
-          CONFIG_STM32_CMENU_CANBUS_PD0_PD1=n
-          CONFIG_STM32_MMENU_CANBUS_PD0_PD1=y
-        """))
-    return str(conf), str(data), octo, head
-
-
 async def test_the_command_line_is_refused_while_another_process_flashes(rig, artifact_dir,
                                                                         tmp_path):
-    conf, data, octo, _head = _machine_with_cli_config(tmp_path, rig.machine)
+    printer = cli_printer(tmp_path, rig.machine)
+    conf, data, octo = printer["conf"], printer["data"], printer["octo"]
     profile = octopus_profile(canbus_uuid=octo.canbus_uuid, klipper_mcu="mcu")
     art = write_artifact(artifact_dir("o"), profile="octopus", preset=profile.preset.id)
     plan = make_plan(profile, art, devices=await rig.scan(), config=rig.config)
