@@ -49,21 +49,30 @@ def new(printer: SimulatedPrinter) -> str:
 async def browser(tmp_path: Any, printer: SimulatedPrinter) -> Any:
     b = await Browser(str(tmp_path / "chromium")).start()
     await b.open(printer.base_url + PAGE_PATH)
-    await b.wait_js("document.querySelectorAll('#profiles tbody tr').length === 3",
-                    what="the profiles table")
+    await b.wait_js("document.querySelectorAll('#boards [data-profile]').length === 3",
+                    what="the boards")
     yield b
     errors = b.exceptions + b.console_errors
     await b.close()
     assert errors == [], errors
 
 
-def row_text(name: str, column: str) -> str:
-    return f"document.querySelector('tr[data-profile=\"{name}\"] td.{column}').textContent"
+def card(name: str, part: str = "") -> str:
+    return f"document.querySelector('#boards [data-profile=\"{name}\"] {part}'.trim())"
+
+
+def row_text(name: str, part: str) -> str:
+    return f"{card(name, '.' + part)}.textContent"
+
+
+def button_of(name: str, action: str) -> str:
+    return card(name, f"button[data-action={action}]")
 
 
 def test_page_files_are_served_with_their_types(printer):
     for suffix, kind in (("", "text/html"), ("/script", "application/javascript"),
-                         ("/style", "text/css")):
+                         ("/style", "text/css"), ("/rpc.js", "application/javascript"),
+                         ("/boards.js", "application/javascript")):
         with urllib.request.urlopen(printer.base_url + PAGE_PATH + suffix, timeout=5) as r:
             assert r.status == 200
             assert r.headers["Content-Type"].startswith(kind)
@@ -79,13 +88,17 @@ async def test_page_lists_boards_with_versions_and_state(printer, browser):
     uuid = printer.board("octopus").canbus_uuid
     assert (await browser.js(row_text("octopus", "connection"))).startswith(f"CAN {uuid}")
     await browser.wait_js(f"{row_text('toolhead', 'state')} === 'up to date'")
-    assert "Katapult" in await browser.js(
-        "document.querySelector('tr[data-profile=\"bootloader\"]').textContent")
+    # every state says why and what to do
+    why = await browser.js(f"{card('octopus', '.state')}.title")
+    assert "older Klipper" in why and "Flash it" in why
+    explained = await browser.js(row_text("octopus", "explain"))
+    assert "update available: The board runs an older Klipper" in explained
+    assert "Katapult" in await browser.js(f"{card('bootloader')}.textContent")
     assert (await browser.js("document.getElementById('klipper-state').textContent")) \
         == "Klipper: ready"
 
 
-async def test_flash_from_the_page_shows_live_progress(printer, browser):
+async def test_flash_from_the_page_shows_the_plan_then_real_progress(printer, browser):
     # Record what the job panel shows while the job runs.
     await browser.js("""
         window.__seen = [];
@@ -95,11 +108,19 @@ async def test_flash_from_the_page_shows_live_progress(printer, browser):
         }).observe(document.getElementById('job'), {subtree: true, childList: true,
                                                     characterData: true});
         true""")
-    await browser.js("document.querySelector('tr[data-profile=\"octopus\"] "
-                     "button[data-action=flash]').click()")
-    text = await browser.wait_js("!document.getElementById('confirm').hidden && "
-                                 "document.getElementById('confirm-text').textContent")
-    assert "octopus" in text and new(printer) in text
+    await browser.js(f"{button_of('octopus', 'flash')}.click()")
+    steps = await browser.wait_js(
+        "!document.getElementById('confirm').hidden && "
+        "document.querySelectorAll('#confirm .plan-steps li').length > 0 && "
+        "Array.from(document.querySelectorAll('#confirm .plan-steps li')).map(l => l.textContent)",
+        what="the plan")
+    # never built: the build comes first, with its commands
+    assert steps[0].startswith("Build 'octopus'") and "make olddefconfig" in steps[0], steps
+    assert steps[1].startswith("Compile klipper for stm32f446") and "make -j" in steps[1], steps
+    assert steps[2].startswith("Stop Klipper"), steps
+    assert any(s.startswith("Ask the bridge") and "flashtool.py" in s and " -r" in s
+               for s in steps), steps
+    assert any(s.startswith("Write klipper.bin through Katapult") and "$ " in s for s in steps)
     assert printer.result("GET", "/server/octoflash/jobs")["jobs"] == []   # not before "yes"
     since = time.time()
     # Katapult's write takes half a second here, long enough to watch it move.
@@ -112,37 +133,55 @@ async def test_flash_from_the_page_shows_live_progress(printer, browser):
         printer.machine.tool_delay = 0.05
     assert printer.written_boards(since) == ["octopus"]
     seen = await browser.js("window.__seen")
-    between = [s for s in seen if s.startswith("write|") and s.endswith(" %")
-               and 0 < int(s.split("|")[1][:-2]) < 100]
+    writing = [s for s in seen if s.startswith("Writing ") and s.endswith(" %")]
+    between = [s for s in writing if 0 < int(s.split("|")[1][:-2]) < 100]
     assert between, seen
-    assert "write|100 %" in seen
-    # Live, the page gets an output line at most every 0.2 s; once the job
-    # ends it shows the job's whole log, the tool's last line included.
+    assert any(s.endswith("|100 %") for s in writing), seen
+    assert any(s.startswith("Verifying ") and s.endswith("|100 %") for s in seen), seen
+    # no internal step names in the panel
+    assert not any(s.split("|")[0] in ("write_katapult", "request_bootloader", "write")
+                   for s in seen), seen
+    assert any(s.startswith("Asking octopus to enter its bootloader") for s in seen), seen
+    # Once the job ends the page shows its whole log, scrolled to its end.
     log = await browser.wait_js(
         "document.getElementById('job-log').textContent.indexOf('Programming Complete') >= 0"
         " && document.getElementById('job-log').textContent", 15,
         what="the whole log after the job ended")
-    for step in ("[build] building octopus", "[compile] make", "[stop_klipper] Stop Klipper",
-                 "[write_katapult] Write klipper.bin through Katapult", "[start_klipper]"):
-        assert step in log, (step, log)
-    assert "  Compiling " in log, log
-    # The board's row follows: Klipper restarted with the new firmware.
+    assert "Compiling " in log, log
+    await browser.wait_js("(function (p) { return p.scrollHeight > p.clientHeight && "
+                          "p.scrollTop + p.clientHeight >= p.scrollHeight - 2; })"
+                          "(document.getElementById('job-log'))", 10,
+                          what="the log's last line in view")
+    # The result stays until dismissed.
+    result = await browser.wait_js("!document.getElementById('result').hidden && "
+                                   "document.getElementById('result-title').textContent")
+    assert result == "Flash octopus: done"
+    # The job record has the write's real percentages, not its first "2%".
+    job = printer.result("GET", "/server/octoflash/jobs")["jobs"][0]
+    record = printer.result("GET", "/server/octoflash/job", args={"job_id": job["job_id"]})["job"]
+    write = next(s for s in record["steps"] if s["stage"] == "write")
+    assert write["percent"] == 100.0 and write["message"] == "write 100%", write
+    assert write["title"].startswith("Writing ") and write["title"].endswith(" KB")
+    # The board's card follows: Klipper restarted with the new firmware.
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
     assert await browser.js(row_text("octopus", "running")) == new(printer)
+    assert not await browser.js("document.getElementById('result').hidden")
+    await browser.js("document.getElementById('result-dismiss').click()")
+    assert await browser.js("document.getElementById('result').hidden")
     first = await browser.wait_js(
-        "document.querySelector('#history tbody tr') && "
-        "document.querySelector('#history tbody tr').textContent")
-    assert "flash" in first and "octopus" in first and "done" in first
+        "document.querySelector('#history [data-job]') && "
+        "document.querySelector('#history [data-job]').textContent")
+    assert "Flash octopus" in first and "done" in first
 
 
 async def test_history_shows_a_job_with_its_steps(printer, browser):
-    await browser.wait_js("document.querySelectorAll('#history tbody tr').length > 0")
-    await browser.js("document.querySelector('#history tbody tr').click()")
+    await browser.wait_js("document.querySelectorAll('#history [data-job]').length > 0")
+    await browser.js("document.querySelector('#history [data-job] button').click()")
     steps = await browser.wait_js(
         "!document.getElementById('job-detail').hidden && "
         "Array.from(document.querySelectorAll('#detail-steps li')).map(l => l.textContent)")
-    assert any(s.startswith("build: done") for s in steps), steps
-    assert any(s.startswith("write: done") for s in steps), steps
+    assert any(s.startswith("Building octopus: done") for s in steps), steps
+    assert any(s.startswith("Writing ") and ": done 100 %" in s for s in steps), steps
 
 
 async def test_devices_are_listed(printer, browser):
@@ -155,20 +194,62 @@ async def test_devices_are_listed(printer, browser):
     assert "CAN interface can0 up" in items, items
 
 
-async def test_refused_flash_says_why(printer, browser):
+async def test_flash_while_printing_is_disabled_and_refused_with_its_reason(printer, browser):
+    # The plan is on screen when the print starts: the API refuses and says why.
+    await browser.js(f"{button_of('toolhead', 'flash')}.click()")
+    await browser.wait_js("!document.getElementById('confirm').hidden && "
+                          "document.querySelectorAll('#confirm .plan-steps li').length > 0")
     printer.set_print_state("printing", "benchy.gcode")
     since = time.time()
     try:
-        await browser.js("document.querySelector('tr[data-profile=\"toolhead\"] "
-                         "button[data-action=flash]').click()")
-        await browser.wait_js("!document.getElementById('confirm').hidden")
         await browser.js("document.getElementById('confirm-yes').click()")
         message = await browser.wait_js("!document.getElementById('action-error').hidden && "
                                         "document.getElementById('action-error').textContent")
         assert "printing" in message and "benchy.gcode" in message
         assert printer.written_boards(since) == []
+        # and the buttons say so before anyone presses them
+        await browser.js("document.getElementById('scan').click()")
+        await browser.wait_js(f"{button_of('toolhead', 'flash')}.disabled", 15)
+        reason = await browser.js(row_text("toolhead", "reason"))
+        assert "Klipper is printing" in reason
+        assert not await browser.js(f"{button_of('toolhead', 'build')}.disabled")
+        assert await browser.js("document.getElementById('update-all').disabled")
     finally:
         printer.set_print_state("standby")
+
+
+async def test_update_all_shows_overall_progress(printer, browser):
+    printer.set_firmware("octopus", old(printer))
+    printer.restart_klipper()
+    await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'", 30)
+    await browser.wait_js("!document.getElementById('update-all').disabled", 15)
+    await browser.js("""
+        window.__overall = [];
+        new MutationObserver(function () {
+          window.__overall.push(document.getElementById('job-title').textContent + '|' +
+                                document.getElementById('job-percent').textContent);
+        }).observe(document.getElementById('job'), {subtree: true, childList: true,
+                                                    characterData: true});
+        true""")
+    await browser.js("document.getElementById('update-all').click()")
+    text = await browser.wait_js("!document.getElementById('confirm').hidden && "
+                                 "document.getElementById('confirm-body').textContent")
+    assert "1. octopus" in text and "auto_update" in text
+    since = time.time()
+    await browser.js("document.getElementById('confirm-yes').click()")
+    await browser.wait_js("document.getElementById('job-title').textContent === 'Update all' && "
+                          "document.getElementById('job-state').textContent === 'done'", 120,
+                          what="the update to finish")
+    assert printer.written_boards(since) == ["octopus"]
+    seen = [s.split("|")[1] for s in await browser.js("window.__overall")
+            if s.startswith("Update all|") and s.endswith(" %")]
+    values = [int(v[:-2]) for v in seen]
+    assert any(0 < v < 100 for v in values), seen
+    assert values[-1] == 100, seen
+    board = await browser.js("document.querySelector('#job-boards [data-board=octopus]')"
+                             ".textContent")
+    assert board.startswith("octopus: ") and "done" in board, board
+    await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
 
 
 async def test_a_job_started_elsewhere_is_followed(printer, browser, ws_factory):
@@ -176,16 +257,17 @@ async def test_a_job_started_elsewhere_is_followed(printer, browser, ws_factory)
     printer.set_firmware("octopus", old(printer))
     printer.restart_klipper()
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'", 30)
-    before = await browser.js("document.getElementById('job-title').textContent")
+    await browser.js("window.__followed = false; "
+                     "new MutationObserver(function () { if (document.getElementById('job-title')"
+                     ".textContent === 'Flash octopus') { window.__followed = true; } })"
+                     ".observe(document.getElementById('job'), {subtree: true, childList: true, "
+                     "characterData: true}); true")
     client = await ws_factory(printer)
     await client.call("machine.update.upgrade", {"name": "octoflash_octopus"}, timeout=180)
-    title = await browser.wait_js(
-        "document.getElementById('job-state').textContent === 'done' && "
-        f"document.getElementById('job-title').textContent !== {json.dumps(before)} && "
-        "document.getElementById('job-title').textContent", 30)
-    assert title.startswith("flash octopus")
+    await browser.wait_js("window.__followed && "
+                          "document.getElementById('job-state').textContent === 'done'", 30)
     log = await browser.js("document.getElementById('job-log').textContent")
-    assert "[write_katapult] Write klipper.bin through Katapult" in log, log
+    assert "Programming Complete" in log, log
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
 
 
