@@ -29,6 +29,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.moonraker,
 @pytest.fixture(scope="module")
 def printer(tmp_path_factory: Any, linked_component: str, moonraker_python: str) -> Any:
     p = octopus_printer(str(tmp_path_factory.mktemp("web")), moonraker_python)
+    # A CAN toolhead waiting in Katapult that no profile names yet: the page
+    # adds it ("add this board").
+    p.add_board("spare", None, version=p.describe(), transport="can",
+                mcu="stm32f446xx").enter_bootloader()
     p.start()
     p.wait_klippy_ready()
     yield p
@@ -49,7 +53,7 @@ def new(printer: SimulatedPrinter) -> str:
 async def browser(tmp_path: Any, printer: SimulatedPrinter) -> Any:
     b = await Browser(str(tmp_path / "chromium")).start()
     await b.open(printer.base_url + PAGE_PATH)
-    await b.wait_js("document.querySelectorAll('#boards [data-profile]').length === 3",
+    await b.wait_js("document.querySelectorAll('#boards [data-profile]').length >= 3",
                     what="the boards")
     yield b
     errors = b.exceptions + b.console_errors
@@ -182,6 +186,214 @@ async def test_history_shows_a_job_with_its_steps(printer, browser):
         "Array.from(document.querySelectorAll('#detail-steps li')).map(l => l.textContent)")
     assert any(s.startswith("Building octopus: done") for s in steps), steps
     assert any(s.startswith("Writing ") and ": done 100 %" in s for s in steps), steps
+
+
+def js_set(selector: str, value: str) -> str:
+    """Set an input or select as a user does, and tell the page it changed."""
+    return (f"(function (n) {{ n.value = {json.dumps(value)}; "
+            "n.dispatchEvent(new Event('input', {bubbles: true})); "
+            "n.dispatchEvent(new Event('change', {bubbles: true})); return true; })"
+            f"(document.querySelector({json.dumps(selector)}))")
+
+
+def js_click(selector: str) -> str:
+    return f"document.querySelector({json.dumps(selector)}).click()"
+
+
+def kc_row(symbol: str) -> str:
+    return f"#kconfig [data-symbol=\"{symbol}\"]"
+
+
+def kc_shown(prompt: str) -> str:
+    """Is the configurator entry with this prompt on screen?"""
+    return ("Array.from(document.querySelectorAll('#kconfig [data-entry]')).some(function (n) {"
+            " var l = n.querySelector(':scope > label, :scope > summary');"
+            f" return l && l.textContent === {json.dumps(prompt)} && n.offsetParent !== null; }})")
+
+
+async def test_add_a_detected_board_and_configure_its_firmware(printer, browser):
+    spare = printer.board("spare")
+    await browser.js("document.getElementById('scan').click()")
+    await browser.wait_js("Array.from(document.querySelectorAll('#device-list li')).some(l => "
+                          f"l.textContent.indexOf('CAN node {spare.canbus_uuid}') === 0 && "
+                          "l.querySelector('button[data-action=add-device]'))", 20)
+    # the boards that have a profile offer no "add"
+    octopus_uuid = printer.board("octopus").canbus_uuid
+    assert not await browser.js(
+        "Array.from(document.querySelectorAll('#device-list li')).some(l => "
+        f"l.textContent.indexOf('CAN node {octopus_uuid}') === 0 && "
+        "l.querySelector('button[data-action=add-device]'))")
+    await browser.js("Array.from(document.querySelectorAll('#device-list li')).find(l => "
+                     f"l.textContent.indexOf('CAN node {spare.canbus_uuid}') === 0)"
+                     ".querySelector('button').click()")
+    await browser.wait_js("!document.getElementById('editor').hidden")
+    assert await browser.js("document.getElementById('editor-title').textContent") == \
+        "Add this board"
+    assert await browser.js("document.getElementById('field-canbus_uuid').value") == \
+        spare.canbus_uuid
+    # it runs Katapult: a preset written through Katapult, for a CAN board, is suggested
+    assert "can" in await browser.js("document.getElementById('field-preset').value")
+    assert "running Katapult" in await browser.js("document.getElementById('editor-form')"
+                                                  ".textContent")
+    # the API's own check, shown at the field it is about
+    await browser.js(js_set("#field-name", "spare board"))
+    await browser.js(js_set("#field-preset", "btt-octopus-f446-canbridge"))
+    await browser.wait_js(kc_shown("CAN bus speed"), 30, what="the configurator")
+    await browser.js(js_click("#editor [data-action=save]"))
+    error = await browser.wait_js("!document.getElementById('field-name-error').hidden && "
+                                  "document.getElementById('field-name-error').textContent")
+    assert "not a valid value for name" in error
+    assert await browser.js("document.getElementById('field-name')"
+                            ".getAttribute('aria-invalid')") == "true"
+    await browser.js(js_set("#field-name", "spare"))
+    await browser.js(js_set("#field-klipper_mcu", "spare"))
+    # Kconfig: low-level options off hides what depends on them; on shows it again
+    await browser.js(js_click(kc_row("CONFIG_LOW_LEVEL_OPTIONS") + " input"))
+    await browser.wait_js("!" + kc_shown("CAN bus speed"), 20, what="CAN bus speed hidden")
+    assert not await browser.js(kc_shown("Clock Reference"))
+    await browser.js(js_click(kc_row("CONFIG_LOW_LEVEL_OPTIONS") + " input"))
+    await browser.wait_js(kc_shown("CAN bus speed"), 20, what="CAN bus speed shown again")
+    # a CAN node, not a USB-CAN bridge: the CAN bus interface menu goes away
+    assert await browser.js(kc_shown("CAN bus interface"))
+    await browser.js("(function (s) { s.value = 'CONFIG_STM32_MMENU_CANBUS_PD0_PD1'; "
+                     "s.dispatchEvent(new Event('change')); return true; })(Array.from("
+                     "document.querySelectorAll('#kconfig select')).find(s => s.querySelector("
+                     "'option[value=CONFIG_STM32_MMENU_CANBUS_PD0_PD1]')))")
+    await browser.wait_js("!" + kc_shown("CAN bus interface"), 20, what="the bridge menu gone")
+    # a bad number is refused at its field; a good one changes the .config
+    await browser.js(js_set(kc_row("CONFIG_CANBUS_FREQUENCY") + " input", "fast"))
+    error = await browser.wait_js(
+        f"!document.querySelector('{kc_row('CONFIG_CANBUS_FREQUENCY')} .field-error').hidden && "
+        f"document.querySelector('{kc_row('CONFIG_CANBUS_FREQUENCY')} .field-error').textContent")
+    assert "CONFIG_CANBUS_FREQUENCY" in error
+    await browser.js(js_set(kc_row("CONFIG_CANBUS_FREQUENCY") + " input", "500000"))
+    await browser.wait_js("document.getElementById('kc-config').textContent"
+                          ".indexOf('CONFIG_CANBUS_FREQUENCY=500000') >= 0", 20)
+    overrides = await browser.js("Array.from(document.querySelectorAll('#kc-overrides li'))"
+                                 ".map(l => l.textContent)")
+    assert "CONFIG_CANBUS_FREQUENCY: 1000000 → 500000" in overrides, overrides
+    # low-level options back on: nothing of that detour is left
+    assert not any("CLOCK_REF" in o or "LOW_LEVEL" in o for o in overrides), overrides
+    assert "CONFIG_STM32_MMENU_CANBUS_PD0_PD1: (not set by the preset) → y" in overrides
+    assert any(o.startswith("CONFIG_STM32_USBCANBUS_PA11_PA12: y → n") for o in overrides)
+    await browser.js(js_click("#editor [data-action=save]"))
+    await browser.wait_js("document.getElementById('editor').hidden && "
+                          f"!!{card('spare')}", 20, what="the new profile's card")
+    saved = printer.result("GET", "/server/octoflash/profile", args={"name": "spare"})["profile"]
+    assert saved["canbus_uuid"] == spare.canbus_uuid and saved["source"] == "api"
+    assert saved["kconfig"]["CONFIG_CANBUS_FREQUENCY"] == "500000"
+    assert saved["kconfig"]["CONFIG_STM32_CMENU_CANBUS_PD0_PD1"] == "n"   # followed the choice
+
+
+async def test_build_plan_flash_roll_back_and_download(printer, browser):
+    """The new profile: built, its plan, flashed; built again changed; rolled back."""
+    await browser.wait_js(f"!{button_of('spare', 'build')}.disabled")
+    await browser.js(f"{button_of('spare', 'build')}.click()")
+    await browser.wait_js("document.getElementById('job-title').textContent === 'Build spare' && "
+                          "document.getElementById('job-state').textContent === 'done'", 120)
+    await browser.js(js_click("#result-dismiss"))
+    first = printer.result("GET", "/server/octoflash/builds", args={"profile": "spare"})["builds"]
+    assert len(first) == 1
+    await browser.js(f"{button_of('spare', 'flash')}.click()")
+    steps = await browser.wait_js(
+        "!document.getElementById('confirm').hidden && "
+        "document.querySelectorAll('#confirm .plan-steps li').length > 0 && "
+        "Array.from(document.querySelectorAll('#confirm .plan-steps li')).map(l => l.textContent)")
+    assert not any(s.startswith("Build ") for s in steps), steps      # built: no build step
+    assert any("-i can0 -u " + printer.board("spare").canbus_uuid in s for s in steps), steps
+    since = time.time()
+    await browser.js(js_click("#confirm-yes"))
+    await browser.wait_js("document.getElementById('job-title').textContent === 'Flash spare' && "
+                          "document.getElementById('job-state').textContent === 'done'", 120)
+    assert printer.written_boards(since) == ["spare"]
+    assert await browser.js("document.getElementById('job-percent').textContent") == "100 %"
+    await browser.js(js_click("#result-dismiss"))
+    # changed and built again: two builds kept
+    profile = printer.result("GET", "/server/octoflash/profile", args={"name": "spare"})["profile"]
+    body = {k: v for k, v in profile.items()
+            if k not in ("status", "source", "target", "mcu", "board", "connection", "read_only")}
+    body["kconfig"]["CONFIG_CANBUS_FREQUENCY"] = "250000"
+    printer.result("POST", "/server/octoflash/profile", body=body)
+    await browser.js("window.octoflash.reload(); true")
+    await browser.wait_js(f"!{button_of('spare', 'build')}.disabled")
+    await browser.js(f"{button_of('spare', 'build')}.click()")
+    await browser.wait_js("document.getElementById('job-title').textContent === 'Build spare' && "
+                          "document.getElementById('job-state').textContent === 'done'", 120)
+    builds = printer.result("GET", "/server/octoflash/builds", args={"profile": "spare"})["builds"]
+    assert len(builds) == 2 and builds[1]["id"] == first[0]["id"]
+    # the history: the build's job, its builds; the earlier one flashed again
+    await browser.js("document.querySelector('#history [data-job] button').click()")
+    await browser.wait_js("document.querySelectorAll('#detail-builds [data-artifact]').length === 2")
+    await browser.js(f"document.querySelector('#detail-builds [data-artifact=\"{first[0]['id']}\"] "
+                     "button[data-action=download]').click()")
+    got = await browser.wait_js("window.octoflash.state.lastDownload")
+    kept = first[0]["files"][0]
+    assert got["name"] == kept["name"] and got["size"] == kept["size"]
+    assert got["sha256"] == kept["sha256"]
+    since = time.time()
+    await browser.js(f"document.querySelector('#detail-builds [data-artifact=\"{first[0]['id']}\"] "
+                     "button[data-action=rollback]').click()")
+    title = await browser.wait_js("!document.getElementById('confirm').hidden && "
+                                  "document.getElementById('confirm-title').textContent")
+    assert title == f"Flash 'spare' with the earlier build {first[0]['id']}"
+    await browser.js(js_click("#confirm-yes"))
+    await browser.wait_js("document.getElementById('job-title').textContent === 'Flash spare' && "
+                          "document.getElementById('job-state').textContent === 'done'", 120)
+    assert printer.written_boards(since) == ["spare"]
+    job = printer.result("GET", "/server/octoflash/jobs")["jobs"][0]
+    assert job["kind"] == "flash" and job["artifact_id"] == first[0]["id"]
+    await browser.js(js_click("#result-dismiss"))
+
+
+async def test_a_moonraker_conf_profile_is_read_only_and_can_be_copied(printer, browser):
+    await browser.js(f"{button_of('octopus', 'edit')}.click()")
+    title = await browser.wait_js("!document.getElementById('editor').hidden && "
+                                  "document.getElementById('editor-title').textContent")
+    assert title == "Profile octopus (moonraker.conf, read-only)"
+    assert await browser.js("document.getElementById('field-canbus_uuid').disabled")
+    assert not await browser.js("!!document.querySelector('#editor [data-action=save]')")
+    await browser.js(js_click("#editor [data-action=copy]"))
+    await browser.wait_js("document.getElementById('editor-title').textContent === "
+                          "'New profile (a copy of octopus)'")
+    assert await browser.js("document.getElementById('field-name').value") == "octopus-copy"
+    await browser.wait_js(kc_shown("CAN bus speed"), 30, what="the configurator")
+    await browser.js(js_click("#editor [data-action=save]"))
+    await browser.wait_js(f"!!{card('octopus-copy')}", 20)
+    # an API profile can be deleted from the page
+    await browser.js(f"{button_of('octopus-copy', 'edit')}.click()")
+    await browser.wait_js("document.getElementById('editor-title').textContent === "
+                          "'Edit profile octopus-copy'")
+    await browser.js(js_click("#editor [data-action=delete]"))
+    await browser.wait_js("!document.getElementById('confirm').hidden")
+    await browser.js(js_click("#confirm-yes"))
+    await browser.wait_js(f"!{card('octopus-copy')}", 20)
+    assert "octopus-copy" not in {p["name"] for p in
+                                  printer.result("GET", "/server/octoflash/profiles")["profiles"]}
+
+
+async def test_dfu_plan_shows_the_drawing_and_waits_with_a_countdown(printer, browser):
+    await browser.js(f"{button_of('bootloader', 'flash')}.click()")
+    await browser.wait_js("!document.getElementById('confirm').hidden && "
+                          "!!document.querySelector('#confirm .dfu-help svg.dfu-drawing')", 30)
+    text = await browser.js("document.querySelector('#confirm .dfu-help').textContent")
+    assert "BOOT0" in text and "RESET" in text and "heaters and fans may switch on" in text
+    steps = await browser.js("Array.from(document.querySelectorAll('#confirm .plan-steps li'))"
+                             ".map(l => l.textContent)")
+    assert steps[0].startswith("Build 'bootloader'"), steps      # never built: built first
+    assert any("dfu-util" in s and "0483:df11" in s for s in steps), steps
+    await browser.js(js_click("#confirm-yes"))
+    first = await browser.wait_js(
+        "!document.getElementById('job-wait').hidden && "
+        "document.querySelector('#job-wait .countdown').textContent", 120, what="the countdown")
+    assert first.startswith("Waiting for the board in DFU mode: ") and first.endswith(" s left")
+    assert await browser.js("!!document.querySelector('#job-wait svg.dfu-drawing')")
+    left = int(first.split(": ")[1].split()[0])
+    await browser.wait_js("parseInt(document.querySelector('#job-wait .countdown').textContent"
+                          f".split(': ')[1]) < {left}", 10, what="the countdown going down")
+    await browser.js(js_click("#job-cancel"))
+    await browser.wait_js("document.getElementById('job-state').textContent === 'cancelled'", 30)
+    assert await browser.js("document.getElementById('job-wait').hidden")
+    await browser.js(js_click("#result-dismiss"))
 
 
 async def test_devices_are_listed(printer, browser):

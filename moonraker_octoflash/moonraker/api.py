@@ -23,6 +23,8 @@ from ..jobs import Job
 from ..presets import list_presets
 from ..schemas import load_schema, validator_for
 from . import request_guard
+from ..kconfig_menu import KconfigMenus, changes, config_symbols, evaluate
+from ..profiles import profile_from_json
 from .console import add_titles
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class OctoflashApi:
     def __init__(self, component: OctoFlash) -> None:
         self.c = component
         self.server = component.server
+        self.menus = KconfigMenus()
 
     async def _remote(self, what: str, call: Callable[[], Awaitable[Optional[Job]]]) -> None:
         try:
@@ -150,6 +153,7 @@ class OctoflashApi:
             ("/server/octoflash/status", get, self._handle_status_request),
             ("/server/octoflash/builds", get, self._handle_builds_request),
             ("/server/octoflash/build/file", get, self._handle_build_file_request),
+            ("/server/octoflash/kconfig", get | post, self._handle_kconfig_request),
         ]
         # Changes over HTTP are checked for cross-site requests (request_guard);
         # where that cannot be done, they are offered over the websocket only.
@@ -309,6 +313,47 @@ class OctoflashApi:
         return {"profile": profile.name, "artifact_id": artifact.id, "name": record.name,
                 "size": record.size, "sha256": record.sha256,
                 "data": base64.b64encode(data).decode("ascii")}
+
+    async def _handle_kconfig_request(self, web_request: WebRequest) -> Dict[str, Any]:
+        """The configurator: GET the menus of a profile's (or preset's) checkout
+        with its values; POST a set of values to see them resolved."""
+        self.c._need_builder()
+        builder = self.c.builder
+        assert builder is not None
+        if web_request.get_action() == "GET":
+            args = self._args(web_request, _request_schema(
+                {"profile": _NAME, "preset": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,80}$"}},
+                []))
+            if args.get("profile"):
+                profile = self.c.get_profile(args["profile"])
+            elif args.get("preset"):
+                profile = profile_from_json({"name": "new", "preset": args["preset"]})
+            else:
+                raise ValidationError("Give the profile (profile=NAME) or a preset (preset=ID)")
+        else:
+            data = dict(web_request.get_args())
+            inner = data.get("profile")
+            if isinstance(inner, dict):
+                data = dict(inner)
+            data.setdefault("name", "new")
+            # The same checks as a saved profile: the schema (names, safe
+            # values), then the checkout's Kconfig (symbol, type, settable).
+            profile = profile_from_json(data, source="api")
+            await builder.check_kconfig(profile)
+        source_dir = builder.checkout(profile.target)
+        version = await builder.source_version(profile.target)
+        menu = await self.menus.menu(source_dir, (version.describe, version.fingerprint))
+        preset_values = dict(profile.preset.kconfig)
+        state, base = await asyncio.gather(evaluate(source_dir, profile.kconfig()),
+                                           evaluate(source_dir, preset_values))
+        return {"profile": profile.name, "preset": profile.preset.id, "target": profile.target, "mcu": profile.mcu,
+                "checkout": source_dir, "version": version.describe,
+                "entries": menu, "preset_values": preset_values,
+                "overrides": dict(profile.kconfig_overrides),
+                "visible": state["visible"], "values": state["values"],
+                "config": state["config"],
+                "changes": changes(config_symbols(base["config"]),
+                                   config_symbols(state["config"]))}
 
     async def _handle_status_request(self, web_request: WebRequest) -> Dict[str, Any]:
         state, filename = await self.c.klipper.print_state()

@@ -113,31 +113,40 @@ export async function openPlan(ctx, profile, options = {}) {
   });
 }
 
-// While the job waits for the board in DFU mode: how long is left.
+// While the job waits for the board in DFU mode: how long is left.  The
+// countdown starts when the job reaches its wait_dfu step and ends with the
+// write (or the job).
 let timer = null;
+const AFTER_WAIT = ["write_dfu", "write", "erase", "mass_erase", "download", "verify",
+                    "wait_return", "start_klipper", "check_version", "done"];
+
+function stopWait(box) {
+  if (timer) { clearInterval(timer); timer = null; }
+  show(box, false);
+}
+
 export function followWait(ctx) {
   const job = ctx.state.job;
   const box = $("job-wait");
-  const waiting = job && job.state === "running" && job.stage === "wait_dfu";
-  if (!waiting) {
-    if (timer) { clearInterval(timer); timer = null; }
-    show(box, false);
-    ctx.state.waitSince = null;
-    return;
+  const running = job && job.state === "running";
+  if (!running) { stopWait(box); ctx.state.waitJob = null; return; }
+  if (job.stage === "wait_dfu" && ctx.state.waitJob !== job.job_id) {
+    ctx.state.waitJob = job.job_id;
+    ctx.state.waitSince = Date.now();
+    const plan = job.plan || ctx.state.lastPlan || {};
+    const step = (plan.steps || []).find((s) => s.kind === "wait_dfu") || {};
+    const total = step.timeout || 0;
+    clear(box).appendChild(dfuHelp(plan, "") || el("span"));
+    const count = el("p", { className: "countdown", role: "timer", "aria-live": "off" });
+    box.appendChild(count);
+    const tick = () => {
+      const left = Math.max(0, Math.round(total - (Date.now() - ctx.state.waitSince) / 1000));
+      count.textContent = `Waiting for the board in DFU mode: ${left} s left`;
+    };
+    tick();
+    if (timer) { clearInterval(timer); }
+    timer = setInterval(tick, 1000);
+    show(box, true);
   }
-  if (!ctx.state.waitSince) { ctx.state.waitSince = Date.now(); }
-  const plan = job.plan || ctx.state.lastPlan || {};
-  const step = (plan.steps || []).find((s) => s.kind === "wait_dfu") || {};
-  const total = step.timeout || 0;
-  clear(box).appendChild(dfuHelp(plan, "") || el("span"));
-  const count = el("p", { className: "countdown", role: "timer", "aria-live": "polite" });
-  box.appendChild(count);
-  show(box, true);
-  const tick = () => {
-    const left = Math.max(0, Math.round(total - (Date.now() - ctx.state.waitSince) / 1000));
-    count.textContent = `Waiting for the board in DFU mode: ${left} s left`;
-  };
-  tick();
-  if (timer) { clearInterval(timer); }
-  timer = setInterval(tick, 1000);
+  if (ctx.state.waitJob !== job.job_id || AFTER_WAIT.includes(job.stage)) { stopWait(box); }
 }

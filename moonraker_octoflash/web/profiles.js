@@ -62,10 +62,10 @@ function suggest(list, device) {
   });
 }
 
-export async function openEditor(ctx, profile, device) {
+export async function openEditor(ctx, profile, device, asNew = false) {
   const list = await loadPresets(ctx);
   const box = $("editor");
-  const readOnly = !!(profile && profile.read_only);
+  const readOnly = !!(profile && profile.read_only) && !asNew;
   const draft = profile ? JSON.parse(JSON.stringify(profile)) : { auto_update: false };
   if (device) {
     for (const k of ["canbus_uuid", "canbus_interface", "serial", "dfu_serial"]) { if (device[k]) { draft[k] = device[k]; } }
@@ -73,7 +73,9 @@ export async function openEditor(ctx, profile, device) {
   const suggestions = suggest(list, device);
   if (device && suggestions.length && !draft.preset) { draft.preset = suggestions[0].id; }
   if (!draft.preset && !draft.mcu && list.length) { draft.preset = list[0].id; }
+  if (asNew) { delete draft.read_only; draft.source = "api"; }
   $("editor-title").textContent = readOnly ? `Profile ${profile.name} (moonraker.conf, read-only)` :
+    asNew ? `New profile (a copy of ${profile.copied_from})` :
     profile ? `Edit profile ${profile.name}` : device ? "Add this board" : "New profile";
   const form = clear($("editor-form"));
   if (readOnly) {
@@ -104,7 +106,7 @@ export async function openEditor(ctx, profile, device) {
     } else {
       input = el("input", { id, type: "text", value: draft[f.key] || "", autocomplete: "off", spellcheck: false });
     }
-    input.disabled = readOnly || (f.key === "name" && !!profile && !readOnly);
+    input.disabled = readOnly || (f.key === "name" && !!profile && !asNew);
     input.setAttribute("aria-describedby", id + "-help " + id + "-error");
     inputs[f.key] = input;
     form.appendChild(el("div", { className: "field" + (f.type === "bool" ? " check" : ""), "data-field": f.key }, [
@@ -117,7 +119,11 @@ export async function openEditor(ctx, profile, device) {
   form.appendChild(kconfigBox);
   const overrides = Object.assign({}, draft.kconfig || {});
   const kc = { overrides, profile: draft, readOnly };
-  inputs.preset.addEventListener("change", () => { draft.preset = inputs.preset.value; renderKconfig(ctx, kconfigBox, kc); });
+  inputs.preset.addEventListener("change", () => {
+    draft.preset = inputs.preset.value;
+    kc.fromPreset = true;
+    renderKconfig(ctx, kconfigBox, kc);
+  });
   renderKconfig(ctx, kconfigBox, kc);
 
   const actions = clear($("editor-actions"));
@@ -125,11 +131,16 @@ export async function openEditor(ctx, profile, device) {
   show(err, false);
   if (readOnly) {
     actions.appendChild(button("Copy to an editable profile", { "data-action": "copy",
-      on: { click: () => { const copy = JSON.parse(JSON.stringify(profile)); copy.name = profile.name + "-copy"; copy.read_only = false; copy.source = "api"; openEditor(ctx, null, null).then(() => fill(copy)); } } }, "copy"));
+      on: { click: () => {
+        const copy = JSON.parse(JSON.stringify(profile));
+        copy.copied_from = profile.name;
+        copy.name = profile.name + "-copy";
+        openEditor(ctx, copy, null, true);
+      } } }, "copy"));
   } else {
     actions.appendChild(button("Save", { "data-action": "save", className: "primary",
       on: { click: () => save(ctx, profile, inputs, kc) } }, "check"));
-    if (profile && profile.source === "api") {
+    if (profile && profile.source === "api" && !asNew) {
       actions.appendChild(button("Delete", { "data-action": "delete", className: "danger",
         on: { click: () => remove(ctx, profile) } }, "delete"));
     }
@@ -137,17 +148,7 @@ export async function openEditor(ctx, profile, device) {
   actions.appendChild(button("Close", { "data-action": "close", on: { click: () => show(box, false) } }, "close"));
   show(box, true);
   box.scrollIntoView({ block: "nearest" });
-  (readOnly ? actions.querySelector("button") : inputs[profile ? "description" : "name"]).focus();
-
-  function fill(copy) {
-    for (const f of FIELDS) {
-      const input = $("field-" + f.key);
-      if (!input) { continue; }
-      if (f.type === "bool") { input.checked = !!copy[f.key]; } else { input.value = copy[f.key] || ""; }
-    }
-    const state = $("kconfig").octoflashState;
-    if (state) { Object.assign(state.overrides, copy.kconfig || {}); renderKconfig(ctx, $("kconfig"), state); }
-  }
+  (readOnly ? actions.querySelector("button") : inputs[profile && !asNew ? "description" : "name"]).focus();
 }
 
 function body(inputs, kc) {
