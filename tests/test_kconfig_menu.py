@@ -56,7 +56,7 @@ async def test_values_decide_what_menuconfig_shows_and_the_resolved_config(klipp
     diff = {c["symbol"]: (c["preset"], c["value"])
             for c in changes(parse_config(base["config"]), resolved)}
     assert diff["CONFIG_CANBUS_FREQUENCY"] == ("1000000", "500000")
-    assert diff["CONFIG_STM32_MMENU_CANBUS_PD0_PD1"] == (None, "y")
+    assert diff["CONFIG_STM32_MMENU_CANBUS_PD0_PD1"] == ("n", "y")
 
 
 async def test_menus_are_read_again_only_when_the_checkout_moves(klipper_checkout, monkeypatch):
