@@ -503,6 +503,75 @@ async def test_a_stale_api_key_on_a_trusted_computer_is_forgotten(printer, brows
                               what="the old key forgotten")
 
 
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+
+async def screenshot(browser: Browser, width: int, name: str, tmp_path: Any) -> str:
+    """The whole page at ``width`` px; kept in docs/ when OCTOFLASH_SCREENSHOTS=1."""
+    import base64
+    height = await browser.js("document.documentElement.scrollHeight")
+    shot = await browser.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                              clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})
+    folder = DOCS if os.environ.get("OCTOFLASH_SCREENSHOTS") == "1" else str(tmp_path)
+    path = os.path.join(folder, name)
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(shot["data"]))
+    return path
+
+
+async def test_the_page_fits_a_phone_and_every_control_is_labelled(printer, browser, tmp_path):
+    await browser.wait_js("document.getElementById('connection').textContent === 'connected' && "
+                          f"{row_text('octopus', 'state')} !== ''")
+    await browser.js("document.getElementById('scan').click()")
+    await browser.wait_js("document.querySelectorAll('#device-list li').length > 2")
+    await browser.send("Emulation.setDeviceMetricsOverride", width=1280, height=900,
+                       deviceScaleFactor=1, mobile=False)
+    await browser.wait_js("window.innerWidth === 1280")
+    await screenshot(browser, 1280, "web-1280.png", tmp_path)
+    await browser.send("Emulation.setDeviceMetricsOverride", width=390, height=844,
+                       deviceScaleFactor=1, mobile=True)
+    await browser.wait_js("window.innerWidth === 390")
+    await screenshot(browser, 390, "web-390.png", tmp_path)
+    # open what is widest: a plan with its commands, and the profile editor with its options
+    await browser.js(f"{button_of('toolhead', 'flash')}.click()")
+    await browser.wait_js("document.querySelectorAll('#confirm .plan-steps li').length > 0")
+    await browser.js(f"{button_of('octopus', 'edit')}.click()")
+    await browser.wait_js(kc_shown("CAN bus speed"), 30)
+    widths = await browser.js(
+        "({page: document.documentElement.scrollWidth, body: document.body.scrollWidth, "
+        "viewport: window.innerWidth, wide: Array.from(document.querySelectorAll('body *'))"
+        ".filter(n => n.getBoundingClientRect().right > window.innerWidth + 0.5 && "
+        "n.offsetParent !== null && !n.closest('pre')).map(n => n.tagName + '#' + n.id + '.' + "
+        "n.className).slice(0, 5)})")
+    assert widths["page"] <= 390 and widths["body"] <= 390, widths
+    assert widths["wide"] == [], widths
+    # Build and Flash stay on screen on a phone
+    right = await browser.js(f"{button_of('octopus', 'build')}.getBoundingClientRect().right")
+    assert right <= 390
+    # every control has a name a screen reader says, and is reached with the keyboard
+    unnamed = await browser.js("""
+        Array.from(document.querySelectorAll('button, input, select, [tabindex]'))
+          .filter(n => n.offsetParent !== null)
+          .filter(n => {
+            if (n.getAttribute('aria-label') || n.getAttribute('aria-labelledby')) { return false; }
+            if (n.tagName === 'BUTTON') { return !n.textContent.trim(); }
+            if (n.tagName === 'INPUT' || n.tagName === 'SELECT') {
+              return !(n.id && document.querySelector('label[for="' + n.id + '"]'));
+            }
+            return false;
+          }).map(n => n.outerHTML.slice(0, 80))""")
+    assert unnamed == [], unnamed
+    assert await browser.js("Array.from(document.querySelectorAll('button'))"
+                            ".every(b => b.tabIndex >= 0)")
+    # nothing is loaded from the internet: scripts and styles are the component's
+    outside = await browser.js("performance.getEntriesByType('resource').map(r => r.name)"
+                               ".filter(u => !u.startsWith(location.origin) && "
+                               "!u.startsWith('ws'))")
+    assert outside == [], outside
+    await browser.js("document.querySelector('#editor [data-action=close]').click(); "
+                     "document.getElementById('confirm-no').click(); true")
+
+
 def test_mainsail_sidebar_link_is_added_once_and_keeps_other_links(tmp_path):
     theme = tmp_path / ".theme"
     theme.mkdir()

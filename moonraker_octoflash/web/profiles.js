@@ -38,7 +38,14 @@ export function unclaimed(ctx, found) {
     else { return null; }
     claim.mcu = d.mcu;
   } else { return null; }
-  const taken = ctx.state.profiles.some((p) =>
+  // claimed: a profile names it, or the scan matched it to a profile
+  const seen = Object.values((ctx.state.devices && ctx.state.devices.profiles) || {})
+    .map((s) => s && s.device).filter(Boolean);
+  const same = (a) => (a.serial && d.serial && a.serial === d.serial) ||
+    (a.uuid && (a.uuid === d.uuid || a.uuid === d.canbus_uuid)) ||
+    (a.canbus_uuid && (a.canbus_uuid === d.uuid || a.canbus_uuid === d.canbus_uuid)) ||
+    (a.path && a.path === d.path);
+  const taken = seen.some(same) || ctx.state.profiles.some((p) =>
     (claim.canbus_uuid && p.canbus_uuid === claim.canbus_uuid) ||
     (claim.serial && p.serial === claim.serial) ||
     (claim.dfu_serial && p.dfu_serial === claim.dfu_serial));

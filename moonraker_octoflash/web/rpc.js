@@ -67,12 +67,20 @@ export function moonrakerHost() {
   return params.get("moonraker") || location.host;
 }
 
+// A oneshot token (GET /access/oneshot_token) after # in the address
+// (/server/octoflash/web#token=…) lets an untrusted browser open the
+// websocket once, as Moonraker allows.  Not ?token=: Moonraker would spend
+// it on loading the page.  It is taken out of the address at once (a
+// reload or a reconnection asks for the key).
+let oneshot = new URLSearchParams(location.hash.slice(1)).get("token");
+if (oneshot) {
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
 export function socketUrl() {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  const params = new URLSearchParams(location.search);
-  // A oneshot token (GET /access/oneshot_token) in ?token= lets an untrusted
-  // browser open the websocket once, as Moonraker allows.
-  const token = params.get("token");
+  const token = oneshot;
+  oneshot = null;
   return scheme + moonrakerHost() + "/websocket" + (token ? "?token=" + encodeURIComponent(token) : "");
 }
 
