@@ -246,7 +246,6 @@ async def test_add_a_detected_board_and_configure_its_firmware(printer, browser)
     assert await browser.js("document.getElementById('field-name')"
                             ".getAttribute('aria-invalid')") == "true"
     await browser.js(js_set("#field-name", "spare"))
-    await browser.js(js_set("#field-klipper_mcu", "spare"))
     # Kconfig: low-level options off hides what depends on them; on shows it again
     await browser.js(js_click(kc_row("CONFIG_LOW_LEVEL_OPTIONS") + " input"))
     await browser.wait_js("!" + kc_shown("CAN bus speed"), 20, what="CAN bus speed hidden")
