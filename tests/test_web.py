@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fixtures_browser import CHROMIUM, Browser
-from fixtures_moonraker import SimulatedPrinter, octopus_printer
+from fixtures_moonraker import SimulatedPrinter, octopus_printer, wait_until
 from moonraker_octoflash.moonraker.web import NAVI_ICON, PAGE_PATH, add_navi_link
 
 pytestmark = [pytest.mark.browser, pytest.mark.moonraker,
@@ -389,8 +389,13 @@ async def test_dfu_plan_shows_the_drawing_and_waits_with_a_countdown(printer, br
     left = int(first.split(": ")[1].split()[0])
     await browser.wait_js("parseInt(document.querySelector('#job-wait .countdown').textContent"
                           f".split(': ')[1]) < {left}", 10, what="the countdown going down")
+    # meanwhile no other board can be flashed, and the page says why
+    await browser.wait_js(f"{button_of('octopus', 'flash')}.disabled")
+    assert "Another flash is running" in await browser.js(row_text("octopus", "reason"))
+    assert await browser.js("document.getElementById('update-all').disabled")
     await browser.js(js_click("#job-cancel"))
     await browser.wait_js("document.getElementById('job-state').textContent === 'cancelled'", 30)
+    await browser.wait_js(f"!{button_of('octopus', 'flash')}.disabled")
     assert await browser.js("document.getElementById('job-wait').hidden")
     await browser.js(js_click("#result-dismiss"))
 
@@ -461,6 +466,21 @@ async def test_update_all_shows_overall_progress(printer, browser):
                              ".textContent")
     assert board.startswith("octopus: ") and "done" in board, board
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
+
+
+async def test_build_all_builds_every_profile(printer, browser):
+    before = {j["job_id"] for j in printer.result("GET", "/server/octoflash/jobs")["jobs"]}
+    names = sorted(p["name"] for p in printer.result("GET", "/server/octoflash/profiles")["profiles"])
+    await browser.wait_js("!document.getElementById('build-all').disabled")
+    await browser.js(js_click("#build-all"))
+
+    def builds_done() -> Any:
+        jobs = [j for j in printer.result("GET", "/server/octoflash/jobs")["jobs"]
+                if j["job_id"] not in before]
+        return len(jobs) == len(names) and all(j["state"] == "done" for j in jobs) and jobs
+    jobs = await wait_until(builds_done, 120, what="a build of every profile")
+    assert sorted(j["profile"] for j in jobs) == names
+    assert {j["kind"] for j in jobs} == {"build"}
 
 
 async def test_a_job_started_elsewhere_is_followed(printer, browser, ws_factory):
