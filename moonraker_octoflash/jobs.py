@@ -457,18 +457,41 @@ class JobRunner:
             self._emit(job, "output", event.message)
             return
         if event.kind == "step" or event.stage != job.stage:
-            self._begin_step(job, event.stage, event.message)
+            step = self._begin_step(job, event.stage, event.message)
             job.percent = event.percent
+            step.percent = event.percent
             self._emit(job, "step", event.message)
             self._save_soon(job)
+            self._to_parent(job)
             return
-        # a percentage change within the current step
+        # a percentage change within the current step: the step's record
+        # carries the latest percentage and message, not its first ("2%")
         job.percent = event.percent
         if job.steps:
             job.steps[-1].percent = event.percent
+            if event.message:
+                job.steps[-1].message = clip_text(event.message, MAX_MESSAGE_CHARS)
         if event.message:
             job.message = clip_text(event.message, MAX_MESSAGE_CHARS)
         self._emit(job, "progress", event.message)
+        self._to_parent(job)
+
+    def _to_parent(self, child: Job) -> None:
+        """An update-all job's percentage follows the board being flashed."""
+        parent = self._jobs.get(child.parent) if child.parent else None
+        if parent is None or not parent.active:
+            return
+        names = list(parent.options.get("profiles") or [])
+        if child.profile not in names or not names:
+            return
+        index = names.index(child.profile)
+        percent = round(100.0 * (index + flash_fraction(child)) / len(names), 1)
+        if parent.percent is not None and percent <= parent.percent:
+            return
+        parent.percent = percent
+        if parent.steps:
+            parent.steps[-1].percent = round(100.0 * flash_fraction(child), 1)
+        self._emit(parent, "progress", f"{child.profile}: {child.message}")
 
     def _begin_step(self, job: Job, stage: str, message: str = "") -> JobStep:
         now = time.time()
@@ -680,6 +703,38 @@ class JobRunner:
         if ok != len(results):
             failed = ", ".join(n for n, s in results.items() if s != DONE)
             raise OctoflashError(f"{ok} of {len(results)} boards updated; failed: {failed}")
+
+
+# How far a flash job is, from its stage: the build and the plan first, then
+# the write and the verification (their own percentages), then the board
+# coming back.  What an update-all job shows across its boards.
+_FLASH_PHASES = (("build", 0.0), ("artifact", 0.25), ("plan", 0.25), ("check", 0.3),
+                 ("flash", 0.3), ("stop_klipper", 0.32))
+
+
+def flash_fraction(job: Job) -> float:
+    if not job.active:
+        return 1.0
+    stages = [s.stage for s in job.steps]
+    pct = (job.percent or 0.0) / 100.0
+    writes = UNSAFE_STAGES | _method_write_steps()
+    # the build has a "done" of its own: only what follows the plan counts here
+    after = stages[stages.index("plan"):] if "plan" in stages else []
+    if any(s in AFTER_WRITE_STAGES for s in after):
+        return 0.9
+    if "verify" in after:
+        return 0.75 + 0.15 * pct
+    if any(s in writes for s in after):
+        return 0.4 + 0.35 * pct if job.stage in writes else 0.4
+    if any(s in BOOTLOADER_STAGES for s in after):
+        return 0.35
+    reached = 0.0
+    for stage, at in _FLASH_PHASES:
+        if stage in stages:
+            reached = max(reached, at)
+    if job.stage in ("build", "configure", "compile", "link") and reached < 0.25:
+        return 0.05 + 0.2 * pct
+    return reached
 
 
 def _plan_summary(plan: Dict[str, Any]) -> str:

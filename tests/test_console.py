@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 from moonraker_octoflash.jobs import Job, JobUpdate
-from moonraker_octoflash.moonraker.console import JobConsole
+from moonraker_octoflash.moonraker.console import JobConsole, stage_title
 
 
 class FakeServer:
@@ -21,16 +21,33 @@ class FakeServer:
 def test_a_fast_write_still_shows_its_last_percentage():
     server = FakeServer()
     console = JobConsole(server, on_flash_finished=lambda: None)
-    job = Job(id="j1", kind="flash", profile="toolhead", state="running")
+    job = Job(id="j1", kind="flash", profile="toolhead", state="running",
+              artifact={"files": [{"name": "klipper.bin", "size": 47104}]})
+    job.stage = "write_katapult"
+    console.on_job_update(JobUpdate(job, "step", "Write klipper.bin through Katapult"))
     job.stage = "write"
-    console.on_job_update(JobUpdate(job, "step", "Writing 46 KB"))
-    for pct in (2.0, 40.0, 80.0, 100.0):     # all within one console interval
+    job.percent = 2.0
+    console.on_job_update(JobUpdate(job, "step", "write 2%"))
+    for pct in (40.0, 80.0, 100.0):     # all within one console interval
         job.percent = pct
-        console.on_job_update(JobUpdate(job, "progress", f"{pct:.0f}%"))
+        console.on_job_update(JobUpdate(job, "progress", f"write {pct:.0f}%"))
     lines = server.console()
-    assert lines[0] == "// octoflash flash toolhead: [write] Writing 46 KB"
-    assert lines[-1] == "// octoflash flash toolhead: [write] 100% 100%"
-    assert not any("[write] 2%" in line or "[write] 40%" in line for line in lines)
+    assert lines[0] == ("// octoflash flash toolhead: Writing 46 KB "
+                        "(Write klipper.bin through Katapult)")
+    assert lines[1] == "// octoflash flash toolhead: Writing 46 KB 2 %"
+    assert lines[-1] == "// octoflash flash toolhead: Writing 46 KB 100 %"
+    assert not any("40 %" in line or "80 %" in line for line in lines)
+    assert not any("write_katapult" in line or "write 2%" in line for line in lines)
+
+
+def test_steps_are_named_in_words():
+    assert stage_title("request_bootloader", "toolhead") == \
+        "Asking toolhead to enter its bootloader"
+    assert stage_title("write_katapult", "x", {"files": [{"size": 47104}]}) == "Writing 46 KB"
+    assert stage_title("wait_dfu") == "Waiting for the board in DFU mode"
+    assert stage_title("octopus", kind="update_all") == "Updating octopus"
+    # a method's step not in the table is named by the method's own label
+    assert stage_title("some_new_step") == "Some new step"
 
 
 def test_a_final_line_ends_the_job_in_the_console():

@@ -214,6 +214,18 @@ def test_config_profiles_cannot_be_deleted_through_the_api(moonraker):
     ("GET", "/server/octoflash/jobs", {"limit": "ten"}, 400, "'limit' must be a number"),
     ("POST", "/server/octoflash/job/cancel", {"job_id": "missing"}, 404, "No job with id"),
     ("GET", "/server/octoflash/plan", {"profile": "nosuch"}, 404, "No profile named"),
+    ("GET", "/server/octoflash/builds", {"profile": "nosuch"}, 404, "No profile named"),
+    ("GET", "/server/octoflash/build/file", {"profile": "octopus", "artifact_id": "../x"}, 400,
+     "artifact_id"),
+    ("GET", "/server/octoflash/build/file", {"profile": "octopus", "artifact_id": "nope"}, 404,
+     "nope"),
+    ("GET", "/server/octoflash/build/file",
+     {"profile": "octopus", "artifact_id": "nope", "name": "../../etc/passwd"}, 400, "name"),
+    ("GET", "/server/octoflash/kconfig", {}, 400, "Give the profile"),
+    ("GET", "/server/octoflash/kconfig", {"preset": "../x"}, 400, "preset"),
+    ("POST", "/server/octoflash/kconfig",
+     {"preset": "btt-octopus-f446-canbridge", "kconfig": {"CONFIG_X": "$(reboot)"}}, 400,
+     "CONFIG_X"),
 ])
 def test_bad_requests_get_4xx_with_a_message(moonraker, method, path, args, code, words):
     if method == "GET":

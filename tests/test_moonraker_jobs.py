@@ -173,7 +173,10 @@ async def test_a_flash_stops_klipper_writes_the_board_and_starts_klipper(idle, w
                                       lambda t: "Flash of toolhead" in str(t), 10)
     assert last.startswith("// octoflash flash toolhead: Flash of toolhead done")
     console = [line for line in ws.of("notify_gcode_response") if "octoflash flash toolhead" in line]
-    assert any("[write_katapult]" in line for line in console)
+    # steps in words, the write's percentage to its end
+    assert any(line.startswith("// octoflash flash toolhead: Writing ") and " KB" in line
+               for line in console), console
+    assert any(line.endswith(" 100 %") and ": Verifying " in line for line in console), console
 
 
 def test_a_second_flash_is_refused_while_one_runs(idle):
@@ -325,7 +328,14 @@ async def test_plans_devices_and_update_all_over_jsonrpc(idle, ws_factory):
 
     await ws.call("server.octoflash.post_profile", {"name": "spare", "preset": "btt-octopus-f429-katapult"})
     fresh = await ws.call("server.octoflash.plan", {"profile": "spare"})
-    assert fresh["needs_build"] is True and fresh["plan"] is None and "not been built" in fresh["text"]
+    # never built: the plan starts with the build, then the flash it implies (DFU here)
+    assert fresh["needs_build"] is True and fresh["artifact"] is None
+    assert [s["kind"] for s in fresh["plan"]["build_steps"]] == ["configure", "build"]
+    assert "make olddefconfig" in fresh["plan"]["build_steps"][0]["command"]
+    assert fresh["plan"]["method"] == "dfu" and fresh["plan"]["address"] == "0x08000000"
+    assert any(s["kind"] == "write_dfu" and "dfu-util" in s["command"]
+               for s in fresh["plan"]["steps"])
+    assert "1. Build 'spare'" in fresh["text"] and "(after the build)" in fresh["text"]
     await ws.call("server.octoflash.delete_profile", {"name": "spare"})
 
     devices = await ws.call("server.octoflash.devices", {"refresh": True})

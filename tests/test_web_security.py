@@ -43,7 +43,9 @@ class UntrustedBrowserMoonraker(MoonrakerProcess):
         with open(path, encoding="utf-8") as f:
             text = f.read()
         with open(path, "w", encoding="utf-8") as f:
-            f.write(text.replace("127.0.0.0/8", f"{TRUSTED}/32"))
+            # and lets a page on another port of this computer use it (?moonraker=)
+            f.write(text.replace("127.0.0.0/8", f"{TRUSTED}/32\ncors_domains:\n  "
+                                 "http://127.0.0.1:*"))
         return path
 
     def request(self, method: str, path: str, args: Optional[Dict[str, Any]] = None,
@@ -107,7 +109,7 @@ async def test_an_untrusted_page_asks_for_the_api_key_and_then_connects(moonrake
     await browser.open(moonraker.base_url + PAGE_PATH)
     await browser.wait_js(LOGIN_SHOWN, what="the API key form")
     assert await browser.js("document.getElementById('login-refused').hidden") is True
-    assert await browser.js("document.querySelectorAll('#profiles tbody tr').length") == 0
+    assert await browser.js("document.querySelectorAll('#boards [data-profile]').length") == 0
 
     # a wrong key: said so, the form stays
     await browser.js("document.getElementById('api-key').value = 'not-the-key';"
@@ -125,15 +127,36 @@ async def test_an_untrusted_page_asks_for_the_api_key_and_then_connects(moonrake
     await browser.wait_js("document.getElementById('connection').textContent === 'connected'",
                           what="the page connected with the key")
     assert await browser.js("document.getElementById('login').hidden") is True
-    await browser.wait_js("document.querySelectorAll('#profiles tbody tr').length === 1 && "
-                          "document.querySelector('tr[data-profile=\"octopus\"]') !== null",
-                          what="the profiles table")
+    await browser.wait_js("document.querySelectorAll('#boards [data-profile]').length === 1 && "
+                          "document.querySelector('#boards [data-profile=\"octopus\"]') !== null",
+                          what="the boards")
 
     # kept for the tab: a reload connects at once
     await browser.send("Page.reload")
     await browser.wait_js("!!document.getElementById('connection') && "
                           "document.getElementById('connection').textContent === 'connected'")
     assert await browser.js("document.getElementById('login').hidden") is True
+
+
+async def test_a_oneshot_token_lets_an_untrusted_page_in_once(moonraker, browser):
+    # What a logged-in client on the same computer (Mainsail with the key)
+    # hands the page: a oneshot token, bound to that address, good once.
+    key = moonraker.result("GET", "/access/api_key")
+    conn = http.client.HTTPConnection("127.0.0.1", moonraker.port, timeout=10)
+    conn.request("GET", "/access/oneshot_token", headers={"X-Api-Key": key})
+    token = json.loads(conn.getresponse().read())["result"]
+    conn.close()
+    # after "#": the page load itself must not spend it (Moonraker takes ?token= anywhere)
+    await browser.open(moonraker.base_url + PAGE_PATH + "#token=" + token)
+    await browser.wait_js("!!document.getElementById('connection') && "
+                          "document.getElementById('connection').textContent === 'connected'",
+                          what="the page connected with the token")
+    assert await browser.js("document.getElementById('login').hidden") is True
+    await browser.wait_js("document.querySelector('#boards [data-profile=\"octopus\"]') !== null")
+    # spent: it leaves the address, so a reload asks for the key instead of failing
+    assert "token=" not in await browser.js("location.href")
+    await browser.send("Page.reload")
+    await browser.wait_js(LOGIN_SHOWN, what="the API key form after the reload")
 
 
 @pytest.fixture
@@ -159,6 +182,48 @@ def other_site(moonraker: MoonrakerProcess) -> Any:
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def page_elsewhere(moonraker: MoonrakerProcess) -> Any:
+    """The page's files served from another port (as a second Moonraker would)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            conn = http.client.HTTPConnection("127.0.0.1", moonraker.port, timeout=10)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.headers.get("Content-Type", "text/plain"))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_the_page_reaches_a_moonraker_on_another_port(moonraker, browser, page_elsewhere):
+    await browser.open(f"{page_elsewhere}{PAGE_PATH}?moonraker=127.0.0.1:{moonraker.port}")
+    # that Moonraker answers (it asks this untrusted browser for its key) ...
+    await browser.wait_js(LOGIN_SHOWN, what="the API key form of the other Moonraker")
+    key = moonraker.result("GET", "/access/api_key")
+    await browser.js(f"document.getElementById('api-key').value = {json.dumps(key)};"
+                     "document.getElementById('login-form').requestSubmit(); true")
+    # ... and its boards are shown
+    await browser.wait_js("document.getElementById('connection').textContent === 'connected' && "
+                          "document.querySelector('#boards [data-profile=\"octopus\"]') !== null",
+                          what="the other Moonraker's boards")
+    assert await browser.js("location.port") != str(moonraker.port)
 
 
 async def child_frames(browser: Browser) -> List[Dict[str, Any]]:

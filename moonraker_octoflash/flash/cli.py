@@ -175,6 +175,27 @@ def _find_artifact(ctx: Any, profile: Any, artifact_id: Optional[str]) -> Any:
     return artifact
 
 
+def _builder(ctx: Any) -> Any:
+    from ..build import Builder
+    return Builder.from_settings(ctx.settings)
+
+
+async def _build_first(builder: Any, plans: List[FlashPlan], env: Any, args: Any,
+                       out: TextIO) -> List[FlashPlan]:
+    """Build the profiles whose plan starts with a build; plan them again on the build."""
+    devices = await env.scan()
+    ready: List[FlashPlan] = []
+    for plan in plans:
+        if not plan.needs_build:
+            ready.append(plan)
+            continue
+        result = await builder.build(plan.profile, on_progress=_Printer(out))
+        ready.append(make_plan(plan.profile, result.artifact, method=args.method,
+                               devices=devices, config=env.config,
+                               allow_bootloader_overwrite=args.allow_bootloader_overwrite))
+    return ready
+
+
 def _confirm(plans: List[FlashPlan], out: TextIO) -> Tuple[bool, str]:
     return _confirm_count(len(plans), out)
 
@@ -217,15 +238,25 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
         if not free:
             err.write(f"octoflash flash: {busy_message(holder)}\n")
             return 1
-    artifacts = [_find_artifact(ctx, p, args.artifact) for p in profiles]
     json_out = bool(args.json)
     log = err if json_out else out
+    from .plan import plan_with_build
+    builder = _builder(ctx) if not args.artifact else None
 
     async def plan_all() -> Tuple[List[FlashPlan], DeviceSnapshot]:
         devices = await env.scan()
-        plans = [make_plan(p, a, method=args.method, devices=devices, config=env.config,
-                           allow_bootloader_overwrite=args.allow_bootloader_overwrite)
-                 for p, a in zip(profiles, artifacts)]
+        plans = []
+        for p in profiles:
+            async def make(artifact: Any, p: Any = p) -> FlashPlan:
+                return make_plan(p, artifact, method=args.method, devices=devices,
+                                 config=env.config,
+                                 allow_bootloader_overwrite=args.allow_bootloader_overwrite)
+            if builder is None:
+                plans.append(await make(_find_artifact(ctx, p, args.artifact)))
+            else:
+                # Without --artifact the flash writes a current build: when
+                # there is none, the plan starts with the build.
+                plans.append(await plan_with_build(builder, p, make))
         return plans, devices
 
     with env.running():
@@ -247,6 +278,8 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
             if not ok:
                 err.write(f"octoflash flash: {why}\n")
                 return 1
+        if any(p.needs_build for p in plans):
+            plans = asyncio.run(_build_first(builder, plans, env, args, log))
         flash_ctx = FlashContext(service=env.service(args.klipper_service, data_path),
                                  on_progress=_Printer(log),
                                  discover=env.scan,

@@ -303,10 +303,14 @@ class _HashProgress:
         count = text.count("#")
         if count and set(text.strip()) <= set("[#]"):
             if self.live:
-                # The marks were already counted as they were drawn.
+                # Counted as they were drawn, but the last ones may come with
+                # the line's end: the whole line says how far it got.
                 self.live = False
-                return
-            self.marks = min(50, self.marks + count)
+                if min(50, count) <= self.marks:
+                    return
+                self.marks = min(50, count)
+            else:
+                self.marks = min(50, self.marks + count)
             self.on_progress(Progress(self.stage, f"{self.stage} {self.marks * 2}%",
                                       float(self.marks * 2), kind="progress"))
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import time
 from typing import Any, Dict, Iterable, List, Optional, TypeVar
 
-from ..artifacts import Artifact
+from ..artifacts import Artifact, ArtifactFile
 from ..discovery.identity import normalize_uuid
 from ..discovery.serial import parse_by_id_name
 from ..discovery.snapshot import BoardStatus, DeviceSnapshot, profile_is_usb_can_bridge
-from ..errors import ValidationError
+from ..errors import NotFoundError, OctoflashError, ValidationError
 from .config import FlashConfig
 from .methods import all_methods, find_method, get_method
 from .methods.base import PlanInput
@@ -90,6 +91,13 @@ class FlashPlan:
     board_status: Optional[BoardStatus] = None
     dfu_serial: Optional[str] = None
     allow_bootloader_overwrite: bool = False
+    # The build that comes first when the profile has no current build
+    # (``with_build``): shown, never run by the executor.
+    build_steps: List[FlashStep] = dataclasses.field(default_factory=list)
+
+    @property
+    def needs_build(self) -> bool:
+        return bool(self.build_steps)
 
     @property
     def profile_name(self) -> str:
@@ -125,18 +133,21 @@ class FlashPlan:
             "board_status": self.board_status.to_json() if self.board_status else None,
             "steps": [s.to_json() for s in self.steps],
             "warnings": list(self.warnings),
+            "needs_build": self.needs_build,
+            "build_steps": [s.to_json() for s in self.build_steps],
         }
 
     def format(self) -> str:
         """The plan as a user reads it (``--dry-run``)."""
         art = self.artifact
         lines = [f"Flash plan for '{self.profile_name}' ({self.profile.preset.id})",
-                 f"  image:  {self.file_path}",
+                 f"  image:  {self.file_path}" + (" (after the build)" if self.needs_build
+                                                  else ""),
                  f"          {art.version}, {art.mcu}, linked at 0x{art.app_address:08x}",
                  f"  method: {transport_text(self.transport)}"]
         if self.board_status is not None:
             lines.append(f"  board:  {self.board_status.state} - {self.board_status.detail}")
-        for number, step in enumerate(self.steps, 1):
+        for number, step in enumerate(self.build_steps + self.steps, 1):
             lines.append(f"  {number}. {step.title}")
             if step.argv:
                 lines.append(f"       $ {step.command_text()}")
@@ -299,3 +310,96 @@ def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
                      board_status=status, dfu_serial=dfu_serial,
                      allow_bootloader_overwrite=allow_bootloader_overwrite)
 
+
+
+# --- a plan before the build ------------------------------------------------------------
+NEXT_BUILD = "NEXT-BUILD"
+
+
+def prospective_artifact(profile: Any, version: str, directory: str,
+                         like: Optional[Artifact] = None) -> Artifact:
+    """What the next build of ``profile`` gives, for a plan made before it exists.
+
+    The MCU and the application address come from the profile's last build
+    when there is one, else from its preset; ``directory`` is where the
+    build will be kept (its id is only known once it is made, so the path
+    ends in ``NEXT-BUILD``).  The files have no size or hash yet: the
+    checks before writing run on the real build.
+    """
+    preset = profile.preset
+    if like is not None and like.target == profile.target:
+        main, mcu, address = like.main_file, like.mcu, like.app_address
+        start, size = like.bootloader_app_start, like.flash_size
+    else:
+        main = "klipper.bin" if profile.target == "klipper" else "katapult.bin"
+        mcu, address = preset.mcu, preset.app_address
+        start, size = getattr(preset, "bootloader_app_start", None), None
+    return Artifact(id=NEXT_BUILD, profile=profile.name, preset=preset.id,
+                    target=profile.target, mcu=mcu, app_address=address,
+                    source_version=version, config_sha256="",
+                    files=[ArtifactFile(name=main, size=0, sha256="")], created=time.time(),
+                    directory=os.path.join(directory, NEXT_BUILD),
+                    bootloader_app_start=start, flash_size=size)
+
+
+def build_steps(profile: Any, *, make: str, jobs: int, checkout: str, profile_dir: str,
+                version: str) -> List[FlashStep]:
+    """The build a flash starts with, as the builder runs it (build.py)."""
+    config = os.path.join(profile_dir, "config")
+    return [
+        FlashStep("configure", f"Build '{profile.name}' ({version}): complete its .config "
+                  f"with make olddefconfig in {checkout}",
+                  argv=[make, "olddefconfig", f"OUT={os.path.join(profile_dir, 'kconfig-out')}/",
+                        f"KCONFIG_CONFIG={config}.next"]),
+        FlashStep("build", f"Compile {profile.target} for {profile.mcu}",
+                  argv=[make, f"-j{jobs}", f"OUT={os.path.join(profile_dir, 'out')}{os.sep}",
+                        f"KCONFIG_CONFIG={config}"]),
+    ]
+
+
+def with_build(plan: FlashPlan, steps: List[FlashStep]) -> FlashPlan:
+    """``plan`` with the build that has to come first."""
+    plan.build_steps = list(steps)
+    if plan.artifact.id == NEXT_BUILD:
+        plan.warnings.append("The image's address and size are those the profile implies; "
+                             "the checks before writing run on the build itself.")
+    return plan
+
+
+async def build_is_current(builder: Any, profile: Any, last: Optional[Artifact]) -> bool:
+    """Does ``last`` come from the checkout and the profile as they are now?"""
+    if last is None or last.target != profile.target:
+        return False
+    version = await builder.source_version(profile.target)
+    _requested, _text, sha = builder.rendered(profile)
+    return (last.source_version, last.source_fingerprint, last.rendered_sha256) == \
+        (version.describe, version.fingerprint, sha)
+
+
+async def plan_with_build(builder: Any, profile: Any, make: Any) -> FlashPlan:
+    """The plan of a flash that builds first when the profile has no current build.
+
+    ``await make(artifact)`` makes the flash part of the plan (``make_plan``
+    with the caller's devices and options).
+    """
+    last = await builder.latest(profile.name)
+    try:
+        current = await build_is_current(builder, profile, last)
+        version = (await builder.source_version(profile.target)).describe
+    except OctoflashError as exc:
+        # No checkout to build from: the latest build is what can be written.
+        if last is None:
+            raise NotFoundError(f"Profile '{profile.name}' has never been built, and it "
+                                f"cannot be built here: {exc}") from None
+        current, version = True, last.version
+    if current:
+        assert last is not None
+        result: FlashPlan = await make(last)
+        return result
+    profile_dir = builder.store.profile_dir(profile.name)
+    artifact = prospective_artifact(profile, version, builder.store.artifacts_dir(profile.name),
+                                    last)
+    steps = build_steps(profile, make=builder.make, jobs=builder.jobs,
+                        checkout=builder.checkout(profile.target), profile_dir=profile_dir,
+                        version=version)
+    return with_build(await make(artifact), steps)

@@ -9,17 +9,23 @@ cross-site requests (``request_guard``).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from .. import __version__
-from ..errors import OctoflashError, ValidationError, clip_text
+from ..errors import ConflictError, NotFoundError, OctoflashError, ValidationError, clip_text
 from ..flash.methods import method_names
 from ..flash.methods import to_json as flash_methods_json
 from ..jobs import Job
 from ..presets import list_presets
 from ..schemas import load_schema, validator_for
 from . import request_guard
+from ..kconfig_menu import KconfigMenus, changes, config_symbols, evaluate
+from ..profiles import profile_from_json
+from .console import add_titles
 
 if TYPE_CHECKING:
     from moonraker.common import WebRequest
@@ -36,6 +42,9 @@ _NAME = load_schema("profile")["properties"]["name"]
 def _request_schema(properties: Dict[str, Any], required: List[str]) -> Dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required}
 
+
+_ARTIFACT_ID = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+MAX_FILE_BYTES = 8 * 1024 * 1024     # a firmware image is far smaller
 
 # A flash request's arguments, from the API and from a macro alike.
 _FLASH_ARGS = _request_schema(
@@ -75,6 +84,7 @@ class OctoflashApi:
     def __init__(self, component: OctoFlash) -> None:
         self.c = component
         self.server = component.server
+        self.menus = KconfigMenus()
 
     async def _remote(self, what: str, call: Callable[[], Awaitable[Optional[Job]]]) -> None:
         try:
@@ -141,6 +151,9 @@ class OctoflashApi:
             ("/server/octoflash/job", get, self._handle_job_request),
             ("/server/octoflash/job/cancel", post, self._handle_job_cancel_request),
             ("/server/octoflash/status", get, self._handle_status_request),
+            ("/server/octoflash/builds", get, self._handle_builds_request),
+            ("/server/octoflash/build/file", get, self._handle_build_file_request),
+            ("/server/octoflash/kconfig", get | post, self._handle_kconfig_request),
         ]
         # Changes over HTTP are checked for cross-site requests (request_guard);
         # where that cannot be done, they are offered over the websocket only.
@@ -206,20 +219,28 @@ class OctoflashApi:
         return {"devices": await self.c.scan_devices(force=bool(args.get("refresh")))}
 
     async def _handle_plan_request(self, web_request: WebRequest) -> Dict[str, Any]:
+        """The plan of a flash; without artifact_id, the build comes first when
+        the profile has no current build (as the flash itself does)."""
+        from ..flash.plan import plan_with_build
         args = self._args(web_request, _request_schema(
             {"profile": _NAME, "method": {"enum": method_names()},
-             "artifact_id": {"type": "string", "maxLength": 64}}, ["profile"]))
+             "artifact_id": _ARTIFACT_ID}, ["profile"]))
         profile = self.c.get_profile(args["profile"])
-        artifact = await self.c.find_artifact(profile, args["artifact_id"]) \
-            if args.get("artifact_id") else await self.c.latest_artifact(profile)
-        if artifact is None:
-            return {"plan": None, "artifact": None, "needs_build": True,
-                    "text": f"Profile '{profile.name}' has not been built yet: a flash builds "
-                            "it first, or POST /server/octoflash/build"}
-        plan = await self.c.pipeline.prepare(profile, artifact, {"method": args.get("method")})
-        data = plan.to_json() if hasattr(plan, "to_json") else dict(plan)
-        text = plan.format() if hasattr(plan, "format") else ""
-        return {"plan": data, "artifact": artifact.to_json(), "needs_build": False, "text": text}
+        options = {"method": args.get("method")}
+
+        async def make(artifact: Any) -> Any:
+            return await self.c.pipeline.prepare(profile, artifact, options)
+        if args.get("artifact_id"):
+            plan = await make(await self.c.find_artifact(profile, args["artifact_id"]))
+        else:
+            self.c._need_builder()
+            plan = await plan_with_build(self.c.builder, profile, make)
+        data = plan.to_json()
+        return {"plan": data, "artifact": None if plan.needs_build else plan.artifact.to_json(),
+                "needs_build": plan.needs_build, "text": plan.format(),
+                "build_reason": (f"'{profile.name}' has no build of the current checkout and "
+                                 "profile: it is built first, then written."
+                                 if plan.needs_build else None)}
 
     async def _handle_build_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
@@ -253,19 +274,86 @@ class OctoflashApi:
         _check_args(_request_schema({"profile": _NAME, "limit": {"type": "integer", "minimum": 1}},
                                     []), dict(args, **({"limit": limit} if limit else {})))
         jobs = self.c.runner.jobs(profile=args.get("profile"), limit=limit)
-        return {"jobs": [j.to_json(full=False) for j in jobs],
+        return {"jobs": [add_titles(j.to_json(full=False)) for j in jobs],
                 "flash_job": self.c.runner.flash_job.id if self.c.runner.flash_job else None}
 
     async def _handle_job_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
             {"job_id": {"type": "string", "maxLength": 64}}, ["job_id"]))
-        return {"job": self.c.runner.get(args["job_id"]).to_json()}
+        return {"job": add_titles(self.c.runner.get(args["job_id"]).to_json())}
 
     async def _handle_job_cancel_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
             {"job_id": {"type": "string", "maxLength": 64}}, ["job_id"]))
         job = await self.c.runner.cancel(args["job_id"])
         return {"job": job.to_json()}
+
+    async def _handle_builds_request(self, web_request: WebRequest) -> Dict[str, Any]:
+        args = self._args(web_request, _request_schema({"profile": _NAME}, ["profile"]))
+        profile = self.c.get_profile(args["profile"])
+        self.c._need_builder()
+        assert self.c.builder is not None
+        builds = await self.c.builder.artifacts(profile.name)
+        return {"profile": profile.name, "builds": [b.to_json() for b in builds]}
+
+    async def _handle_build_file_request(self, web_request: WebRequest) -> Dict[str, Any]:
+        args = self._args(web_request, _request_schema(
+            {"profile": _NAME, "artifact_id": _ARTIFACT_ID,
+             "name": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"}},
+            ["profile", "artifact_id"]))
+        profile = self.c.get_profile(args["profile"])
+        artifact = await self.c.find_artifact(profile, args["artifact_id"])
+        try:
+            record = artifact.file(args.get("name") or None)
+        except KeyError:
+            names = ", ".join(f.name for f in artifact.files)
+            raise NotFoundError(f"Build {artifact.id} of '{profile.name}' has no file "
+                                f"'{args.get('name')}'; it has: {names}") from None
+        data = await asyncio.to_thread(_read_build_file, artifact.path(record.name), record)
+        return {"profile": profile.name, "artifact_id": artifact.id, "name": record.name,
+                "size": record.size, "sha256": record.sha256,
+                "data": base64.b64encode(data).decode("ascii")}
+
+    async def _handle_kconfig_request(self, web_request: WebRequest) -> Dict[str, Any]:
+        """The configurator: GET the menus of a profile's (or preset's) checkout
+        with its values; POST a set of values to see them resolved."""
+        self.c._need_builder()
+        builder = self.c.builder
+        assert builder is not None
+        if web_request.get_action() == "GET":
+            args = self._args(web_request, _request_schema(
+                {"profile": _NAME, "preset": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,80}$"}},
+                []))
+            if args.get("profile"):
+                profile = self.c.get_profile(args["profile"])
+            elif args.get("preset"):
+                profile = profile_from_json({"name": "new", "preset": args["preset"]})
+            else:
+                raise ValidationError("Give the profile (profile=NAME) or a preset (preset=ID)")
+        else:
+            data = dict(web_request.get_args())
+            inner = data.get("profile")
+            if isinstance(inner, dict):
+                data = dict(inner)
+            data.setdefault("name", "new")
+            # The same checks as a saved profile: the schema (names, safe
+            # values), then the checkout's Kconfig (symbol, type, settable).
+            profile = profile_from_json(data, source="api")
+            await builder.check_kconfig(profile)
+        source_dir = builder.checkout(profile.target)
+        version = await builder.source_version(profile.target)
+        menu = await self.menus.menu(source_dir, (version.describe, version.fingerprint))
+        preset_values = dict(profile.preset.kconfig)
+        state, base = await asyncio.gather(evaluate(source_dir, profile.kconfig()),
+                                           evaluate(source_dir, preset_values))
+        return {"profile": profile.name, "preset": profile.preset.id, "target": profile.target, "mcu": profile.mcu,
+                "checkout": source_dir, "version": version.describe,
+                "entries": menu, "preset_values": preset_values,
+                "overrides": dict(profile.kconfig_overrides),
+                "visible": state["visible"], "values": state["values"],
+                "config": state["config"],
+                "changes": changes(config_symbols(base["config"]),
+                                   config_symbols(state["config"]))}
 
     async def _handle_status_request(self, web_request: WebRequest) -> Dict[str, Any]:
         state, filename = await self.c.klipper.print_state()
@@ -292,6 +380,20 @@ class OctoflashApi:
                       "build_path": s.build_path, "dfu_util_path": s.dfu_util_path,
                       "flashtool_path": s.flashtool_path},
         }
+
+
+def _read_build_file(path: str, record: Any) -> bytes:
+    """A kept firmware file, only when it is still what its build recorded."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise NotFoundError(f"The build's file {os.path.basename(path)} cannot be read: "
+                            f"{exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES or hashlib.sha256(data).hexdigest() != record.sha256:
+        raise ConflictError(f"{os.path.basename(path)} is not the file this build made (its "
+                            "sha256 differs); build the profile again")
+    return data
 
 
 def _check_args(schema: Dict[str, Any], args: Dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """octoflash's web page, served by Moonraker, and its link in Mainsail's sidebar.
 
-The page is three plain files in ``moonraker_octoflash/web/`` (no build
-step).  Moonraker serves only registered endpoints under ``/server``,
+The page is plain files in ``moonraker_octoflash/web/`` (no build
+step): ``index.html``, ``style.css`` and ES modules, one per view.
+Moonraker serves only registered endpoints under ``/server``,
 ``/machine``, ``/printer``, ``/access`` and ``/api``, and its static file
 handler sends files as downloads (``Content-Disposition: attachment``), so
 each file is an HTTP-only endpoint with its own content type:
@@ -9,6 +10,7 @@ each file is an HTTP-only endpoint with its own content type:
     /server/octoflash/web          index.html
     /server/octoflash/web/script   app.js
     /server/octoflash/web/style    style.css
+    /server/octoflash/web/NAME.js  the other modules (rpc.js, boards.js, ...)
 
 They need no login: the files hold no data.  They are sent with
 ``X-Frame-Options: SAMEORIGIN`` and ``Content-Security-Policy:
@@ -31,11 +33,18 @@ from .http_routes import http_router, wrap_route
 
 WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")
 PAGE_PATH = "/server/octoflash/web"
+JS_TYPE = "application/javascript; charset=utf-8"
 FILES: Dict[str, Tuple[str, str]] = {
     PAGE_PATH: ("index.html", "text/html; charset=utf-8"),
-    PAGE_PATH + "/script": ("app.js", "application/javascript; charset=utf-8"),
+    PAGE_PATH + "/script": ("app.js", JS_TYPE),
     PAGE_PATH + "/style": ("style.css", "text/css; charset=utf-8"),
 }
+# The page's other ES modules, one per view, each at /server/octoflash/web/NAME.js
+# (app.js imports them as "./NAME.js").
+MODULES = sorted(name for name in os.listdir(WEB_DIR)
+                 if name.endswith(".js") and name != "app.js")
+for _module in MODULES:
+    FILES[f"{PAGE_PATH}/{_module}"] = (_module, JS_TYPE)
 # A page of another site must not show this one in a frame (and trick a
 # click on Flash): browsers old and new.
 FRAME_HEADERS = {"X-Frame-Options": "SAMEORIGIN",
