@@ -106,10 +106,12 @@ async def test_a_job_runs_on_when_its_client_goes_away(idle, ws_factory):
 
 def test_an_interrupted_job_shows_as_interrupted_after_a_restart(idle):
     demo = idle
+    demo.result("POST", "/server/octoflash/build", body={"profile": "toolhead"})
     job = demo.result("POST", "/server/octoflash/build",
                       body={"profile": "octopus", "force": True})["job"]
     demo.wait_for(lambda: demo.result("GET", "/server/octoflash/job", args={"job_id": job["job_id"]})
                   ["job"]["stage"] in ("compile", "link"), 30, "the build to compile")
+    history = [j["job_id"] for j in demo.result("GET", "/server/octoflash/jobs")["jobs"]]
     demo.kill_moonraker()                         # power cut: no chance to clean up
     demo.start_moonraker()
     record = demo.result("GET", "/server/octoflash/job", args={"job_id": job["job_id"]})["job"]
@@ -117,8 +119,8 @@ def test_an_interrupted_job_shows_as_interrupted_after_a_restart(idle):
     assert "stopped while this job was running" in record["error"]
     assert record["steps"][-1]["state"] == "interrupted"
     # the history from before the restart is all there
-    kinds = [j["kind"] for j in demo.result("GET", "/server/octoflash/jobs")["jobs"]]
-    assert kinds.count("build") >= 4
+    after = [j["job_id"] for j in demo.result("GET", "/server/octoflash/jobs")["jobs"]]
+    assert len(history) >= 2 and set(history) <= set(after)
     assert demo.result("GET", "/server/octoflash/status")["active_jobs"] == []
     demo.wait_klippy_ready()
 
@@ -316,7 +318,6 @@ async def test_device_changes_are_notified(idle, ws_factory):
 
 
 async def test_plans_devices_and_update_all_over_jsonrpc(idle, ws_factory):
-    """Runs last: by now every board runs the checkout's firmware."""
     demo = idle
     ws = await ws_factory(demo)
     plan = demo.result("GET", "/server/octoflash/plan", args={"profile": "octopus"})
@@ -341,10 +342,16 @@ async def test_plans_devices_and_update_all_over_jsonrpc(idle, ws_factory):
     devices = await ws.call("server.octoflash.devices", {"refresh": True})
     assert set(devices["devices"]["profiles"]) == {"octopus", "toolhead", "nitehawk",
                                                    "nitehawk-katapult"}
-    assert {name: state["state"] for name, state in devices["devices"]["profiles"].items()
-            if name != "nitehawk-katapult"} == {
-        "octopus": "running", "toolhead": "running", "nitehawk": "running"}
+    # (the Nitehawk's states are the subject of its own test)
+    assert {name: devices["devices"]["profiles"][name]["state"]
+            for name in ("octopus", "toolhead")} == {"octopus": "running", "toolhead": "running"}
 
+    # update all, to its end; then one more finds nothing to do
+    first = await ws.call("server.octoflash.update_all")
+    if first["job"] is not None:
+        record = await asyncio.to_thread(demo.wait_job, first["job"]["job_id"], 180)
+        assert record["state"] == "done", record
+        await asyncio.to_thread(demo.wait_klippy_ready)
     nothing = await ws.call("server.octoflash.update_all")
     assert nothing == {"job": None, "message": "every board is up to date"}
     status, payload = demo.post("/server/octoflash/update_all", {"all": "sometimes"})
