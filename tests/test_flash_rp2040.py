@@ -72,6 +72,51 @@ async def test_a_board_in_bootsel_is_seen_as_the_boot_rom(rig):
     assert "2e8a:000f RP2350 boot ROM in BOOTSEL mode" in text
 
 
+async def test_a_profile_whose_board_waits_in_bootsel_shows_it(rig):
+    bootsel_board(rig, "nitehawk", "rp2040")
+    nitehawk = nitehawk_katapult(serial="/dev/serial/by-id/usb-katapult_rp2040_E66-if00")
+    pico = profile_from_json({"name": "pico", "mcu": "rp2040", "kconfig": {
+        "CONFIG_RPXXXX_FLASH_START_0100": "y", "CONFIG_RPXXXX_USB": "y"}}, source="cli")
+    octopus = profile_from_json({"name": "octopus", "preset": "btt-octopus-f446-canbridge",
+                                 "canbus_uuid": "0a1b2c3d4e5f"}, source="cli")
+    snapshot = await rig.scan()
+    status = snapshot.status_of(nitehawk)
+    assert status.state == "boot_rom"
+    assert status.detail.startswith("a board is in BOOTSEL mode (boot ROM 2e8a:0003)")
+    assert "check that it is this one" in status.detail
+    assert status.device["usb_id"] == "2e8a:0003"
+    assert snapshot.status_of(pico).state == "boot_rom"
+    assert snapshot.status_of(octopus).state == "not_found"     # an STM32 has no BOOTSEL
+    text = format_snapshot(snapshot, {"nitehawk": nitehawk, "octopus": octopus})
+    assert "nitehawk  boot_rom   a board is in BOOTSEL mode (boot ROM 2e8a:0003)" in text
+    assert "octopus   not_found" in text
+
+
+async def test_bootsel_boards_that_cannot_be_told_apart_are_not_guessed(rig):
+    bootsel_board(rig, "one", "rp2040")
+    bootsel_board(rig, "two", "rp2040")
+    nitehawk = nitehawk_katapult(serial="/dev/serial/by-id/usb-katapult_rp2040_E66-if00")
+    snapshot = await rig.scan()
+    # The RP2040's boot ROM has the same serial on every board: two are two candidates.
+    assert len({d.serial for d in snapshot.usb}) == 1
+    assert snapshot.status_of(nitehawk).state == "not_found"
+
+
+async def test_an_rp2350_in_bootsel_is_found_by_its_serial_and_not_for_an_rp2040(rig):
+    board = bootsel_board(rig, "big", "rp2350")
+    bootsel_board(rig, "other", "rp2350")
+    chip = board.state["chip_id"]
+    rp2350 = profile_from_json({"name": "big", "mcu": "rp2350", "serial":
+                                f"/dev/serial/by-id/usb-Klipper_rp2350_{chip}-if00",
+                                "kconfig": {"CONFIG_RPXXXX_FLASH_START_0100": "y",
+                                            "CONFIG_RPXXXX_USB": "y"}}, source="cli")
+    snapshot = await rig.scan()
+    status = snapshot.status_of(rp2350)
+    assert (status.state, status.detail) == (
+        "boot_rom", f"in BOOTSEL mode (boot ROM 2e8a:000f, serial {chip})")
+    assert snapshot.status_of(nitehawk_katapult()).state == "not_found"
+
+
 # --- the rp2040_flash double, as the real program answers -----------------------------
 def test_double_usage_and_missing_file_exit_1(rig, tmp_path):
     usage = run_double(rig)

@@ -134,7 +134,10 @@ class Rp2040BootMethod(FlashMethod):
                         "rp2040_flash; erases only the sectors the image covers."}
 
     def preferred(self, profile: Any, status: Any, devices: Any = None) -> bool:
-        """The board is not seen running, and one board of its chip waits in BOOTSEL."""
+        """The board is seen in its boot ROM, or is not seen and one board of its chip waits
+        in BOOTSEL."""
+        if status is not None and status.state == "boot_rom":
+            return True
         if devices is None or (status is not None and status.state != "not_found"):
             return False
         boot = [d for d in devices.usb if d.kind in self.device_kinds]
