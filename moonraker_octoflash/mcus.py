@@ -30,6 +30,8 @@ class RomLoader:
     """The loader in the chip's mask ROM: always there, it cannot be damaged, so it is the
     way back for a board whose flash (Katapult included) is broken."""
     name: str            # "the STM32's ROM DFU loader"
+    short: str           # "the STM32's ROM loader"
+    via: str             # "over DFU": how a write through it is said
     usb_id: str          # what it shows as on USB: "0483:df11"
     usb_kind: str        # the discovery kind of that device: "dfu", "rp2040_boot"
     method: str          # the flash method that writes through it: "dfu", "rp2040_boot"
@@ -38,13 +40,14 @@ class RomLoader:
 
 
 STM32_DFU = RomLoader(
-    "the STM32's ROM DFU loader", "0483:df11", "dfu", "dfu", "DFU mode",
+    "the STM32's ROM DFU loader", "the STM32's ROM loader", "over DFU", "0483:df11", "dfu", "dfu", "DFU mode",
     "fit the BOOT0 jumper (or hold BOOT) and press reset; the board shows as 0483:df11")
 
 
 def _bootsel(chip: str, usb_id: str, kind: str) -> RomLoader:
     return RomLoader(
-        f"the {chip}'s boot ROM (BOOTSEL)", usb_id, kind, "rp2040_boot", "BOOTSEL mode",
+        f"the {chip}'s boot ROM (BOOTSEL)", f"the {chip}'s boot ROM", "through the boot ROM",
+        usb_id, kind, "rp2040_boot", "BOOTSEL mode",
         "hold the BOOT button, press and release RESET (or plug in USB), then release BOOT; "
         f"the board shows as {usb_id}")
 

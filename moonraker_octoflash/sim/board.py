@@ -750,6 +750,8 @@ class SimulatedBoard:
         bl = self.bootloader()
         if bl is not None and bl["kind"] == "katapult":
             self.set_mode("katapult")
+        elif self.mcu.startswith("rp2"):
+            self.set_mode("bootsel")    # Klipper's rp2040 bootloader_request: the boot ROM
         elif not self.mcu.startswith("stm32f429"):
             self.set_mode("dfu")        # Klipper falls back to the ROM loader
         return self.mode

@@ -19,7 +19,7 @@ from ..dfu import DfuFlasher
 from ..plan import DFU, FlashPlan, FlashStep, dfu_instructions
 from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
-from .common import katapult_seen, stm32_recovery
+from .common import katapult_seen, board_recovery
 
 if TYPE_CHECKING:
     from ..executor import _PlanRun
@@ -209,7 +209,7 @@ class DfuMethod(FlashMethod):
 
     def recovery(self, plan: FlashPlan, *, write_started: bool, in_bootloader: bool,
                  write_complete: bool = False, board_back: bool = False) -> Optional[str]:
-        return stm32_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
+        return board_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
                               write_complete=write_complete, board_back=board_back)
 
 
