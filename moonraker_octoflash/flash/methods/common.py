@@ -8,12 +8,32 @@ board is put into it and which method writes through it are the MCU's facts
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from ...discovery.snapshot import DeviceSnapshot, profile_is_usb_can_bridge
 from ...mcus import STM32_DFU, RomLoader, flash_base, rom_loader
 from ...presets import list_presets
 from ..plan import FlashPlan, dfu_instructions
+from ..results import WriteFailed
+
+if TYPE_CHECKING:
+    from ..executor import _PlanRun
+
+
+async def wait_for_board(run: _PlanRun, probe: Callable[[], Awaitable[Any]], *, mode: str,
+                         key: str, timeout: float, instructions: str,
+                         hint: Optional[str] = None) -> Any:
+    """Wait until ``probe`` finds the board in ``mode`` ("DFU mode", "BOOTSEL mode"), saying
+    once how to put it there; a board that does not come within ``timeout`` fails the
+    step, with the same instructions as the hint."""
+    found = await probe()
+    if found is None:
+        run.emit("wait_device", f"No board in {mode} yet. {instructions}".rstrip())
+        found = await run.poll(key, timeout, probe)
+    if found is None:
+        raise WriteFailed(f"No board in {mode} within {timeout:g} s.",
+                          hint=instructions or hint)
+    return found
 
 
 def katapult_seen(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> Optional[str]:

@@ -37,7 +37,7 @@ from ..checks import CheckRefused, CheckResult, image_mcu
 from ..plan import FlashPlan, FlashStep
 from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
-from .common import katapult_seen
+from .common import katapult_seen, wait_for_board
 
 if TYPE_CHECKING:
     from ...discovery.snapshot import DeviceSnapshot
@@ -305,14 +305,8 @@ class Rp2040BootMethod(FlashMethod):
             if boot:
                 self._board_mcu(run.plan, boot)
             return boot[0] if boot else None
-        found = await probe()
-        if found is None:
-            run.emit("wait_device", "No board in BOOTSEL mode yet. " + instructions)
-            found = await run.poll("bootsel", timeout, probe)
-        if found is None:
-            raise WriteFailed(f"No board in BOOTSEL mode within {timeout:g} s.",
-                              hint=instructions)
-        return found
+        return await wait_for_board(run, probe, mode="BOOTSEL mode", key="bootsel",
+                                    timeout=timeout, instructions=instructions)
 
     async def _write(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
         assert step.argv is not None
