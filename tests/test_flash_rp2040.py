@@ -444,3 +444,23 @@ async def test_a_boot_rom_the_service_may_not_open_is_named_with_the_fix(rig, ar
                                          method="rp2040_boot", devices=await rig.scan(),
                                          config=rig.config), rig.context())
     assert again.ok, again.summary()
+
+
+async def test_a_build_behind_katapult_is_refused_while_the_board_waits_in_bootsel(
+        rig, artifact_dir):
+    board = bootsel_board(rig)
+    profile = profile_from_json({"name": "nitehawk", "preset": NITEHAWK_KLIPPER,
+                                 "klipper_mcu": "nitehawk",
+                                 "serial": "/dev/serial/by-id/usb-Klipper_rp2040_E66-if00"},
+                                source="cli")
+    plan = make_plan(profile, klipper_behind_katapult(artifact_dir("a")),
+                     devices=await rig.scan(), config=rig.config)
+    assert plan.method == "katapult"                # the only method for this build
+    result = await execute_plan(plan, rig.context())
+    assert result.state == "refused" and result.check == "board_state"
+    assert result.message.startswith("The board is not reachable through Katapult: a board "
+                                     "is in BOOTSEL mode (boot ROM 2e8a:0003)")
+    assert result.hint.startswith("Flash ldo-nitehawk-sb-katapult with the rp2040_boot method "
+                                  "first")
+    assert rig.service.calls == [] and rig.writes() == []    # Klipper was left alone
+    assert board.mode == "bootsel"

@@ -139,6 +139,17 @@ class KatapultMethod(FlashMethod):
         return None
 
     def checks(self, plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> List[CheckResult]:
+        status = devices.status_of(plan.profile) if devices is not None else None
+        if status is not None and status.state == "boot_rom":
+            # Katapult cannot be asked for: the board runs neither Klipper nor Katapult.
+            rom = rom_of(plan)
+            katapult = _katapult_preset_for(plan.profile) or "the Katapult preset for this board"
+            raise CheckRefused(
+                "board_state", f"The board is not reachable through Katapult: {status.detail}.",
+                hint=f"Flash {katapult} with the {rom.method} method first (octoflash flash "
+                     f"PROFILE --method {rom.method}), then this profile; or reset the board to "
+                     "leave BOOTSEL mode if it has firmware.",
+                facts={"state": status.state})
         return [CheckResult("bootloader", True, "the bootloader area is not written"),
                 CheckResult("dfu_device", True, "not a DFU write")]
 
