@@ -26,6 +26,33 @@ TARGETS = ("klipper", "katapult")
 
 
 @dataclasses.dataclass(frozen=True)
+class RomLoader:
+    """The loader in the chip's mask ROM: always there, it cannot be damaged, so it is the
+    way back for a board whose flash (Katapult included) is broken."""
+    name: str            # "the STM32's ROM DFU loader"
+    short: str           # "the STM32's ROM loader"
+    via: str             # "over DFU": how a write through it is said
+    usb_id: str          # what it shows as on USB: "0483:df11"
+    usb_kind: str        # the discovery kind of that device: "dfu", "rp2040_boot"
+    method: str          # the flash method that writes through it: "dfu", "rp2040_boot"
+    mode: str            # what the board is said to be in: "DFU mode", "BOOTSEL mode"
+    enter: str           # how a user gets the board there
+
+
+STM32_DFU = RomLoader(
+    "the STM32's ROM DFU loader", "the STM32's ROM loader", "over DFU", "0483:df11", "dfu", "dfu", "DFU mode",
+    "fit the BOOT0 jumper (or hold BOOT) and press reset; the board shows as 0483:df11")
+
+
+def _bootsel(chip: str, usb_id: str, kind: str) -> RomLoader:
+    return RomLoader(
+        f"the {chip}'s boot ROM (BOOTSEL)", f"the {chip}'s boot ROM", "through the boot ROM",
+        usb_id, kind, "rp2040_boot", "BOOTSEL mode",
+        "hold the BOOT button, press and release RESET (or plug in USB), then release BOOT; "
+        f"the board shows as {usb_id}")
+
+
+@dataclasses.dataclass(frozen=True)
 class McuFacts:
     key: str             # what a profile writes: "stm32g0b1", "rp2040"
     mcu: str             # Kconfig's CONFIG_MCU: "stm32g0b1xx"
@@ -34,6 +61,7 @@ class McuFacts:
     model_symbol: str    # "CONFIG_MACH_STM32G0B1"
     flash_base: int
     flash_size: int      # Klipper's CONFIG_FLASH_SIZE for the chip
+    rom: RomLoader = STM32_DFU   # the loader in its mask ROM
 
 
 def _stm32(key: str, mcu: str, flash_size: int) -> McuFacts:
@@ -55,8 +83,10 @@ MCUS: Dict[str, McuFacts] = {f.key: f for f in (
     _stm32("stm32g474", "stm32g474xx", 0x40000),
     _stm32("stm32h723", "stm32h723xx", 0x40000),
     _stm32("stm32h743", "stm32h743xx", 0x200000),
-    McuFacts("rp2040", "rp2040", "RP2040", "rp2040", "CONFIG_MACH_RP2040", 0x10000000, 0x200000),
-    McuFacts("rp2350", "rp2350", "RP2350", "rp2040", "CONFIG_MACH_RP2350", 0x10000000, 0x200000),
+    McuFacts("rp2040", "rp2040", "RP2040", "rp2040", "CONFIG_MACH_RP2040", 0x10000000, 0x200000,
+             _bootsel("RP2040", "2e8a:0003", "rp2040_boot")),
+    McuFacts("rp2350", "rp2350", "RP2350", "rp2040", "CONFIG_MACH_RP2350", 0x10000000, 0x200000,
+             _bootsel("RP2350", "2e8a:000f", "rp2350_boot")),
 )}
 
 ARCH_SYMBOL = {"stm32": "CONFIG_MACH_STM32", "rp2040": "CONFIG_MACH_RPXXXX"}
@@ -89,6 +119,17 @@ def flash_base(mcu: str) -> Optional[int]:
     RP2040), or None for an MCU octoflash has no facts for."""
     try:
         return find_mcu(mcu).flash_base
+    except ValidationError:
+        return None
+
+
+def rom_loader(mcu: Optional[str]) -> Optional[RomLoader]:
+    """The ROM loader of ``mcu`` (DFU on the STM32, BOOTSEL on the RP2040/RP2350), or None
+    for an MCU octoflash has no facts for."""
+    if not mcu:
+        return None
+    try:
+        return find_mcu(mcu).rom
     except ValidationError:
         return None
 

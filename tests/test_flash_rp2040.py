@@ -72,6 +72,51 @@ async def test_a_board_in_bootsel_is_seen_as_the_boot_rom(rig):
     assert "2e8a:000f RP2350 boot ROM in BOOTSEL mode" in text
 
 
+async def test_a_profile_whose_board_waits_in_bootsel_shows_it(rig):
+    bootsel_board(rig, "nitehawk", "rp2040")
+    nitehawk = nitehawk_katapult(serial="/dev/serial/by-id/usb-katapult_rp2040_E66-if00")
+    pico = profile_from_json({"name": "pico", "mcu": "rp2040", "kconfig": {
+        "CONFIG_RPXXXX_FLASH_START_0100": "y", "CONFIG_RPXXXX_USB": "y"}}, source="cli")
+    octopus = profile_from_json({"name": "octopus", "preset": "btt-octopus-f446-canbridge",
+                                 "canbus_uuid": "0a1b2c3d4e5f"}, source="cli")
+    snapshot = await rig.scan()
+    status = snapshot.status_of(nitehawk)
+    assert status.state == "boot_rom"
+    assert status.detail.startswith("a board is in BOOTSEL mode (boot ROM 2e8a:0003)")
+    assert "check that it is this one" in status.detail
+    assert status.device["usb_id"] == "2e8a:0003"
+    assert snapshot.status_of(pico).state == "boot_rom"
+    assert snapshot.status_of(octopus).state == "not_found"     # an STM32 has no BOOTSEL
+    text = format_snapshot(snapshot, {"nitehawk": nitehawk, "octopus": octopus})
+    assert "nitehawk  boot_rom   a board is in BOOTSEL mode (boot ROM 2e8a:0003)" in text
+    assert "octopus   not_found" in text
+
+
+async def test_bootsel_boards_that_cannot_be_told_apart_are_not_guessed(rig):
+    bootsel_board(rig, "one", "rp2040")
+    bootsel_board(rig, "two", "rp2040")
+    nitehawk = nitehawk_katapult(serial="/dev/serial/by-id/usb-katapult_rp2040_E66-if00")
+    snapshot = await rig.scan()
+    # The RP2040's boot ROM has the same serial on every board: two are two candidates.
+    assert len({d.serial for d in snapshot.usb}) == 1
+    assert snapshot.status_of(nitehawk).state == "not_found"
+
+
+async def test_an_rp2350_in_bootsel_is_found_by_its_serial_and_not_for_an_rp2040(rig):
+    board = bootsel_board(rig, "big", "rp2350")
+    bootsel_board(rig, "other", "rp2350")
+    chip = board.state["chip_id"]
+    rp2350 = profile_from_json({"name": "big", "mcu": "rp2350", "serial":
+                                f"/dev/serial/by-id/usb-Klipper_rp2350_{chip}-if00",
+                                "kconfig": {"CONFIG_RPXXXX_FLASH_START_0100": "y",
+                                            "CONFIG_RPXXXX_USB": "y"}}, source="cli")
+    snapshot = await rig.scan()
+    status = snapshot.status_of(rp2350)
+    assert (status.state, status.detail) == (
+        "boot_rom", f"in BOOTSEL mode (boot ROM 2e8a:000f, serial {chip})")
+    assert snapshot.status_of(nitehawk_katapult()).state == "not_found"
+
+
 # --- the rp2040_flash double, as the real program answers -----------------------------
 def test_double_usage_and_missing_file_exit_1(rig, tmp_path):
     usage = run_double(rig)
@@ -280,3 +325,142 @@ def test_a_profile_may_name_the_method():
     with pytest.raises(ValidationError) as caught:
         nitehawk_katapult(flash_method="uf2")
     assert "dfu, katapult, rp2040_boot" in str(caught.value)
+
+
+# --- the way back on an RP2040 is the boot ROM, not DFU ------------------------------------
+NITEHAWK_KLIPPER = "ldo-nitehawk-sb-klipper"
+BOOTSEL_STEPS = ("Put the board into BOOTSEL mode: hold the BOOT button, press and release "
+                 "RESET (or plug in USB), then release BOOT; the board shows as 2e8a:0003.")
+
+
+def nitehawk_klipper(board):
+    return profile_from_json({"name": "nitehawk", "preset": NITEHAWK_KLIPPER,
+                              "serial": board.by_id_path()}, source="cli")
+
+
+def klipper_behind_katapult(directory):
+    return write_artifact(directory, profile="nitehawk", preset=NITEHAWK_KLIPPER, mcu="rp2040",
+                          app_address=BASE + 0x4000, bridge=False,
+                          image=make_klipper_image("rp2040", "v0.13.0-9-gabc"),
+                          name="klipper.bin", version="v0.13.0-9-gabc")
+
+
+async def test_a_failed_katapult_write_on_an_rp2040_recovers_through_the_boot_rom(
+        rig, artifact_dir):
+    board = rig.machine.add_board("nitehawk", "rp2040", bootloader="katapult",
+                                  app_start=BASE + 0x4000, firmware={"version": "v0.12.0"})
+    board.set_fault("katapult_write_error")
+    plan = make_plan(nitehawk_klipper(board), klipper_behind_katapult(artifact_dir("a")),
+                     devices=await rig.scan(), config=rig.config)
+    assert plan.method == "katapult"
+    result = await execute_plan(plan, rig.context())
+    assert result.state == "failed" and result.written
+    assert result.recovery == (
+        "The application area was partly written; Katapult itself was not touched. "
+        "Double-click the reset button to enter Katapult and flash again. If Katapult does "
+        f"not come up, recover through the boot ROM: {BOOTSEL_STEPS} Then flash "
+        "ldo-nitehawk-sb-katapult with the rp2040_boot method to get the bootloader back, "
+        "then this profile.")
+    assert "DFU" not in result.recovery and "dfu" not in result.recovery
+
+
+def test_recovery_texts_follow_the_mcu(rig, artifact_dir):
+    """The same outcomes on an STM32 and an RP2040 name each chip's own ROM loader."""
+    from moonraker_octoflash.flash.methods.common import board_recovery
+    board = rig.machine.add_board("nitehawk", "rp2040", bootloader="katapult",
+                                  app_start=BASE + 0x4000, firmware={"version": "v0.12.0"})
+    plan = make_plan(nitehawk_klipper(board), klipper_behind_katapult(artifact_dir("a")),
+                     config=rig.config)
+    done = board_recovery(plan, write_started=True, in_bootloader=True, write_complete=True)
+    assert done.endswith(f"If Katapult does not come up either, recover through the boot ROM: "
+                         f"{BOOTSEL_STEPS} Then flash ldo-nitehawk-sb-katapult with the "
+                         "rp2040_boot method to get the bootloader back, then this profile.")
+    back = board_recovery(plan, write_started=True, in_bootloader=True, write_complete=True,
+                          board_back=True)
+    assert "recover through the boot ROM" in back and "DFU" not in back
+
+
+async def test_klipper_without_katapult_on_an_rp2040_goes_to_the_boot_rom(rig, artifact_dir):
+    # Klipper on an RP2040 without Katapult, asked for its bootloader, reboots into the boot
+    # ROM (src/rp2040/main.c: bootloader_request); flashtool sees 2e8a:0003, not Katapult.
+    board = rig.machine.add_board("nitehawk", "rp2040", bootloader=None,
+                                  firmware={"version": "v0.12.0"})
+    profile = nitehawk_klipper(board)
+    plan = make_plan(profile, klipper_behind_katapult(artifact_dir("a")),
+                     devices=await rig.scan(), config=rig.config)
+    assert plan.method == "katapult"
+    result = await execute_plan(plan, rig.context())
+    assert result.state == "failed" and not result.written
+    assert "came back as 2e8a:0003 raspberry pi rp2 boot" in result.message
+    assert result.hint == (
+        "Katapult is not installed on this board, and this build starts at 0x10004000, behind "
+        "a bootloader: written alone through the boot ROM it would not start. The board waits "
+        "in BOOTSEL mode now: flash ldo-nitehawk-sb-katapult with the rp2040_boot method "
+        "first, then this profile.")
+    assert result.recovery == (
+        "Nothing was written. The board waits in BOOTSEL mode (the RP2040's boot ROM): flash "
+        "ldo-nitehawk-sb-katapult with the rp2040_boot method, then this profile; or press its "
+        "reset button to go back to its firmware.")
+    assert board.mode == "bootsel" and rig.writes() == []
+    # Following it: the board is seen in its boot ROM, so Katapult's plan takes the boot ROM.
+    snapshot = await rig.scan()
+    assert snapshot.status_of(profile).state == "boot_rom"
+    kat_plan = make_plan(nitehawk_katapult(), katapult_artifact(artifact_dir("k")),
+                         devices=snapshot, config=rig.config)
+    assert kat_plan.method == "rp2040_boot"
+    assert (await execute_plan(kat_plan, rig.context())).ok
+    assert board.bootloader()["kind"] == "katapult"
+
+
+def test_double_without_access_says_no_board_and_nothing_else(rig, tmp_path):
+    # Klipper's rp2040_flash skips a device libusb may not open, without a word.
+    board = bootsel_board(rig)
+    board.set_fault("usb_access_denied")
+    image = tmp_path / "katapult.uf2"
+    image.write_bytes(uf2(KATAPULT_IMAGE, BASE))
+    done = run_double(rig, str(image), "1", str(board.usb_address))
+    assert done.returncode == 0
+    assert done.stderr.splitlines()[1:] == ["No rp2040 in BOOTSEL mode was found"]
+
+
+async def test_a_boot_rom_the_service_may_not_open_is_named_with_the_fix(rig, artifact_dir):
+    board = bootsel_board(rig)
+    board.set_fault("usb_access_denied")
+    plan = make_plan(nitehawk_katapult(), katapult_artifact(artifact_dir("k")),
+                     method="rp2040_boot", devices=await rig.scan(), config=rig.config)
+    result = await execute_plan(plan, rig.context())
+    assert result.state == "failed" and not result.written
+    device = (f"2e8a:0003 (USB bus 1 device {board.usb_address}, "
+              f"/dev/bus/usb/001/{board.usb_address:03d})")
+    assert result.message.startswith(f"rp2040_flash could not open the RP2040 boot ROM {device} "
+                                     "for 'nitehawk': it is connected")
+    assert "nothing was written" in result.message
+    assert result.hint.startswith(f"The Moonraker service's user may not open the USB device "
+                                  f"{device}, the RP2040 in BOOTSEL mode: run ./install.sh again")
+    assert "sudo udevadm trigger" in result.hint
+    assert board.mode == "bootsel" and rig.writes() == []
+    board.set_fault("usb_access_denied", False)          # the udev rule is in place
+    again = await execute_plan(make_plan(nitehawk_katapult(), katapult_artifact(artifact_dir("a")),
+                                         method="rp2040_boot", devices=await rig.scan(),
+                                         config=rig.config), rig.context())
+    assert again.ok, again.summary()
+
+
+async def test_a_build_behind_katapult_is_refused_while_the_board_waits_in_bootsel(
+        rig, artifact_dir):
+    board = bootsel_board(rig)
+    profile = profile_from_json({"name": "nitehawk", "preset": NITEHAWK_KLIPPER,
+                                 "klipper_mcu": "nitehawk",
+                                 "serial": "/dev/serial/by-id/usb-Klipper_rp2040_E66-if00"},
+                                source="cli")
+    plan = make_plan(profile, klipper_behind_katapult(artifact_dir("a")),
+                     devices=await rig.scan(), config=rig.config)
+    assert plan.method == "katapult"                # the only method for this build
+    result = await execute_plan(plan, rig.context())
+    assert result.state == "refused" and result.check == "board_state"
+    assert result.message.startswith("The board is not reachable through Katapult: a board "
+                                     "is in BOOTSEL mode (boot ROM 2e8a:0003)")
+    assert result.hint.startswith("Flash ldo-nitehawk-sb-katapult with the rp2040_boot method "
+                                  "first")
+    assert rig.service.calls == [] and rig.writes() == []    # Klipper was left alone
+    assert board.mode == "bootsel"

@@ -254,7 +254,12 @@ async def test_the_nitehawk_gets_katapult_through_the_boot_rom_then_klipper_over
     assert board.mode == "bootsel"
     devices = demo.result("GET", "/server/octoflash/devices", args={"refresh": True})["devices"]
     boot_rom = [d for d in devices["usb"] if d["kind"] == "rp2040_boot"]
-    assert [(d["usb_id"], d["serial"]) for d in boot_rom] == [("2e8a:0003", board.chip_id)]
+    # the RP2040 boot ROM's own serial, the same on every board
+    assert [(d["usb_id"], d["serial"]) for d in boot_rom] == [("2e8a:0003", "E0C9125B0D9B")]
+    for name in ("nitehawk", "nitehawk-katapult"):
+        shown = devices["profiles"][name]
+        assert shown["state"] == "boot_rom", shown
+        assert shown["detail"].startswith("a board is in BOOTSEL mode (boot ROM 2e8a:0003)")
     assert "nitehawk" not in [m["name"] for m in devices["klipper_mcus"]]
     nitehawk = demo.result("GET", "/server/octoflash/profile", args={"name": "nitehawk"})["profile"]
     assert nitehawk["mcu"] == "rp2040" and nitehawk["status"]["mcu_version"] is None

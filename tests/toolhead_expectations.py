@@ -25,13 +25,12 @@ FAMILIES = {
 
 def toolhead_ids() -> List[str]:
     ids: List[str] = []
-    for family, (mcu, iface, _led) in FAMILIES.items():
+    for family, (_mcu, iface, _led) in FAMILIES.items():
         speeds = list(SPEEDS) if iface == "can" else [""]
         for speed in speeds:
             tail = f"-{speed}" if speed else ""
             ids += [f"{family}-katapult{tail}", f"{family}-klipper{tail}"]
-            if mcu.startswith("stm32"):
-                ids.append(f"{family}-klipper{tail}-nobootloader")
+            ids.append(f"{family}-klipper{tail}-nobootloader")
     return ids
 
 
@@ -71,9 +70,11 @@ def expected_toolhead(preset_id: str) -> Dict[str, str]:
                          "CONFIG_STM32_FLASH_START_0000" if bare else "CONFIG_STM32_FLASH_START_2000": "y",
                          "CONFIG_FLASH_APPLICATION_ADDRESS": "0x8000000" if bare else "0x8002000"})
         return want
+    # src/rp2040/Kconfig: "No bootloader" on the RP2040 is FLASH_START_0100 (the boot
+    # stage 2 fills the first 256 bytes); "16KiB bootloader" is FLASH_START_4000.
     want.update({"CONFIG_MACH_RPXXXX": "y", "CONFIG_MACH_RP2040": "y",
-                 "CONFIG_RPXXXX_FLASH_START_4000": "y",
-                 "CONFIG_FLASH_APPLICATION_ADDRESS": "0x10004000"})
+                 "CONFIG_RPXXXX_FLASH_START_0100" if bare else "CONFIG_RPXXXX_FLASH_START_4000": "y",
+                 "CONFIG_FLASH_APPLICATION_ADDRESS": "0x10000100" if bare else "0x10004000"})
     if iface == "can":
         want.update({"CONFIG_RPXXXX_CANBUS": "y", "CONFIG_RPXXXX_CANBUS_GPIO_RX": "4",
                      "CONFIG_RPXXXX_CANBUS_GPIO_TX": "5"})
@@ -83,6 +84,10 @@ def expected_toolhead(preset_id: str) -> Dict[str, str]:
         want.update({"CONFIG_RP2040_FLASH_W25Q080": "y", "CONFIG_FLASH_START": "0x10000000",
                      "CONFIG_LAUNCH_APP_ADDRESS": "0x10004000", "CONFIG_BUILD_DEPLOYER": "y",
                      "CONFIG_ENABLE_DOUBLE_RESET": "y"})
+    elif bare:
+        # FLASH_START_0100 selects RP2040_HAVE_STAGE2, which shows the flash chip choice.
+        want.update({"CONFIG_LOW_LEVEL_OPTIONS": "y", "CONFIG_RPXXXX_HAVE_BOOTLOADER": "n",
+                     "CONFIG_RP2040_HAVE_STAGE2": "y", "CONFIG_RP2040_FLASH_W25Q080": "y"})
     else:
         want.update({"CONFIG_LOW_LEVEL_OPTIONS": "y", "CONFIG_RPXXXX_HAVE_BOOTLOADER": "y",
                      "CONFIG_RP2040_HAVE_STAGE2": "n"})
@@ -90,19 +95,28 @@ def expected_toolhead(preset_id: str) -> Dict[str, str]:
 
 
 def expected_files(preset_id: str) -> List[str]:
-    family, target, _speed, _bare = _split(preset_id)
+    family, target, _speed, bare = _split(preset_id)
     rp2040 = FAMILIES[family][0] == "rp2040"
     if target == "katapult":
         return ["katapult.bin", "deployer.bin"] + (["katapult.uf2"] if rp2040 else [])
-    return ["klipper.bin"]
+    return ["klipper.uf2"] if rp2040 and bare else ["klipper.bin"]
 
 
 def expected_app_address(preset_id: str) -> int:
     family, target, _speed, bare = _split(preset_id)
     base = 0x10000000 if FAMILIES[family][0] == "rp2040" else 0x08000000
-    if target == "katapult" or bare:
+    if target == "katapult":
         return base
+    if bare:
+        return base + (0x100 if base == 0x10000000 else 0)
     return base + (0x4000 if base == 0x10000000 else 0x2000)
+
+
+def uf2_payload(data: bytes):
+    """(first address, the bytes) of a UF2 file's 256-byte blocks, in address order."""
+    blocks = sorted(struct.unpack_from("<I", data, n + 12)[0:1] + (data[n + 32:n + 288],)
+                    for n in range(0, len(data) - 511, 512))
+    return blocks[0][0], b"".join(chunk for _address, chunk in blocks)
 
 
 def vector_table_problem(image: Path, start: int, size: int) -> Optional[str]:
@@ -112,6 +126,8 @@ def vector_table_problem(image: Path, start: int, size: int) -> Optional[str]:
     boot stage 2 for an image that starts at the beginning of its flash.
     """
     data = image.read_bytes()
+    if image.suffix == ".uf2":
+        start, data = uf2_payload(data)
     offsets = [0, 0x100] if start & 0xffff == 0 and start >= 0x10000000 else [0]
     for offset in offsets:
         if len(data) < offset + 8:

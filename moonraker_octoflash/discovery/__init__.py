@@ -16,14 +16,14 @@ from typing import Any, List, Mapping, Optional, Tuple
 from .can import CanInterface, CanNode, InterfaceSource, query_interface, resolve_interfaces
 from .klipper import KlipperMcu, klipper_mcus, klipper_state
 from .serial import DEFAULT_BY_ID_DIR, SerialPort, list_serial_ports
-from .snapshot import (BOOTLOADER, DFU, NOT_FOUND, RUNNING, BoardStatus, DeviceSnapshot,
+from .snapshot import (BOOT_ROM, BOOTLOADER, DFU, NOT_FOUND, RUNNING, BoardStatus, DeviceSnapshot,
                        profile_is_usb_can_bridge)
 from .usb import SYSFS_USB, DfuLayout, UsbDevice, list_usb_devices, parse_dfu_layout
 
 __all__ = [
     "scan", "DeviceSnapshot", "BoardStatus", "UsbDevice", "SerialPort", "CanNode",
     "CanInterface", "KlipperMcu", "DfuLayout", "parse_dfu_layout",
-    "profile_is_usb_can_bridge", "RUNNING", "BOOTLOADER", "DFU", "NOT_FOUND",
+    "profile_is_usb_can_bridge", "RUNNING", "BOOTLOADER", "DFU", "BOOT_ROM", "NOT_FOUND",
 ]
 
 

@@ -16,6 +16,7 @@ from .usb import UsbDevice, parse_dfu_layout
 RUNNING = "running"
 BOOTLOADER = "bootloader"
 DFU = "dfu"
+BOOT_ROM = "boot_rom"          # an RP2040/RP2350 in its boot ROM (BOOTSEL)
 NOT_FOUND = "not_found"
 
 
@@ -30,7 +31,7 @@ def profile_is_usb_can_bridge(profile: Any) -> bool:
 
 @dataclasses.dataclass
 class BoardStatus:
-    state: str                                  # running, bootloader, dfu, not_found
+    state: str                                  # running, bootloader, dfu, boot_rom, not_found
     detail: str
     device: Optional[Dict[str, Any]] = None     # the USB device / port / node seen
 
@@ -162,8 +163,26 @@ class DeviceSnapshot:
             return devices[0]
         return None
 
+    def boot_rom_device_for(self, profile: Any) -> Optional[UsbDevice]:
+        """The RP2040/RP2350 boot ROM device (BOOTSEL) that is this profile's board, if one
+        can be told apart: the one whose serial is the board's chip id, else the only one
+        of the profile's chip.  (The RP2040's boot ROM reports a serial of its own, the same
+        on every board, so there it is always the only one of its chip.)"""
+        from ..mcus import rom_loader
+        rom = rom_loader(getattr(profile, "mcu", None))
+        if rom is None or rom.usb_kind == "dfu":
+            return None
+        devices = self.usb_of_kind(rom.usb_kind)
+        chip = self.chip_serial_for(profile)
+        if chip:
+            for d in devices:
+                if d.serial and d.serial.lower() == chip.lower():
+                    return d
+        return devices[0] if len(devices) == 1 else None
+
     def status_of(self, profile: Any) -> BoardStatus:
-        """running / bootloader / dfu / not_found for one profile, with what was seen."""
+        """running / bootloader / dfu / boot_rom / not_found for one profile, with what was
+        seen."""
         km = self.klipper_mcu_for(profile)
         if km is not None and km.connected:
             return BoardStatus(RUNNING, f"Klipper reports {km.object_name} running "
@@ -203,6 +222,15 @@ class DeviceSnapshot:
                 f"a board is in DFU mode (serial {dfu.serial}); set dfu_serial to be sure it "
                 "is this one")
             return BoardStatus(DFU, detail, dfu.to_json())
+        boot = self.boot_rom_device_for(profile)
+        if boot is not None:
+            chip = self.chip_serial_for(profile)
+            if chip and boot.serial and boot.serial.lower() == chip.lower():
+                detail = f"in BOOTSEL mode (boot ROM {boot.usb_id}, serial {boot.serial})"
+            else:
+                detail = (f"a board is in BOOTSEL mode (boot ROM {boot.usb_id}); the boot ROM "
+                          "does not say which board it is, so check that it is this one")
+            return BoardStatus(BOOT_ROM, detail, boot.to_json())
         if km is not None:
             return BoardStatus(NOT_FOUND, f"Klipper knows it as {km.object_name} but does not "
                                "report it running", km.to_json())

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..discovery.permissions import permission_fix
 from ..events import Progress, ProgressCallback, null_progress
 from ..tools import ToolResult, run_tool
+from .flasher import ToolFlasher
 from .results import WriteFailed
 
 _BAR_RE = re.compile(r"^(?P<phase>Erase|Download)\s*\[[= ]*\]\s*(?P<pct>\d+)%\s+(?P<bytes>\d+) bytes")
@@ -61,13 +62,11 @@ def read_outcome(result: ToolResult) -> DfuOutcome:
                       notes=notes, errors=errors)
 
 
-class DfuFlasher:
+class DfuFlasher(ToolFlasher):
     def __init__(self, *, on_progress: ProgressCallback = null_progress,
                  env: Optional[Dict[str, str]] = None,
                  on_output: Optional[Callable[[str], None]] = None) -> None:
-        self.on_progress = on_progress
-        self.env = env or None
-        self.on_output = on_output
+        super().__init__(on_progress=on_progress, env=env, on_output=on_output)
         self._last_pct: Dict[str, int] = {}
 
     def _on_line(self, stream: str, line: str) -> None:

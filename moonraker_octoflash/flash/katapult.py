@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..discovery.permissions import permission_fix
-from ..events import Progress, ProgressCallback, null_progress
+from ..events import Progress, ProgressCallback
 from ..tools import ToolResult, run_tool
 from .checks import CheckRefused, KatapultStatus
+from .flasher import ToolFlasher
 from .results import WriteFailed
 
 _ERROR_MARK = re.compile(r"^ERROR:root:(?:Can )?Flash (?:Tool )?Error")
@@ -315,14 +316,7 @@ class _HashProgress:
                                       float(self.marks * 2), kind="progress"))
 
 
-class KatapultFlasher:
-    def __init__(self, *, on_progress: ProgressCallback = null_progress,
-                 env: Optional[Dict[str, str]] = None,
-                 on_output: Optional[Callable[[str], None]] = None) -> None:
-        self.on_progress = on_progress
-        self.env = env or None
-        self.on_output = on_output
-
+class KatapultFlasher(ToolFlasher):
     async def _run(self, argv: Sequence[str], timeout: float, stage: str) -> FlashtoolRun:
         bars = _HashProgress(self.on_progress)
 

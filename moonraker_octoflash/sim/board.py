@@ -63,6 +63,9 @@ _EXTRA_MCUS: Dict[str, Dict[str, Any]] = {
     "rp2350": {"flash_size": 0x200000, "dfu_layout": "@Flash /0x10000000/512*004Kg"},
 }
 USB_ID_BOOTSEL = {"rp2040": (0x2E8A, 0x0003), "rp2350": (0x2E8A, 0x000F)}
+# What the RP2040 boot ROM reports as its USB serial on every board (lsusb -v: iSerial
+# "E0C9125B0D9B" on a Pico and a XIAO alike): an id of the ROM, not of the board.
+RP2040_BOOT_ROM_SERIAL = "E0C9125B0D9B"
 
 FAULTS = {
     "dfu_mass_erase_unsupported": "dfu-util: the board refuses the mass-erase command",
@@ -569,9 +572,12 @@ class SimulatedBoard:
         common = {"serial": state["chip_id"], "product": state["mcu"],
                   "address": state.get("usb_address", 0), "port_path": state["port_path"]}
         if mode == "bootsel":     # the RP2040/RP2350 boot ROM
-            return dict(common, id=USB_ID_BOOTSEL["rp2350" if state["mcu"] == "rp2350" else
-                                                  "rp2040"],
-                        manufacturer="Raspberry Pi", product="RP2 Boot")
+            rp2350 = state["mcu"] == "rp2350"
+            # The RP2040's boot ROM reports a 12-digit serial of its own, the same on
+            # every board (it says nothing of the flash chip's id Klipper uses).
+            return dict(common, id=USB_ID_BOOTSEL["rp2350" if rp2350 else "rp2040"],
+                        manufacturer="Raspberry Pi", product="RP2 Boot",
+                        serial=state["chip_id"] if rp2350 else RP2040_BOOT_ROM_SERIAL)
         if mode == "dfu":
             return dict(common, id=USB_ID_DFU, manufacturer="STMicroelectronics",
                         product="STM32  BOOTLOADER", serial=state["dfu_serial"],
@@ -744,6 +750,8 @@ class SimulatedBoard:
         bl = self.bootloader()
         if bl is not None and bl["kind"] == "katapult":
             self.set_mode("katapult")
+        elif self.mcu.startswith("rp2"):
+            self.set_mode("bootsel")    # Klipper's rp2040 bootloader_request: the boot ROM
         elif not self.mcu.startswith("stm32f429"):
             self.set_mode("dfu")        # Klipper falls back to the ROM loader
         return self.mode

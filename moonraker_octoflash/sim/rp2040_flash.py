@@ -14,7 +14,10 @@ read at commit 34aa2a76, the version with RP2350 support) prints and returns:
   from 0x10000000 to the end of the RP2350's 32 MiB window; the others are
   skipped without a word;
 - no board in BOOTSEL (or none at the bus/address given): ``No rp2040 in
-  BOOTSEL mode was found``, exit **0**;
+  BOOTSEL mode was found``, exit **0**; the same, and nothing more, when the
+  board is there but libusb may not open it (fault ``usb_access_denied``:
+  ``picoboot_open_device`` prints its "Failed to open device" only in a
+  verbose build, and main.c's ``verbose`` is never set);
 - ``Found rp2040 device on USB bus B address A``, ``Flashing...``,
   ``Resetting interface``, ``Locking``, ``Exiting XIP mode``, ``Erasing``
   (every 4 KiB sector a kept page touches), ``Flashing`` (each page),
@@ -80,6 +83,8 @@ def _find(machine: SimulatedMachine, target: Optional[Tuple[int, int]]) -> Optio
             continue
         if target is not None and target != (1, int(board.usb_address or 0)):
             continue
+        if board.has_fault("usb_access_denied"):
+            continue        # libusb_open refused: picoboot_open_device skips it in silence
         return board
     return None
 

@@ -19,7 +19,7 @@ from ..dfu import DfuFlasher
 from ..plan import DFU, FlashPlan, FlashStep, dfu_instructions
 from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
-from .common import katapult_seen, stm32_recovery
+from .common import board_recovery, katapult_seen, wait_for_board
 
 if TYPE_CHECKING:
     from ..executor import _PlanRun
@@ -190,13 +190,9 @@ class DfuMethod(FlashMethod):
                     f"'{run.plan.profile_name}' does not say which one to write.",
                     hint="Set dfu_serial in the profile, or leave only this board in DFU mode.")
             return boards[0] if boards else None
-        found = await probe()
-        if found is None:
-            run.emit("wait_device", "No board in DFU mode yet. " + instructions)
-            found = await run.poll("dfu", timeout, probe)
-        if found is None:
-            raise WriteFailed(f"No board in DFU mode within {timeout:g} s.",
-                              hint=instructions or "Fit the boot jumper and press reset.")
+        found = await wait_for_board(run, probe, mode="DFU mode", key="dfu", timeout=timeout,
+                                     instructions=instructions,
+                                     hint="Fit the boot jumper and press reset.")
         if found.dfu_layout:
             check_dfu_layout(run.plan, found.dfu_layout)
 
@@ -209,7 +205,7 @@ class DfuMethod(FlashMethod):
 
     def recovery(self, plan: FlashPlan, *, write_started: bool, in_bootloader: bool,
                  write_complete: bool = False, board_back: bool = False) -> Optional[str]:
-        return stm32_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
+        return board_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
                               write_complete=write_complete, board_back=board_back)
 
 

@@ -24,7 +24,7 @@ from ..plan import (CAN, KATAPULT_DEVICE, USB_CAN_BRIDGE, USB_SERIAL, FlashPlan,
                     _chip_serial, _flashtool, _transport)
 from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
-from .common import _katapult_preset_for, stm32_recovery
+from .common import _katapult_preset_for, board_recovery, rom_of
 
 if TYPE_CHECKING:
     from ..executor import _PlanRun
@@ -139,6 +139,17 @@ class KatapultMethod(FlashMethod):
         return None
 
     def checks(self, plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> List[CheckResult]:
+        status = devices.status_of(plan.profile) if devices is not None else None
+        if status is not None and status.state == "boot_rom":
+            # Katapult cannot be asked for: the board runs neither Klipper nor Katapult.
+            rom = rom_of(plan)
+            katapult = _katapult_preset_for(plan.profile) or "the Katapult preset for this board"
+            raise CheckRefused(
+                "board_state", f"The board is not reachable through Katapult: {status.detail}.",
+                hint=f"Flash {katapult} with the {rom.method} method first (octoflash flash "
+                     f"PROFILE --method {rom.method}), then this profile; or reset the board to "
+                     "leave BOOTSEL mode if it has firmware.",
+                facts={"state": status.state})
         return [CheckResult("bootloader", True, "the bootloader area is not written"),
                 CheckResult("dfu_device", True, "not a DFU write")]
 
@@ -343,32 +354,43 @@ class KatapultMethod(FlashMethod):
 
     def recovery(self, plan: FlashPlan, *, write_started: bool, in_bootloader: bool,
                  write_complete: bool = False, board_back: bool = False) -> Optional[str]:
-        return stm32_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
+        return board_recovery(plan, write_started=write_started, in_bootloader=in_bootloader,
                               write_complete=write_complete, board_back=board_back)
 
 
 def _what_now(exc: NotKatapult, plan: FlashPlan) -> None:
     """What to do with a board that has no Katapult, for this build: a build linked behind
-    a bootloader needs one first (written over DFU it would not start)."""
-    if not exc.dfu:
-        return
+    a bootloader needs one first (written through the ROM loader it would not start).  The
+    ROM loader is the MCU's: DFU on an STM32, the boot ROM (BOOTSEL) on an RP2040, where
+    Klipper without Katapult reboots into it when asked for a bootloader."""
+    rom = rom_of(plan)
+    in_rom = exc.usb_id == rom.usb_id
+    if not in_rom and rom.method == "dfu":
+        return                      # NotKatapult's own words are the STM32's
     profile = plan.profile
     base = flash_base(plan.artifact.mcu) or 0
-    if plan.artifact.app_address == base:
-        exc.hint = ("Katapult is not installed on this board. It waits in DFU mode now: flash "
-                    f"this profile with the dfu method (octoflash flash {plan.profile_name} "
-                    "--method dfu).")
-        exc.recovery = ("Nothing was written. The board waits in DFU mode (the STM32's ROM "
-                        "loader): flash this profile with the dfu method now, or press its "
+    katapult = _katapult_preset_for(profile) or "the Katapult preset for this board"
+    behind = plan.artifact.app_address != base
+    if not in_rom:
+        exc.hint = (f"Katapult is not installed on this board: put it into {rom.mode} "
+                    f"({rom.enter}) and flash " +
+                    (f"{katapult} with the {rom.method} method first, then this profile."
+                     if behind else f"this profile with the {rom.method} method."))
+        return
+    if not behind:
+        exc.hint = (f"Katapult is not installed on this board. It waits in {rom.mode} now: "
+                    f"flash this profile with the {rom.method} method (octoflash flash "
+                    f"{plan.profile_name} --method {rom.method}).")
+        exc.recovery = (f"Nothing was written. The board waits in {rom.mode} ({rom.short}): "
+                        f"flash this profile with the {rom.method} method now, or press its "
                         "reset button to go back to its firmware.")
         return
-    katapult = _katapult_preset_for(profile) or "the Katapult preset for this board"
     exc.hint = (f"Katapult is not installed on this board, and this build starts at "
-                f"0x{plan.artifact.app_address:08x}, behind a bootloader: written alone over "
-                f"DFU it would not start. The board waits in DFU mode now: flash {katapult} "
-                "with the dfu method first, then this profile.")
-    exc.recovery = ("Nothing was written. The board waits in DFU mode (the STM32's ROM "
-                    f"loader): flash {katapult} with the dfu method, then this profile; or "
+                f"0x{plan.artifact.app_address:08x}, behind a bootloader: written alone "
+                f"{rom.via} it would not start. The board waits in {rom.mode} now: flash "
+                f"{katapult} with the {rom.method} method first, then this profile.")
+    exc.recovery = (f"Nothing was written. The board waits in {rom.mode} ({rom.short}): "
+                    f"flash {katapult} with the {rom.method} method, then this profile; or "
                     "press its reset button to go back to its firmware.")
 
 

@@ -28,6 +28,7 @@ import re
 import struct
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
+from ...discovery.permissions import permission_fix
 from ...errors import ValidationError
 from ...events import Progress
 from ...mcus import find_mcu, flash_base
@@ -36,7 +37,7 @@ from ..checks import CheckRefused, CheckResult, image_mcu
 from ..plan import FlashPlan, FlashStep
 from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
-from .common import katapult_seen
+from .common import katapult_seen, wait_for_board
 
 if TYPE_CHECKING:
     from ...discovery.snapshot import DeviceSnapshot
@@ -58,9 +59,20 @@ BOOTSEL_HOW = ("Put the board into BOOTSEL mode: connect it to the host over USB
                "(RP2350: 2e8a:000f) and as a drive named RPI-RP2.")
 
 NO_DEVICE = "No rp2040 in BOOTSEL mode was found"
+USB_DEVFS = "/dev/bus/usb"
 _FAILED_RE = re.compile(r"^Command (?P<cmd>\w+) failed")
 _LOADED_RE = re.compile(r"^Loaded UF2 image with (?P<pages>\d+) pages")
 _FOUND_RE = re.compile(r"^Found rp2040 device on USB bus (?P<bus>\d+) address (?P<addr>\d+)")
+
+
+def usb_device_node(bus: int, address: int) -> str:
+    """The device node libusb opens for a USB device (udev's /dev/bus/usb/BBB/DDD)."""
+    return os.path.join(USB_DEVFS, f"{bus:03d}", f"{address:03d}")
+
+
+def _not_writable(node: str) -> bool:
+    """True when the node is there and this user may not open it for writing."""
+    return os.path.exists(node) and not os.access(node, os.R_OK | os.W_OK)
 
 
 def uf2_pages(data: bytes) -> Tuple[List[int], int]:
@@ -134,7 +146,10 @@ class Rp2040BootMethod(FlashMethod):
                         "rp2040_flash; erases only the sectors the image covers."}
 
     def preferred(self, profile: Any, status: Any, devices: Any = None) -> bool:
-        """The board is not seen running, and one board of its chip waits in BOOTSEL."""
+        """The board is seen in its boot ROM, or is not seen and one board of its chip waits
+        in BOOTSEL."""
+        if status is not None and status.state == "boot_rom":
+            return True
         if devices is None or (status is not None and status.state != "not_found"):
             return False
         boot = [d for d in devices.usb if d.kind in self.device_kinds]
@@ -290,14 +305,8 @@ class Rp2040BootMethod(FlashMethod):
             if boot:
                 self._board_mcu(run.plan, boot)
             return boot[0] if boot else None
-        found = await probe()
-        if found is None:
-            run.emit("wait_device", "No board in BOOTSEL mode yet. " + instructions)
-            found = await run.poll("bootsel", timeout, probe)
-        if found is None:
-            raise WriteFailed(f"No board in BOOTSEL mode within {timeout:g} s.",
-                              hint=instructions)
-        return found
+        return await wait_for_board(run, probe, mode="BOOTSEL mode", key="bootsel",
+                                    timeout=timeout, instructions=instructions)
 
     async def _write(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
         assert step.argv is not None
@@ -325,6 +334,7 @@ class Rp2040BootMethod(FlashMethod):
         lines = [line.strip() for line in result.lines]
         failed = [line for line in lines if _FAILED_RE.match(line)]
         if NO_DEVICE in lines:
+            await self._refused_access(run, found, result)
             raise WriteFailed("No board in BOOTSEL mode: rp2040_flash found no 2e8a:0003 device.",
                               hint=BOOTSEL_HOW, log_tail=result.tail(), returncode=result.returncode,
                               write_started=False)
@@ -335,6 +345,31 @@ class Rp2040BootMethod(FlashMethod):
         loaded = next((m for m in map(_LOADED_RE.match, lines) if m), None)
         if loaded is not None:
             run.emit("write", f"{loaded.group('pages')} pages written", kind="output")
+
+    async def _refused_access(self, run: _PlanRun, found: Any, result: Any) -> None:
+        """rp2040_flash says "No rp2040 in BOOTSEL mode was found" also when it may not open
+        the boot ROM (picoboot_open_device skips a device libusb_open refuses, and prints
+        nothing unless built verbose).  If the device it was pointed at is still there, that
+        is the reason: say which device and how to get access."""
+        if found is None or found.bus is None or found.address is None:
+            return
+        devices = await run.snapshot()
+        still = devices is not None and any(
+            d.kind in self.device_kinds and (d.bus, d.address) == (found.bus, found.address)
+            for d in devices.usb)
+        node = usb_device_node(found.bus, found.address)
+        denied = await asyncio.to_thread(_not_writable, node)
+        if not still and not denied:
+            return
+        chip = "RP2350" if found.kind == "rp2350_boot" else "RP2040"
+        device = f"{found.usb_id} (USB bus {found.bus} device {found.address}, {node})"
+        raise WriteFailed(
+            f"rp2040_flash could not open the {chip} boot ROM {device} for "
+            f"'{run.plan.profile_name}': it is connected, but rp2040_flash reports \"{NO_DEVICE}\", "
+            "which it also says when it may not open the device: nothing was written.",
+            hint=permission_fix(f"{device}, the {chip} in BOOTSEL mode") +
+            " (If picotool or another program has the board open, close it.)",
+            log_tail=result.tail(), returncode=result.returncode, write_started=False)
 
     def returned(self, devices: DeviceSnapshot, params: Mapping[str, Any]) -> Optional[str]:
         if params.get("expect") != "bootsel-gone":
