@@ -569,6 +569,45 @@ class SimulatedPrinter(MoonrakerProcess):
                                  revision], stdout=subprocess.PIPE, check=True, timeout=30)
         return result.stdout.decode().strip()
 
+    def git_head(self) -> str:
+        return subprocess.run(["git", "-C", self.klipper_tree, "rev-parse", "HEAD"],
+                              stdout=subprocess.PIPE, check=True,
+                              timeout=30).stdout.decode().strip()
+
+    def mark_scene(self) -> None:
+        """Remember the checkout's commit as the module's starting point (for set_scene)."""
+        self.start_head = self.git_head()
+
+    def set_scene(self, firmware: Dict[str, str]) -> bool:
+        """Bring the printer back to the module's starting point: the checkout at
+        its first commit, no faults, every board running (``firmware``: the
+        version each named board runs), no print, Klipper running.  Klipper is
+        restarted when anything changed, so it reads its boards again; returns
+        whether it was."""
+        changed = False
+        if self.git_head() != self.start_head:          # a test moved the checkout on
+            subprocess.run(["git", "-C", self.klipper_tree, "reset", "-q", "--hard",
+                            self.start_head], check=True, timeout=30)
+            changed = True
+        for board in self.machine.boards():
+            for fault in list(board.state.get("faults", [])):
+                board.set_fault(fault, False)
+            if board.name in firmware and \
+                    board.mode not in ("klipper", "klipper-canbridge"):   # off, in Katapult
+                board.reset(delay=0.0)
+                changed = True
+        for name, version in firmware.items():
+            if self.running_version(name) != version:
+                self.set_firmware(name, version)
+                changed = True
+        self.set_print_state("standby")
+        if changed or not self.klipper_running():
+            if self.klipper_running():
+                self.stop_klipper()
+            self.start_klipper()
+            changed = True
+        return changed
+
     def klipper_running(self) -> bool:
         assert self.klipper is not None
         return bool(self.klipper.call(lambda: self.standin.running))

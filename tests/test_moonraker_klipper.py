@@ -38,16 +38,20 @@ serial: {serial}
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def startup(tmp_path_factory, linked_component):
-    """Klipper (the stand-in) waiting in startup: [mcu Toolhead] does not answer."""
+    """Klipper (the stand-in) waiting in startup: [mcu Toolhead] does not answer.
+
+    One Moonraker per test: the last test brings Klipper out of startup."""
     data = str(tmp_path_factory.mktemp("mr-klipper"))
     mr = MoonrakerProcess(data, CONFIG.format(data=data, serial=TOOLHEAD_SERIAL))
     standin = start_standin(mr, mcus=[
         SimMcu("mcu", {"canbus_uuid": "0123456789ab"}, version=VERSION),
         SimMcu("Toolhead", {"serial": TOOLHEAD_SERIAL}, version=VERSION, reachable=False)])
     mr.start()
-    mr.wait_for(lambda: _klippy_state(mr) == "startup", 20, "Klipper in startup")
+    # identified: Moonraker has registered the endpoints Klipper lists
+    mr.wait_for(lambda: _klippy_state(mr) == "startup" and
+                mr.get("/printer/gcode/help")[0] != 404, 20, "Klipper in startup, identified")
     yield mr, standin
     mr.stop()
     standin.close()
@@ -68,7 +72,7 @@ def _klipper_mcus(mr: MoonrakerProcess) -> list:
     return [(m["object_name"], m["connected"], m["mcu_version"]) for m in devices["klipper_mcus"]]
 
 
-def test_in_startup_the_reachable_board_shows_its_firmware(startup):
+def test_startup_the_reachable_board_shows_its_firmware(startup):
     mr, _standin = startup
     mr.wait_for(lambda: _statuses(mr)["host"]["connected"], 20, "the reachable MCU read")
     statuses = _statuses(mr)
@@ -85,7 +89,7 @@ def test_in_startup_the_reachable_board_shows_its_firmware(startup):
     assert mr.result("GET", "/server/octoflash/status")["klipper"]["state"] == "startup"
 
 
-async def test_in_startup_klipper_refuses_gcode_with_its_message(startup, ws_factory):
+async def test_startup_klipper_refuses_gcode_with_its_message(startup, ws_factory):
     """Moonraker subscribes to the console only after startup: the request's error is all."""
     mr, _standin = startup
     ws = await ws_factory(mr)

@@ -20,7 +20,6 @@ flashed, flashes it itself.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from typing import Any, Dict, List
 
@@ -132,7 +131,7 @@ def printer(tmp_path_factory: Any, linked_component: str, moonraker_python: str)
     # tests make one through the API.
     p.add_board("spare", "spare", version=p.installed["octopus"], transport="can")
     p.start()
-    p.start_head = _git_head(p)
+    p.mark_scene()
     yield p
     p.close()
 
@@ -151,39 +150,15 @@ async def scene(printer: SimulatedPrinter, client: MoonrakerWebsocket) -> Any:
     return arranged
 
 
-def _git_head(printer: SimulatedPrinter) -> str:
-    return subprocess.run(["git", "-C", printer.klipper_tree, "rev-parse", "HEAD"],
-                          stdout=subprocess.PIPE, check=True, timeout=30).stdout.decode().strip()
-
-
 async def arrange(printer: SimulatedPrinter, client: MoonrakerWebsocket,
                   **wanted: str) -> float:
     """Bring the printer to the module's starting point (or the versions in
     ``wanted``, by board name) and wait until the entries have read it."""
-    changed = False
-    if _git_head(printer) != printer.start_head:       # a test moved the checkout on
-        subprocess.run(["git", "-C", printer.klipper_tree, "reset", "-q", "--hard",
-                        printer.start_head], check=True, timeout=30)
-        changed = True
-    for board in printer.machine.boards():
-        for fault in list(board.state.get("faults", [])):
-            board.set_fault(fault, False)
-        if board.mode not in ("klipper", "klipper-canbridge"):     # off, or in Katapult
-            board.reset(delay=0.0)
-            changed = True
     firmware = {"octopus": old(printer), "toolhead": new(printer), "spare": old(printer)}
     firmware.update(wanted)
-    for name, version in firmware.items():
-        if printer.running_version(name) != version:
-            printer.set_firmware(name, version)
-            changed = True
-    printer.set_print_state("standby")
     read_after = time.time()
-    if changed or not printer.klipper_running():
-        start = len(client.notifications)
-        if printer.klipper_running():
-            printer.stop_klipper()
-        printer.start_klipper()                 # Klipper reads its boards; the entries follow
+    start = len(client.notifications)
+    if printer.set_scene(firmware):               # Klipper restarted: the entries follow
         await client.wait_notification("notify_klippy_ready", start=start)
     else:
         for name in [n for n in await versions(client) if n.startswith("octoflash_")]:

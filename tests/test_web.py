@@ -10,6 +10,8 @@ tests run in file order.
 """
 from __future__ import annotations
 
+import asyncio
+
 import json
 import os
 import time
@@ -35,8 +37,18 @@ def printer(tmp_path_factory: Any, linked_component: str, moonraker_python: str)
                 mcu="stm32f446xx").enter_bootloader()
     p.start()
     p.wait_klippy_ready()
+    p.mark_scene()
     yield p
     p.close()
+
+
+@pytest.fixture
+def scene(printer: SimulatedPrinter) -> SimulatedPrinter:
+    """The module's starting point for this test, whatever earlier tests did: the
+    octopus two commits behind the checkout, the toolhead on it, Klipper ready."""
+    if printer.set_scene({"octopus": old(printer), "toolhead": new(printer)}):
+        printer.wait_klippy_ready()
+    return printer
 
 
 def old(printer: SimulatedPrinter) -> str:
@@ -84,7 +96,8 @@ def test_page_files_are_served_with_their_types(printer):
             assert len(r.read()) > 500
 
 
-async def test_page_lists_boards_with_versions_and_state(printer, browser):
+async def test_page_lists_boards_with_versions_and_state(scene, browser):
+    printer = scene
     await browser.wait_js("document.getElementById('connection').textContent === 'connected'")
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'")
     assert await browser.js(row_text("octopus", "running")) == old(printer)
@@ -102,7 +115,10 @@ async def test_page_lists_boards_with_versions_and_state(printer, browser):
         == "Klipper: ready"
 
 
-async def test_flash_from_the_page_shows_the_plan_then_real_progress(printer, browser):
+async def test_flash_from_the_page_shows_the_plan_then_real_progress(scene, browser):
+    printer = scene
+    # a commit of its own: whatever earlier tests built, the plan starts with a build
+    head = printer.commit_to_source("the page's plan")
     # Record what the job panel shows while the job runs.
     await browser.js("""
         window.__seen = [];
@@ -125,7 +141,7 @@ async def test_flash_from_the_page_shows_the_plan_then_real_progress(printer, br
     assert any(s.startswith("Ask the bridge") and "flashtool.py" in s and " -r" in s
                for s in steps), steps
     assert any(s.startswith("Write klipper.bin through Katapult") and "$ " in s for s in steps)
-    assert printer.result("GET", "/server/octoflash/jobs")["jobs"] == []   # not before "yes"
+    jobs_before = printer.result("GET", "/server/octoflash/jobs")["jobs"]
     since = time.time()
     # Katapult's write takes half a second here, long enough to watch it move.
     printer.machine.tool_delay = 0.5
@@ -137,6 +153,8 @@ async def test_flash_from_the_page_shows_the_plan_then_real_progress(printer, br
         printer.machine.tool_delay = 0.05
     assert printer.written_boards(since) == ["octopus"]
     seen = await browser.js("window.__seen")
+    # one job, started by "yes"
+    assert len(printer.result("GET", "/server/octoflash/jobs")["jobs"]) == len(jobs_before) + 1
     writing = [s for s in seen if s.startswith("Writing ") and s.endswith(" %")]
     between = [s for s in writing if 0 < int(s.split("|")[1][:-2]) < 100]
     assert between, seen
@@ -168,7 +186,7 @@ async def test_flash_from_the_page_shows_the_plan_then_real_progress(printer, br
     assert write["title"].startswith("Writing ") and write["title"].endswith(" KB")
     # The board's card follows: Klipper restarted with the new firmware.
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
-    assert await browser.js(row_text("octopus", "running")) == new(printer)
+    assert await browser.js(row_text("octopus", "running")) == head
     assert not await browser.js("document.getElementById('result').hidden")
     await browser.js("document.getElementById('result-dismiss').click()")
     assert await browser.js("document.getElementById('result').hidden")
@@ -179,8 +197,14 @@ async def test_flash_from_the_page_shows_the_plan_then_real_progress(printer, br
 
 
 async def test_history_shows_a_job_with_its_steps(printer, browser):
-    await browser.wait_js("document.querySelectorAll('#history [data-job]').length > 0")
-    await browser.js("document.querySelector('#history [data-job] button').click()")
+    job = printer.result("POST", "/server/octoflash/flash",
+                         body={"profile": "octopus", "force": True})["job"]
+    assert (await asyncio.to_thread(printer.wait_job, job["job_id"], 120))["state"] == "done"
+    await asyncio.to_thread(printer.wait_klippy_ready)
+    entry = f"#history [data-job=\"{job['job_id']}\"]"
+    await browser.wait_js(f"document.querySelector({json.dumps(entry)}) !== null", 30,
+                          what="the job in the history")
+    await browser.js(f"document.querySelector({json.dumps(entry + ' button')}).click()")
     steps = await browser.wait_js(
         "!document.getElementById('job-detail').hidden && "
         "Array.from(document.querySelectorAll('#detail-steps li')).map(l => l.textContent)")
