@@ -106,7 +106,8 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
                    on_line: Optional[LineCallback] = None,
                    on_partial: Optional[LineCallback] = None,
                    nice: int = 0,
-                   what: Optional[str] = None) -> ToolResult:
+                   what: Optional[str] = None,
+                   pass_fds: Sequence[int] = ()) -> ToolResult:
     """Run ``argv`` and return its result; it is an error only if it cannot run.
 
     ``on_partial(stream, text)`` receives the text of an unfinished line as
@@ -115,6 +116,7 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
     A non-zero exit code is returned, not raised: callers judge success by
     the tool's own output where its exit code lies (dfu-util).  A timeout
     raises ``ToolTimeout``; cancelling the awaiting task kills the program.
+    ``pass_fds`` stay open in the program (a make jobserver's pipe).
     """
     argv = [str(a) for a in argv]
     label = what or os.path.basename(argv[0])
@@ -132,7 +134,7 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
             *argv, cwd=cwd, env=full_env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, pass_fds=tuple(pass_fds))
     except OSError as exc:
         raise ToolError(f"{label}: cannot start '{argv[0]}': {exc.strerror or exc}") from exc
     lines: List[str] = []
