@@ -24,6 +24,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import select
 import shutil
 import threading
 import time
@@ -143,7 +144,7 @@ class _Jobserver:
     make's first job needs a token too (make counts it as free), so this
     process takes one before starting each make and gives it back when that
     make ends: never more than ``jobs`` jobs run at a time, across all the
-    makes.  The blocking read runs in a thread.
+    makes.  The wait for a token runs in a thread.
     """
 
     def __init__(self, jobs: int, builds: int) -> None:
@@ -164,7 +165,15 @@ class _Jobserver:
 
     def _take(self) -> bytes:
         try:
-            return os.read(self._read, 1)
+            while True:
+                # make sets the pipe non-blocking (O_NONBLOCK belongs to the pipe,
+                # shared with us): wait until a token is there, and read it if no
+                # make took it first.
+                select.select([self._read], [], [])
+                try:
+                    return os.read(self._read, 1)
+                except BlockingIOError:
+                    continue
         finally:
             with self._mutex:
                 self._waiting -= 1
