@@ -319,6 +319,7 @@ class Builder:
         self._locks: Dict[str, asyncio.Lock] = {}
         # checkout -> ((describe, fingerprint), its Kconfig symbol table)
         self._tables: Dict[str, Tuple[Tuple[str, str], Dict[str, SymbolInfo]]] = {}
+        self._table_locks: Dict[str, asyncio.Lock] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, machine: Optional[Machine] = None
@@ -372,12 +373,13 @@ class Builder:
         if version is None:
             version = await self.source_version(target)
         state = (version.describe, version.fingerprint)
-        cached = self._tables.get(source_dir)
-        if cached is None or cached[0] != state:
-            table = await read_symbol_table(source_dir, timeout=OLDDEFCONFIG_TIMEOUT)
-            self._tables[source_dir] = (state, table)
-        else:
-            table = cached[1]
+        async with self._table_locks.setdefault(source_dir, asyncio.Lock()):
+            cached = self._tables.get(source_dir)
+            if cached is None or cached[0] != state:
+                table = await read_symbol_table(source_dir, timeout=OLDDEFCONFIG_TIMEOUT)
+                self._tables[source_dir] = (state, table)
+            else:
+                table = cached[1]
         check_against_kconfig(requested, table,
                               f"profile '{profile.name}'")  # type: ignore[attr-defined]
 
@@ -693,19 +695,26 @@ class Builder:
             # Always in the same (name) order, so two callers never wait on each other.
             for name in sorted(names):
                 await stack.enter_async_context(self._locks.setdefault(name, asyncio.Lock()))
-            for index, profile in enumerate(profiles):
+            # Configured side by side too (make olddefconfig is a Python run each),
+            # at most ``jobs`` at a time.
+            slots = asyncio.Semaphore(max(1, self.jobs))
+
+            async def prepare(index: int, profile: Any) -> Union[BuildResult, _Pending]:
                 emit = on_progress(names[index]) if on_progress else null_progress
-                try:
-                    source_dir = self.checkout(profile.target)  # type: ignore[attr-defined]
-                    prepared = await self._guarded(names[index], self._prepare(
+                async with slots:
+                    source_dir = self.checkout(profile.target)
+                    return await self._guarded(names[index], self._prepare(
                         profile, source_dir, force, emit))
-                except OctoflashError as exc:
-                    results[index] = exc
-                    continue
-                if isinstance(prepared, BuildResult):
+
+            prepared_all = await asyncio.gather(
+                *(prepare(i, p) for i, p in enumerate(profiles)), return_exceptions=True)
+            for index, prepared in enumerate(prepared_all):
+                if isinstance(prepared, _Pending):
+                    pending.append((index, prepared))
+                elif isinstance(prepared, (BuildResult, OctoflashError)):
                     results[index] = prepared
                 else:
-                    pending.append((index, prepared))
+                    raise prepared
             if len(pending) == 1:
                 index, job = pending[0]
                 try:
