@@ -36,7 +36,7 @@ from .errors import (BuildError, NotFoundError, OctoflashError, UnavailableError
                      ValidationError)
 from .events import Progress, ProgressCallback, null_progress
 from .kconfig import (SymbolInfo, check_against_kconfig, config_int, config_value,
-                      read_symbol_table, render_config, resolve_config)
+                      parse_config, read_symbol_table, render_config, resolve_config)
 from .settings import check_make_path
 
 if TYPE_CHECKING:
@@ -269,6 +269,47 @@ def _tree_fingerprint(root: str) -> str:
             digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n"
                           .encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def _kconfig_digest(root: str) -> str:
+    """Blocking: sha256 of what ``make olddefconfig`` reads besides the config itself.
+
+    Every ``Kconfig*`` file under ``src/``, the top Makefile and the
+    checkout's own kconfiglib, by name and content.
+    """
+    digest = hashlib.sha256()
+    paths = [os.path.join(root, "Makefile"),
+             os.path.join(root, "lib", "kconfiglib", "kconfiglib.py")]
+    for base, dirs, files in os.walk(os.path.join(root, "src")):
+        dirs.sort()
+        paths.extend(os.path.join(base, f) for f in sorted(files) if f.startswith("Kconfig"))
+    for path in paths:
+        digest.update(os.path.relpath(path, root).encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            digest.update(file_sha256(path).encode())
+        except OSError:
+            digest.update(b"missing")
+    return digest.hexdigest()
+
+
+def _write_stamp(config_path: str, stamp_path: str, stamp: str) -> None:
+    """Record what the config file was resolved from (and its own sha256)."""
+    with open(stamp_path, "w", encoding="utf-8") as f:
+        f.write(f"{stamp} {file_sha256(config_path)}\n")
+
+
+def _config_if_stamped(config_path: str, stamp_path: str, stamp: str
+                       ) -> Optional[Dict[str, str]]:
+    """Blocking: the config file's symbols if it was resolved from ``stamp`` and is unchanged."""
+    try:
+        with open(stamp_path, encoding="utf-8") as f:
+            recorded = f.read().split()
+        if recorded[:-1] != stamp.split() or file_sha256(config_path) != recorded[-1]:
+            return None
+        with open(config_path, encoding="utf-8") as f:
+            return parse_config(f.read())
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
 
 
 def _damaged_files(artifact: Artifact) -> List[str]:
@@ -526,38 +567,54 @@ class Builder:
 
         self._check_toolchain(target, mcu)
         check_make_path(self.build_root, "The build folder (build_path)")
-        await self.check_kconfig(profile, version)
         pdir = self.store.profile_dir(name)
         config_path = os.path.join(pdir, "config")
         out_dir = os.path.join(pdir, "out")
         log_path = os.path.join(pdir, "build.log")
+        stamp_path = os.path.join(pdir, "config.stamp")
         kept = await self.artifacts(name)
         expected = max((a.log_lines for a in kept), default=0) or None
         log = _BuildLog(emit, expected)
-
-        emit(Progress("configure", f"Configuring {name} ({version.describe})", None, kind="step"))
-        staging = config_path + ".next"
-        log.header(f"$ make olddefconfig OUT={os.path.join(pdir, 'kconfig-out')}/ "
-                   f"KCONFIG_CONFIG={staging}")
-        try:
-            resolved = await resolve_config(
-                source_dir, staging, requested, timeout=OLDDEFCONFIG_TIMEOUT, make=self.make,
-                out_dir=os.path.join(pdir, "kconfig-out"), nice=self.nice,
-                on_line=log.configure_line, label=f"profile '{name}'")
-        except (ValidationError, BuildError) as exc:
-            log.header(str(exc))
-            await asyncio.to_thread(_write_lines, log_path, log.lines)
-            await asyncio.to_thread(_remove_files, staging, staging + ".old", staging + ".tmp")
-            raise
-        resolved_mcu = config_value(resolved, "CONFIG_MCU")
-        if resolved_mcu != mcu:
-            await asyncio.to_thread(_remove_files, staging, staging + ".old")
-            raise ValidationError(
-                f"profile '{name}': its configuration is for MCU {resolved_mcu or 'none'}, "
-                f"but the profile's preset is for {mcu}; nothing was compiled",
-                hint="Remove the processor model symbols from the profile's kconfig overrides, "
-                     "or choose the preset for this MCU.")
-        await asyncio.to_thread(_install_config, staging, config_path)
+        kconfig_sha = await asyncio.to_thread(_kconfig_digest, source_dir)
+        stamp = f"{rendered_sha} {kconfig_sha} {mcu}"
+        resolved: Optional[Dict[str, str]] = None
+        if not force and not damaged:
+            resolved = await asyncio.to_thread(_config_if_stamped, config_path, stamp_path, stamp)
+        if resolved is not None:
+            # The same request, read by the same Kconfig files: the check and
+            # make olddefconfig would give the config file that is there already.
+            emit(Progress("configure", f"Configuration of {name} unchanged ({version.describe}): "
+                          "make olddefconfig not needed", None, kind="step"))
+            log.header(f"(configuration unchanged since the last build: {config_path})")
+            resolved_mcu = config_value(resolved, "CONFIG_MCU")
+        else:
+            await self.check_kconfig(profile, version)
+            emit(Progress("configure", f"Configuring {name} ({version.describe})", None,
+                          kind="step"))
+            staging = config_path + ".next"
+            log.header(f"$ make olddefconfig OUT={os.path.join(pdir, 'kconfig-out')}/ "
+                       f"KCONFIG_CONFIG={staging}")
+            try:
+                resolved = await resolve_config(
+                    source_dir, staging, requested, timeout=OLDDEFCONFIG_TIMEOUT,
+                    make=self.make, out_dir=os.path.join(pdir, "kconfig-out"), nice=self.nice,
+                    on_line=log.configure_line, label=f"profile '{name}'")
+            except (ValidationError, BuildError) as exc:
+                log.header(str(exc))
+                await asyncio.to_thread(_write_lines, log_path, log.lines)
+                await asyncio.to_thread(_remove_files, staging, staging + ".old",
+                                        staging + ".tmp")
+                raise
+            resolved_mcu = config_value(resolved, "CONFIG_MCU")
+            if resolved_mcu != mcu:
+                await asyncio.to_thread(_remove_files, staging, staging + ".old")
+                raise ValidationError(
+                    f"profile '{name}': its configuration is for MCU {resolved_mcu or 'none'}, "
+                    f"but the profile's preset is for {mcu}; nothing was compiled",
+                    hint="Remove the processor model symbols from the profile's kconfig "
+                         "overrides, or choose the preset for this MCU.")
+            await asyncio.to_thread(_install_config, staging, config_path)
+            await asyncio.to_thread(_write_stamp, config_path, stamp_path, stamp)
 
         if force or damaged:
             # --force is for "something is off", as is a kept file that changed after
