@@ -1,46 +1,73 @@
-"""How fast Moonraker answers a light request while octoflash builds and flashes.
+"""How fast Moonraker answers a light request while octoflash works, and what holds its loop.
 
 Runs the demo (a real Moonraker 0.11 with the component, the simulated
 Octopus and toolhead, the small source trees) and times ``GET /server/info``
-back to back: idle, during a forced build, and during a flash.  Prints the
-median, 95th percentile and slowest answer of each phase.
+back to back in these phases:
 
-    python3 bench/bench_moonraker_latency.py
+* ``idle``: nothing else runs;
+* ``baseline_build``: the same forced build of the Octopus profile, run by
+  ``octoflash build --force`` as a process of its own, outside Moonraker
+  (at the same ``build_nice``): the CPU contention of a build, without
+  octoflash's part inside Moonraker;
+* ``build``: that forced build run by Moonraker (``POST /server/octoflash/build``);
+* ``flash``: a forced build and flash of the CAN toolhead (Klipper stopped
+  and started around it);
+* ``scan``: device scans (``GET /server/octoflash/devices?refresh=true``) back to back
+  from a second client;
+* ``status``: ``GET /server/octoflash/status`` back to back from a second client.
+
+Each phase prints the median, p95, p99 and slowest answer.  Moonraker runs
+with a slow-callback monitor (``bench/loopmon/sitecustomize.py``) that
+times every callback of its event loop and names each one that held it
+for 20 ms or more, with the phase it fell in.
+
+    python3 bench/bench_moonraker_latency.py [--threshold-ms 20]
+
+The last line is one JSON object: per phase ``p50_ms``, ``p99_ms``,
+``max_ms``; ``p99_ratio_build_vs_baseline``; ``slow_callbacks`` (phase,
+ms, callback, where it resumed); the targets (worst <= 20 ms in the
+octoflash phases, p99 of the build within 1.2x of the baseline).
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
 
-from moonraker_octoflash.sim.demo import Demo
+from moonraker_octoflash.sim.demo import Demo  # noqa: E402
+
+OCTOFLASH_PHASES = ("build", "flash", "scan", "status")
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _call(base: str, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, method=method,
                                  headers={"Content-Type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=30) as resp:
+    with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())["result"]
 
 
-def _sample(base: str, until) -> List[float]:
+def _sample(base: str, until: Callable[[], bool]) -> List[float]:
     times: List[float] = []
     while not until():
         start = time.perf_counter()
@@ -55,35 +82,168 @@ def _job_running(base: str, job_id: str) -> bool:
     return job["state"] in ("queued", "running")
 
 
-def _report(name: str, times: List[float]) -> None:
+def _wait_job(base: str, job_id: str) -> Dict[str, Any]:
+    while _job_running(base, job_id):
+        time.sleep(0.1)
+    job: Dict[str, Any] = _call(base, "GET", f"/server/octoflash/job?job_id={job_id}")["job"]
+    return job
+
+
+def _percentile(ordered: List[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+
+
+def _figures(times: List[float]) -> Dict[str, float]:
     ordered = sorted(times)
-    p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
-    print(f"{name:<22} n={len(times):<5} median={statistics.median(times) * 1000:7.2f} ms  "
-          f"p95={p95 * 1000:7.2f} ms  max={ordered[-1] * 1000:7.2f} ms")
+    return {"n": len(times),
+            "p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p95_ms": round(_percentile(ordered, 0.95) * 1000, 2),
+            "p99_ms": round(_percentile(ordered, 0.99) * 1000, 2),
+            "max_ms": round(ordered[-1] * 1000, 2)}
+
+
+class Phases:
+    def __init__(self) -> None:
+        self.spans: Dict[str, List[float]] = {}
+        self.figures: Dict[str, Dict[str, float]] = {}
+
+    def run(self, name: str, body: Callable[[], List[float]]) -> None:
+        started = time.monotonic()
+        times = body()
+        self.spans[name] = [started, time.monotonic()]
+        self.figures[name] = fig = _figures(times)
+        print(f"{name:<15} n={fig['n']:<5} median={fig['p50_ms']:7.2f} ms  "
+              f"p95={fig['p95_ms']:7.2f} ms  p99={fig['p99_ms']:7.2f} ms  "
+              f"max={fig['max_ms']:7.2f} ms", flush=True)
+
+    def of(self, t: float) -> str:
+        for name, (a, b) in self.spans.items():
+            if a <= t <= b:
+                return name
+        return "between phases"
+
+
+def _in_background(call: Callable[[], None], until: Callable[[], bool]) -> threading.Thread:
+    def loop() -> None:
+        while not until():
+            call()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--threshold-ms", type=float, default=20.0,
+                        help="name every event-loop callback that holds the loop this long")
+    parser.add_argument("--window", type=float, default=4.0,
+                        help="seconds of the idle, scan and status phases")
+    args = parser.parse_args()
+
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    phases = Phases()
     with tempfile.TemporaryDirectory(prefix="octoflash-bench-") as data:
+        monitor = os.path.join(data, "slow-callbacks.jsonl")
+        os.environ["PYTHONPATH"] = os.path.join(HERE, "loopmon") + os.pathsep + \
+            os.environ.get("PYTHONPATH", "")
+        os.environ["OCTOFLASH_LOOPMON_FILE"] = monitor
+        os.environ["OCTOFLASH_LOOPMON_MS"] = str(args.threshold_ms)
         port = _free_port()
         demo = Demo(data, port)
         demo.prepare()
-        asyncio.run_coroutine_threadsafe(demo.start(), loop).result(90)
+        asyncio.run_coroutine_threadsafe(demo.start(), loop).result(120)
+        # the CLI of the baseline runs without the monitor
+        for name in ("OCTOFLASH_LOOPMON_FILE",):
+            os.environ.pop(name, None)
         base = f"http://127.0.0.1:{port}"
+        conf = os.path.join(data, "config", "moonraker.conf")
+        print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
         try:
             while _call(base, "GET", "/server/info")["klippy_state"] != "ready":
                 time.sleep(0.2)
-            deadline = time.monotonic() + 3
-            _report("idle", _sample(base, lambda: time.monotonic() > deadline))
-            job = _call(base, "POST", "/server/octoflash/build", {"profile": "octopus", "force": True})
-            _report("during a build", _sample(base, lambda: not _job_running(base, job["job"]["job_id"])))
-            job = _call(base, "POST", "/server/octoflash/flash", {"profile": "toolhead", "force": True})
-            _report("during build+flash", _sample(base, lambda: not _job_running(base, job["job"]["job_id"])))
+            # a first build, so that every forced build below does the same work
+            first = _call(base, "POST", "/server/octoflash/build", {"profile": "octopus"})
+            _wait_job(base, first["job"]["job_id"])
+
+            deadline = time.monotonic() + args.window
+            phases.run("idle", lambda: _sample(base, lambda: time.monotonic() > deadline))
+
+            def baseline() -> List[float]:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "moonraker_octoflash.cli", "--config", conf, "build",
+                     "octopus", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    cwd=ROOT)
+                times = _sample(base, lambda: proc.poll() is not None)
+                if proc.returncode != 0:
+                    raise SystemExit(f"the baseline build failed: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+                return times
+            phases.run("baseline_build", baseline)
+
+            def build() -> List[float]:
+                job = _call(base, "POST", "/server/octoflash/build",
+                            {"profile": "octopus", "force": True})
+                return _sample(base, lambda: not _job_running(base, job["job"]["job_id"]))
+            phases.run("build", build)
+
+            def flash() -> List[float]:
+                job = _call(base, "POST", "/server/octoflash/flash",
+                            {"profile": "toolhead", "force": True})
+                job_id = job["job"]["job_id"]
+                times = _sample(base, lambda: not _job_running(base, job_id))
+                state = _call(base, "GET", f"/server/octoflash/job?job_id={job_id}")["job"]
+                if state["state"] != "done":
+                    print(f"note: the flash ended {state['state']}: {state.get('error')}")
+                return times
+            phases.run("flash", flash)
+
+            def side_load(path: str) -> Callable[[], List[float]]:
+                def body() -> List[float]:
+                    stop = time.monotonic() + args.window
+                    worker = _in_background(lambda: _call(base, "GET", path),
+                                            lambda: time.monotonic() > stop)
+                    times = _sample(base, lambda: time.monotonic() > stop)
+                    worker.join(30)
+                    return times
+                return body
+            phases.run("scan", side_load("/server/octoflash/devices?refresh=true"))
+            phases.run("status", side_load("/server/octoflash/status"))
         finally:
             asyncio.run_coroutine_threadsafe(demo.stop(), loop).result(60)
             loop.call_soon_threadsafe(loop.stop)
+        slow: List[Dict[str, Any]] = []
+        if os.path.exists(monitor):
+            with open(monitor, encoding="utf-8") as f:
+                for line in f:
+                    record = json.loads(line)
+                    record["phase"] = phases.of(record.pop("t"))
+                    slow.append(record)
+
+    in_phases = [r for r in slow if r["phase"] in OCTOFLASH_PHASES]
+    print(f"callbacks holding Moonraker's loop >= {args.threshold_ms:g} ms: {len(slow)} "
+          f"({len(in_phases)} during octoflash's phases)")
+    for r in sorted(slow, key=lambda r: -r["ms"])[:15]:
+        print(f"  {r['phase']:<15} {r['ms']:7.1f} ms  {r['callback']}  "
+              f"resumed at {r['resumed_at'] or '-'}")
+    base_p99 = phases.figures["baseline_build"]["p99_ms"]
+    ratio = round(phases.figures["build"]["p99_ms"] / base_p99, 2) if base_p99 else None
+    worst = max(phases.figures[p]["max_ms"] for p in OCTOFLASH_PHASES)
+    worst_callback = max((r["ms"] for r in in_phases), default=0.0)
+    result = {
+        "bench": "moonraker_latency",
+        "phases": phases.figures,
+        "p99_ratio_build_vs_baseline": ratio,
+        "worst_ms_octoflash_phases": worst,
+        "worst_callback_ms": worst_callback,
+        "slow_callbacks": sorted(slow, key=lambda r: -r["ms"])[:20],
+        "threshold_ms": args.threshold_ms,
+        "target_no_callback_over_threshold": not in_phases,
+        "target_p99_within_1_2x_baseline": ratio is not None and ratio <= 1.2,
+        "load_average": round(os.getloadavg()[0], 2),
+        "nproc": os.cpu_count(),
+    }
+    print(json.dumps(result))
     return 0
 
 

@@ -7,25 +7,26 @@ the same place.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import json
 import os
-import re
-import shutil
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO
 
 from . import __version__
 from .errors import OctoflashError, ValidationError
-from .events import Progress
-from .kconfig import render_config
-from .klipper_configs import read_checkout
-from .presets import Preset, get_preset, list_presets
-from .profiles import Profile, load_profiles_from_config, profile_from_json
-from .settings import Settings, data_path_for_config
 
+if TYPE_CHECKING:
+    from .events import Progress
+    from .presets import Preset
+    from .profiles import Profile
+
+# Each command imports what it uses when it runs (``python -X importtime``):
+# a no-op build or a preset list should not pay for the flash methods, the
+# device discovery or Moonraker's parts.
 DEFAULT_CONFIG = "~/printer_data/config/moonraker.conf"
+# The commands defined here; any other (or --help) also loads the feature
+# modules' parsers (flash, scan, link-component).
+CORE_COMMANDS = ("presets", "show-config", "build")
 
 
 class CliContext:
@@ -34,10 +35,12 @@ class CliContext:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.config_path = os.path.expanduser(args.config)
+        from .settings import Settings, data_path_for_config
         self.profiles: Dict[str, Profile] = {}
         self.warnings: List[str] = []
         options: Dict[str, str] = {}
         if os.path.isfile(self.config_path):
+            from .profiles import load_profiles_from_config
             self.profiles, self.warnings, options = load_profiles_from_config(self.config_path)
         self.settings = Settings.from_options(options, data_path_for_config(self.config_path))
         for name in ("klipper_path", "katapult_path"):
@@ -64,6 +67,8 @@ class CliContext:
         if preset:
             if names:
                 raise ValidationError("Give profile names or --preset, not both")
+            from .presets import get_preset
+            from .profiles import profile_from_json
             get_preset(preset)
             return [profile_from_json({"name": preset, "preset": preset}, source="cli")]
         if not names:
@@ -76,8 +81,10 @@ class CliContext:
 def cmd_presets(ctx: CliContext, out: TextIO) -> int:
     if ctx.args.from_klipper:
         return _presets_from_klipper(ctx, out)
+    from .presets import list_presets
     presets = list_presets()
     if ctx.args.json:
+        import json
         json.dump([p.to_json() for p in presets], out, indent=2)
         out.write("\n")
         return 0
@@ -96,8 +103,10 @@ def _preset_lines(presets: Sequence[Preset], out: TextIO, source: bool = False) 
 
 def _presets_from_klipper(ctx: CliContext, out: TextIO) -> int:
     """The presets the config/*.cfg headers of the Klipper checkout describe."""
+    from .klipper_configs import read_checkout
     result = read_checkout(ctx.settings.klipper_path)
     if ctx.args.json:
+        import json
         json.dump(result.to_json(), out, indent=2)
         out.write("\n")
         return 0
@@ -114,6 +123,7 @@ def _presets_from_klipper(ctx: CliContext, out: TextIO) -> int:
 def cmd_show_config(ctx: CliContext, out: TextIO) -> int:
     names = [ctx.args.profile] if ctx.args.profile else []
     profile = ctx.selected_profiles(names, ctx.args.preset)[0]
+    from .kconfig import render_config
     out.write(render_config(profile.kconfig()))
     return 0
 
@@ -131,6 +141,8 @@ class ProgressPrinter:
 
     def __call__(self, event: Progress) -> None:
         if self.tty:
+            import re
+            import shutil
             width = shutil.get_terminal_size((80, 20)).columns
             pct = f"{event.percent:5.1f}%" if event.percent is not None else "      "
             # Long absolute paths would push the step off the line: keep their tail.
@@ -151,27 +163,30 @@ class ProgressPrinter:
             self.out.flush()
 
 
-def make_builder(settings: Settings) -> Any:
+def make_builder(settings: Any) -> Any:
     from .build import Builder
     return Builder.from_settings(settings)
 
 
 async def _build_all(ctx: CliContext, profiles: List[Profile], out: TextIO,
                      err: TextIO) -> int:
+    """Build the profiles together (one shared make jobserver); one line or record each."""
     builder = make_builder(ctx.settings)
+    stream = err if ctx.args.json else out
+    printers = {p.name: ProgressPrinter(stream, p.name) for p in profiles}
+    outcomes = await builder.build_many(profiles, force=ctx.args.force,
+                                        on_progress=lambda name: printers[name])
     records: List[Dict[str, Any]] = []
     failed = 0
-    for profile in profiles:
-        printer = ProgressPrinter(err if ctx.args.json else out, profile.name)
-        try:
-            result = await builder.build(profile, force=ctx.args.force, on_progress=printer)
-        except OctoflashError as exc:
-            printer.finish()
+    for profile, result in zip(profiles, outcomes):
+        printers[profile.name].finish()
+        if isinstance(result, OctoflashError):
             failed += 1
-            err.write(f"{profile.name}: build failed: {exc}\n")
-            records.append({"profile": profile.name, "ok": False, "error": str(exc)})
+            err.write(f"{profile.name}: build failed: {result}\n")
+            records.append({"profile": profile.name, "ok": False, "error": str(result)})
             continue
-        printer.finish()
+        if isinstance(result, BaseException):
+            raise result
         art = result.artifact
         record = art.to_json()
         record.update(ok=True, skipped=result.skipped)
@@ -183,6 +198,7 @@ async def _build_all(ctx: CliContext, profiles: List[Profile], out: TextIO,
                       f"sha256 {main.sha256[:16]}…, {art.source_version}, {art.mcu}, "
                       f"app at 0x{art.app_address:08x})\n")
     if ctx.args.json:
+        import json
         json.dump(records, out, indent=2)
         out.write("\n")
     return 1 if failed else 0
@@ -190,6 +206,7 @@ async def _build_all(ctx: CliContext, profiles: List[Profile], out: TextIO,
 
 def cmd_build(ctx: CliContext, out: TextIO, err: TextIO) -> int:
     profiles = ctx.selected_profiles(ctx.args.profiles, ctx.args.preset)
+    import asyncio
     return asyncio.run(_build_all(ctx, profiles, out, err))
 
 
@@ -207,7 +224,24 @@ def _optional_parsers(subparsers: Any) -> None:
             add(subparsers)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command word of ``argv`` (skipping ``--config PATH``), or None."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif arg.startswith("-"):
+            if arg in ("-h", "--help", "--version"):
+                return None
+        else:
+            return arg
+    return None
+
+
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The whole parser; for a core command in ``argv``, without the feature modules' commands."""
     parser = argparse.ArgumentParser(
         prog="octoflash",
         description="Build and flash Klipper and Katapult firmware (moonraker-octoflash).")
@@ -240,13 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the artifact records as JSON")
     p.set_defaults(handler=cmd_build)
 
-    _optional_parsers(sub)
+    if argv is None or _command_in(argv) not in CORE_COMMANDS:
+        _optional_parsers(sub)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         ctx = CliContext(args)

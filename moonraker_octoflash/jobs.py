@@ -10,6 +10,9 @@ to its end even if the client that asked for it goes away.  Rules:
   another job is working on is refused;
 * builds run one after the other (a second build waits, "queued"); builds may
   run while printing, flashes may not (the adapter's ``preflight`` refuses);
+* "update all" first builds every stale profile, all together
+  (``builder.build_many``: one make jobserver), and only then flashes the
+  boards one by one, so Klipper is not stopped while firmware is compiling;
 * a flash can be cancelled until the board is asked into its bootloader (DFU:
   until the write); from then until the job ends cancel is refused
   (``NO_CANCEL_STAGES``), since it would leave the board waiting in Katapult;
@@ -664,8 +667,61 @@ class JobRunner:
         await self._start(job)
         await self._flash_body(job, profile)
 
+    def _prebuild_progress(self, job: Job, name: str) -> Callable[[Progress], None]:
+        """One profile's build progress, as lines of the update's log (no steps of its own)."""
+        def on_progress(event: Progress) -> None:
+            try:
+                if event.kind == "step":
+                    job.message = clip_text(f"{name}: {event.message}", MAX_MESSAGE_CHARS)
+                    self._add_log(job, f"{name}: [{event.stage}] {event.message}")
+                    self._emit(job, "progress", job.message)
+                else:
+                    self._add_log(job, f"{name}: {event.message}")
+                    self._emit(job, "output", f"{name}: {event.message}")
+            except Exception:   # never let a display problem break a build
+                log.exception("octoflash: progress handling failed")
+        return on_progress
+
+    async def _build_first(self, job: Job, profiles: Sequence[Profile]
+                           ) -> Dict[str, BaseException]:
+        """Build every stale profile of an update, all at once, before any board is touched.
+
+        So Klipper is stopped only when the firmware of every board is ready,
+        and the builds share the CPU (one make jobserver) instead of taking
+        turns.  Returns the profiles whose build failed, with the error.
+        """
+        build_many = getattr(self.builder, "build_many", None)
+        if build_many is None:
+            return {}
+        step = self._begin_step(job, "build", f"building the firmware of {len(profiles)} "
+                                f"board{'s' if len(profiles) != 1 else ''}")
+        self._emit(job, "step", job.message)
+        async with self._build_lock:
+            outcomes = await build_many(
+                list(profiles), force=False,
+                on_progress=lambda name: self._prebuild_progress(job, name))
+        failed: Dict[str, BaseException] = {}
+        built, current = [], []
+        for profile, outcome in zip(profiles, outcomes):
+            if isinstance(outcome, BaseException):
+                failed[profile.name] = outcome
+            elif getattr(outcome, "skipped", False):
+                current.append(profile.name)
+            else:
+                built.append(profile.name)
+        step.state = FAILED if failed else DONE
+        step.finished = time.time()
+        step.result.update(built=built, up_to_date=current, failed=sorted(failed))
+        step.message = "; ".join(part for part in (
+            f"built {', '.join(built)}" if built else "",
+            f"up to date: {', '.join(current)}" if current else "",
+            f"failed: {', '.join(sorted(failed))}" if failed else "") if part)
+        self._add_log(job, f"[build] {step.message}")
+        return failed
+
     async def _run_update_all(self, job: Job, profiles: Sequence[Profile]) -> None:
         await self._start(job)
+        build_failed = await self._build_first(job, profiles)
         results: Dict[str, str] = {}
         for index, profile in enumerate(profiles):
             child = self._new_job("flash", profile.name, {"build": True, "force": False},
@@ -678,8 +734,12 @@ class JobRunner:
             await self._save(child)
             self._emit(child, "state", "queued")
             await self._start(child)
-            child_task = asyncio.get_running_loop().create_task(
-                self._guard(child, self._flash_body(child, profile)))
+            if profile.name in build_failed:
+                body: Awaitable[None] = _raise(build_failed[profile.name])
+            else:
+                # its build is done: the flash's own build step finds it up to date
+                body = self._flash_body(child, profile)
+            child_task = asyncio.get_running_loop().create_task(self._guard(child, body))
             self._tasks[child.id] = child_task
             try:
                 await asyncio.shield(child_task)
@@ -735,6 +795,10 @@ def flash_fraction(job: Job) -> float:
     if job.stage in ("build", "configure", "compile", "link") and reached < 0.25:
         return 0.05 + 0.2 * pct
     return reached
+
+
+async def _raise(error: BaseException) -> None:
+    raise error
 
 
 def _plan_summary(plan: Dict[str, Any]) -> str:

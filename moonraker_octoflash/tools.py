@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import shutil
 import signal
+import subprocess
+import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -50,7 +53,7 @@ def find_program(name: str) -> Optional[str]:
     return shutil.which(name)
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(proc: _Spawned) -> None:
     if proc.returncode is not None:
         return
     try:
@@ -100,13 +103,89 @@ def _emit(raw: bytes, name: str, lines: List[str], err_lines: List[str],
         on_line(name, line)
 
 
+class _Spawned:
+    """A program started from a worker thread, read through the event loop.
+
+    ``asyncio.create_subprocess_exec`` forks and waits for the exec on the
+    event loop itself, which holds Moonraker's loop for tens of
+    milliseconds on a busy machine; here the fork and exec happen in a
+    thread, and only the reading of the output is the loop's.
+    """
+
+    def __init__(self, popen: subprocess.Popen, stdout: asyncio.StreamReader,
+                 stderr: asyncio.StreamReader, transports: List[asyncio.BaseTransport]) -> None:
+        self.popen = popen
+        self.stdout = stdout
+        self.stderr = stderr
+        self._transports = transports
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    async def wait(self) -> int:
+        """The exit code; called once the output has ended, so the wait is short."""
+        code = self.popen.poll()
+        if code is None:
+            code = await asyncio.to_thread(self.popen.wait)
+        for transport in self._transports:
+            transport.close()
+        return code
+
+
+async def _spawn(argv: List[str], *, cwd: Optional[str], env: Optional[Dict[str, str]],
+                 pass_fds: Sequence[int]) -> _Spawned:
+    loop = asyncio.get_running_loop()
+    starting = asyncio.ensure_future(asyncio.to_thread(
+        subprocess.Popen, argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        pass_fds=tuple(pass_fds)))
+    try:
+        popen = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # The thread may still start it: stop the program as soon as it runs.
+        def stop(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is None:
+                started = done.result()
+                try:
+                    os.killpg(started.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    started.kill()
+                threading.Thread(target=started.wait, daemon=True).start()
+        starting.add_done_callback(stop)
+        raise
+    readers: List[asyncio.StreamReader] = []
+    transports: List[asyncio.BaseTransport] = []
+    try:
+        for pipe in (popen.stdout, popen.stderr):
+            reader = asyncio.StreamReader()
+            pipe_transport, _protocol = await loop.connect_read_pipe(
+                functools.partial(asyncio.StreamReaderProtocol, reader), pipe)
+            readers.append(reader)
+            transports.append(pipe_transport)
+    except BaseException:
+        for transport in transports:
+            transport.close()
+        popen.kill()
+        raise
+    return _Spawned(popen, readers[0], readers[1], transports)
+
+
 async def run_tool(argv: Sequence[str], *, timeout: float,
                    cwd: Optional[str] = None,
                    env: Optional[Mapping[str, str]] = None,
                    on_line: Optional[LineCallback] = None,
                    on_partial: Optional[LineCallback] = None,
                    nice: int = 0,
-                   what: Optional[str] = None) -> ToolResult:
+                   what: Optional[str] = None,
+                   pass_fds: Sequence[int] = ()) -> ToolResult:
     """Run ``argv`` and return its result; it is an error only if it cannot run.
 
     ``on_partial(stream, text)`` receives the text of an unfinished line as
@@ -115,6 +194,7 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
     A non-zero exit code is returned, not raised: callers judge success by
     the tool's own output where its exit code lies (dfu-util).  A timeout
     raises ``ToolTimeout``; cancelling the awaiting task kills the program.
+    ``pass_fds`` stay open in the program (a make jobserver's pipe).
     """
     argv = [str(a) for a in argv]
     label = what or os.path.basename(argv[0])
@@ -128,11 +208,7 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
         full_env.update(env)
     start = time.monotonic()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=full_env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
+        proc = await _spawn(argv, cwd=cwd, env=full_env, pass_fds=tuple(pass_fds))
     except OSError as exc:
         raise ToolError(f"{label}: cannot start '{argv[0]}': {exc.strerror or exc}") from exc
     lines: List[str] = []

@@ -302,7 +302,7 @@ async def test_update_all_flashes_can_nodes_first_and_the_bridge_last(tmp_path, 
     assert [(c.profile, c.state) for c in children] == [("ebb", "done"), ("octopus", "done")]
     assert all(c.parent == job.id and c.origin == "macro" for c in children)
     assert job.result["summary"] == "2 of 2 boards updated"
-    assert [s.stage for s in job.steps] == ["ebb", "octopus"]
+    assert [s.stage for s in job.steps] == ["build", "ebb", "octopus"]
 
 
 async def test_unknown_jobs_and_empty_updates_are_clear_errors(setup):

@@ -1,0 +1,135 @@
+"""What a flash costs beyond its tool: octoflash's time around the write, on the simulated machine.
+
+Runs the demo (a real Moonraker 0.11 with the component, Klipper's stand-in,
+the simulated Octopus and CAN toolhead), builds the toolhead once, then
+flashes it ``--rounds`` times through the API with the build already
+done (``build: false``).  From each job's record:
+
+* ``tool``: the time of the write itself (the step that runs Katapult's
+  ``flashtool.py``, the simulated one here);
+* ``reboots``: the board's own reboots (the simulated board's ``boot_delay``,
+  set here; once per wait step: into its bootloader, and back into Klipper),
+  which octoflash can only wait for;
+* ``total``: the job, from its start to its end;
+* ``added`` = total - tool - reboots: planning, checks, stopping and
+  starting Klipper, waiting for the board, reading its version back.
+
+Each step's own time is printed too, so an offender is named.
+
+    python3 bench/bench_flash_overhead.py [--rounds 5] [--boot-delay 0.5]
+
+The last line is one JSON object; ``added_ratio`` is added / tool
+(median of the rounds; the target is <= 0.05).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench_moonraker_latency import _call, _free_port, _wait_job  # noqa: E402
+
+from moonraker_octoflash.sim.demo import Demo  # noqa: E402
+
+WRITE_KINDS = ("write", "flash", "flashtool", "write_katapult", "katapult_write")
+
+
+def _step_seconds(job: Dict[str, Any]) -> Dict[str, float]:
+    """Each step of the flash's own record (the executor's), in seconds."""
+    result = job.get("result") or {}
+    seconds: Dict[str, float] = {}
+    for step in result.get("steps") or []:
+        if step.get("duration") is not None:
+            seconds[step["kind"]] = seconds.get(step["kind"], 0.0) + float(step["duration"])
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--boot-delay", type=float, default=0.5,
+                        help="the simulated board's reboot time, seconds")
+    parser.add_argument("--tool-delay", type=float, default=0.05,
+                        help="the simulated flashtool's time per block (its write speed)")
+    parser.add_argument("--profile", default="toolhead")
+    args = parser.parse_args()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    rounds: List[Dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="octoflash-bench-") as data:
+        port = _free_port()
+        demo = Demo(data, port)
+        demo.prepare()
+        assert demo.machine is not None
+        board = demo.machine.board(args.profile)
+        board.update(lambda s: s.__setitem__("boot_delay", args.boot_delay))
+        demo.machine.tool_delay = args.tool_delay
+        asyncio.run_coroutine_threadsafe(demo.start(), loop).result(120)
+        base = f"http://127.0.0.1:{port}"
+        print(f"load average at start: {os.getloadavg()[0]:.2f}; board reboot "
+              f"{args.boot_delay:g} s, tool delay {args.tool_delay:g} s", flush=True)
+        try:
+            while _call(base, "GET", "/server/info")["klippy_state"] != "ready":
+                time.sleep(0.2)
+            built = _call(base, "POST", "/server/octoflash/build", {"profile": args.profile})
+            _wait_job(base, built["job"]["job_id"])
+            for n in range(1, args.rounds + 1):
+                while _call(base, "GET", "/server/info")["klippy_state"] != "ready":
+                    time.sleep(0.1)
+                job = _call(base, "POST", "/server/octoflash/flash",
+                            {"profile": args.profile, "build": False})["job"]
+                done = _wait_job(base, job["job_id"])
+                if done["state"] != "done":
+                    raise SystemExit(f"the flash ended {done['state']}: {done.get('error')}")
+                steps = _step_seconds(done)
+                total = float(done["finished"]) - float(done["started"])
+                tool = sum(v for k, v in steps.items() if k in WRITE_KINDS)
+                # the board reboots once per wait: into its bootloader, back to Klipper
+                reboot = args.boot_delay * sum(1 for k in steps if k.startswith("wait_"))
+                added = total - tool - reboot
+                rounds.append({"total": total, "tool": tool, "reboot": reboot, "added": added,
+                               **steps})
+                print(f"round {n}: total {total:6.3f} s, tool {tool:6.3f} s, reboots "
+                      f"{reboot:g} s, added {added:6.3f} s  | " +
+                      ", ".join(f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
+        finally:
+            asyncio.run_coroutine_threadsafe(demo.stop(), loop).result(60)
+            loop.call_soon_threadsafe(loop.stop)
+
+    def med(key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in rounds)
+    kinds = sorted({k for r in rounds for k in r} - {"total", "tool", "added", "reboot"})
+    figures = {
+        "bench": "flash_overhead",
+        "rounds": len(rounds),
+        "board_reboot_seconds": args.boot_delay,
+        "reboots_seconds": round(med("reboot"), 3),
+        "total_seconds": round(med("total"), 3),
+        "tool_seconds": round(med("tool"), 3),
+        "added_seconds": round(med("added"), 3),
+        "added_ratio": round(med("added") / med("tool"), 3) if med("tool") else None,
+        "steps_seconds": {k: round(med(k), 3) for k in kinds},
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+    print(f"median: total {figures['total_seconds']} s = tool {figures['tool_seconds']} s + "
+          f"reboots {figures['reboots_seconds']} s + octoflash {figures['added_seconds']} s "
+          f"({figures['added_ratio']} of the tool's time)")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""What octoflash costs when there is nothing to do: no-op builds, preset lists, Moonraker's start.
+
+Measured as whole processes, as a user meets them (median of ``--runs``,
+after one warm-up run that is not counted):
+
+* ``octoflash build A B C`` of three profiles that are up to date
+  (simulated Klipper tree, or a clone of ``$OCTOFLASH_KLIPPER_PATH``);
+* ``octoflash presets``;
+* ``python -c pass``, the floor any command pays;
+* importing the Moonraker component (``moonraker_octoflash.moonraker.component``);
+* a real Moonraker 0.11 started with ``[octoflash]`` and two profiles, and
+  without any octoflash section, alternately: seconds until it first
+  answers ``/server/info`` and its resident memory (VmRSS) then.
+
+    python3 bench/bench_quick_commands.py [--runs 5]
+
+The last line is one JSON object with the medians; the targets are
+``build_noop_seconds`` <= 0.25, ``presets_seconds`` <= 0.15,
+``moonraker_start_added_seconds`` <= 0.05, ``moonraker_rss_added_mb`` <= 10.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, ROOT)
+
+PYTHON = sys.executable
+ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def timed(argv: List[str], runs: int, **kw: object) -> float:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=ENV, timeout=120, **kw)  # type: ignore[call-overload]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=ENV, timeout=120, **kw)  # type: ignore[call-overload]
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def moonraker_start(data: str, extra: str) -> Tuple[float, float]:
+    """Seconds until Moonraker answers, and its VmRSS (MB) then."""
+    for sub in ("config", "logs", "comms", "gcodes"):
+        os.makedirs(os.path.join(data, sub), exist_ok=True)
+    port = _free_port()
+    Path(data, "config", "moonraker.conf").write_text(textwrap.dedent(f"""\
+        [server]
+        host: 127.0.0.1
+        port: {port}
+        klippy_uds_address: {data}/comms/klippy.sock
+
+        [machine]
+        provider: none
+        validate_service: False
+
+        [authorization]
+        trusted_clients:
+          127.0.0.0/8
+
+        """) + extra)
+    start = time.perf_counter()
+    proc = subprocess.Popen([PYTHON, "-m", "moonraker", "-d", data, "-n"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"Moonraker did not answer within 120 s ({data})")
+            if proc.poll() is not None:
+                raise SystemExit(f"Moonraker exited ({proc.returncode}); see {data}/logs")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server/info",
+                                            timeout=1) as resp:
+                    resp.read()
+                break
+            except OSError:
+                time.sleep(0.005)
+        seconds = time.perf_counter() - start
+        with open(f"/proc/{proc.pid}/status", encoding="ascii") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        return seconds, rss
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    klipper_path = os.environ.get("OCTOFLASH_KLIPPER_PATH", "")
+    figures: Dict[str, object] = {"bench": "quick_commands", "runs": args.runs,
+                                  "tree": "real" if klipper_path else "simulated"}
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="octoflash-bench-") as tmp:
+        from moonraker_octoflash.moonraker.link import link_component
+        from moonraker_octoflash.sim.trees import install_tree
+        link_component()
+        if klipper_path:
+            checkout = Path(tmp, "klipper")
+            subprocess.run(["git", "clone", "-q", klipper_path, str(checkout)], check=True,
+                           timeout=600)
+        else:
+            checkout = install_tree("klipper", Path(tmp, "klipper"))
+        conf = Path(tmp, "printer_data", "config", "moonraker.conf")
+        conf.parent.mkdir(parents=True)
+        sections = textwrap.dedent(f"""\
+            [octoflash]
+            klipper_path: {checkout}
+            build_path: {tmp}/builds
+
+            [octoflash octopus]
+            preset: btt-octopus-f446-canbridge
+
+            [octoflash h723]
+            preset: btt-octopus-h723-canbridge
+
+            [octoflash toolhead]
+            preset: btt-ebb-klipper-1m
+            """)
+        conf.write_text(sections)
+        cli = [PYTHON, "-m", "moonraker_octoflash.cli", "--config", str(conf)]
+        subprocess.run(cli + ["build", "octopus", "h723", "toolhead"], check=True, env=ENV,
+                       stdout=subprocess.DEVNULL, timeout=1800)
+
+        steps: List[Tuple[str, Callable[[], float]]] = [
+            ("python_floor_seconds", lambda: timed([PYTHON, "-c", "pass"], args.runs)),
+            ("build_noop_seconds",
+             lambda: timed(cli + ["build", "octopus", "h723", "toolhead"], args.runs)),
+            ("presets_seconds", lambda: timed(cli + ["presets"], args.runs)),
+            ("component_import_seconds", lambda: timed(
+                [PYTHON, "-c", "import moonraker_octoflash.moonraker.component"], args.runs)),
+        ]
+        for key, measure in steps:
+            figures[key] = round(measure(), 4)
+            print(f"{key:<28} {figures[key]:.4f} s", flush=True)
+
+        two_profiles = "\n".join(sections.split("\n\n")[:3]) + "\n"
+        with_s: List[float] = []
+        without_s: List[float] = []
+        with_mb: List[float] = []
+        without_mb: List[float] = []
+        for n in range(args.runs + 1):
+            s1, m1 = moonraker_start(os.path.join(tmp, f"with-{n}"), two_profiles)
+            s0, m0 = moonraker_start(os.path.join(tmp, f"without-{n}"), "")
+            if n == 0:
+                continue          # warm-up
+            with_s.append(s1)
+            without_s.append(s0)
+            with_mb.append(m1)
+            without_mb.append(m0)
+        figures.update(
+            moonraker_start_with_seconds=round(statistics.median(with_s), 3),
+            moonraker_start_without_seconds=round(statistics.median(without_s), 3),
+            moonraker_start_added_seconds=round(
+                statistics.median(a - b for a, b in zip(with_s, without_s)), 3),
+            moonraker_rss_with_mb=round(statistics.median(with_mb), 1),
+            moonraker_rss_without_mb=round(statistics.median(without_mb), 1),
+            moonraker_rss_added_mb=round(
+                statistics.median(a - b for a, b in zip(with_mb, without_mb)), 1))
+        print(f"Moonraker first answer: {figures['moonraker_start_with_seconds']} s with "
+              f"octoflash, {figures['moonraker_start_without_seconds']} s without; RSS "
+              f"{figures['moonraker_rss_with_mb']} MB vs {figures['moonraker_rss_without_mb']} MB")
+    figures["load_average"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
