@@ -16,6 +16,10 @@ pytest_plugins = ["fixtures_build", "fixtures_flash", "fixtures_moonraker"]
 # depend on it.  Builds in tests, in make and in Moonraker, inherit this.
 os.environ.setdefault("OCTOFLASH_SIMCC_ROUNDS", "0")
 
+# Every test checks its documents in full (and writes nothing to ~/.cache):
+# the memory of valid documents is tested on its own (test_schema_memo.py).
+os.environ.setdefault("OCTOFLASH_SCHEMA_CACHE", "0")
+
 _WORKER_CASES = {"count": 0}
 
 

@@ -563,37 +563,43 @@ class SimulatedPrinter(MoonrakerProcess):
         """A commit lands in the Klipper checkout; returns its new ``git describe``."""
         return change_source(self.klipper_tree, note=note)
 
+    def commit_to_katapult(self, note: str = "tweak") -> str:
+        """A commit lands in the Katapult checkout; returns its new ``git describe``."""
+        return change_source(self.katapult_tree, note=note)
+
     def describe(self, revision: str = "HEAD") -> str:
         """``git describe`` of the Klipper checkout (at ``revision``)."""
         result = subprocess.run(["git", "-C", self.klipper_tree, "describe", "--tags", "--long",
                                  revision], stdout=subprocess.PIPE, check=True, timeout=30)
         return result.stdout.decode().strip()
 
-    def git_head(self) -> str:
-        return subprocess.run(["git", "-C", self.klipper_tree, "rev-parse", "HEAD"],
+    def git_head(self, tree: str) -> str:
+        return subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"],
                               stdout=subprocess.PIPE, check=True,
                               timeout=30).stdout.decode().strip()
 
     def mark_scene(self) -> None:
-        """Remember the checkout's commit as the module's starting point (for set_scene)."""
-        self.start_head = self.git_head()
+        """Remember the checkouts' commits as the module's starting point (for set_scene)."""
+        self.start_heads = {tree: self.git_head(tree)
+                            for tree in (self.klipper_tree, self.katapult_tree)}
 
-    def set_scene(self, firmware: Dict[str, str]) -> bool:
-        """Bring the printer back to the module's starting point: the checkout at
-        its first commit, no faults, every board running (``firmware``: the
-        version each named board runs), no print, Klipper running.  Klipper is
-        restarted when anything changed, so it reads its boards again; returns
-        whether it was."""
+    def set_scene(self, firmware: Optional[Dict[str, str]] = None) -> bool:
+        """Bring the printer back to the module's starting point: the checkouts
+        at their first commits (``mark_scene``), no faults, every board
+        running its firmware (``firmware``: the version a named board runs), no
+        print, Klipper running.  Klipper is restarted when anything changed, so
+        it reads its boards again; returns whether it was."""
+        firmware = firmware or {}
         changed = False
-        if self.git_head() != self.start_head:          # a test moved the checkout on
-            subprocess.run(["git", "-C", self.klipper_tree, "reset", "-q", "--hard",
-                            self.start_head], check=True, timeout=30)
-            changed = True
+        for tree, head in getattr(self, "start_heads", {}).items():
+            if self.git_head(tree) != head:             # a test moved the checkout on
+                subprocess.run(["git", "-C", tree, "reset", "-q", "--hard", head],
+                               check=True, timeout=30)
+                changed = True
         for board in self.machine.boards():
             for fault in list(board.state.get("faults", [])):
                 board.set_fault(fault, False)
-            if board.name in firmware and \
-                    board.mode not in ("klipper", "klipper-canbridge"):   # off, in Katapult
+            if board.mode not in ("klipper", "klipper-canbridge"):   # off, in Katapult
                 board.reset(delay=0.0)
                 changed = True
         for name, version in firmware.items():

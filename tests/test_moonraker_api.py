@@ -128,8 +128,16 @@ async def test_jsonrpc_methods_follow_moonraker_naming(moonraker, ws_factory):
     assert err.value.code == 400 and "not a valid profile name" in err.value.message
 
 
-def test_config_profile_is_listed_with_its_klipper_state(moonraker):
+def _octopus_read(moonraker):
+    """The profiles, once the octopus's Klipper state has been read (after a
+    Moonraker start it is read when Klipper is ready)."""
     profiles = moonraker.result("GET", "/server/octoflash/profiles")
+    octopus = next(p for p in profiles["profiles"] if p["name"] == "octopus")
+    return profiles if octopus["status"].get("mcu_version") else None
+
+
+def test_config_profile_is_listed_with_its_klipper_state(moonraker):
+    profiles = moonraker.wait_for(lambda: _octopus_read(moonraker), 30, "the octopus read")
     octopus = next(p for p in profiles["profiles"] if p["name"] == "octopus")
     assert octopus["source"] == "config" and octopus["read_only"] is True
     assert octopus["kconfig"] == {"CONFIG_CANBUS_FREQUENCY": "500000"}

@@ -38,6 +38,14 @@ def printer(tmp_path_factory, linked_component, moonraker_python):
     p.close()
 
 
+@pytest.fixture(autouse=True)
+def ready(printer):
+    """Each test starts with every board running its firmware and Klipper ready,
+    whatever the test before left (a board in Katapult, Klipper stopped)."""
+    printer.set_scene()
+    printer.wait_klippy_ready(60)
+
+
 def _wait_klipper_connected(printer, timeout=60):
     """Klipper runs and Moonraker talks to it (a board left in Katapult keeps it in startup)."""
     def connected():

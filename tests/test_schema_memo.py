@@ -21,7 +21,8 @@ except ValidationError as exc:
 def run_check(doc, cache_home, **env):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(doc)], capture_output=True,
                           text=True, timeout=60,
-                          env=dict(os.environ, XDG_CACHE_HOME=str(cache_home), **env))
+                          env=dict(os.environ, XDG_CACHE_HOME=str(cache_home),
+                                   **{"OCTOFLASH_SCHEMA_CACHE": "1", **env}))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fixtures_browser import CHROMIUM, Browser
-from fixtures_moonraker import SimulatedPrinter, octopus_printer, wait_until
+from fixtures_moonraker import CAN_NODE_OVERRIDES, SimulatedPrinter, octopus_printer, wait_until
 from moonraker_octoflash.moonraker.web import NAVI_ICON, PAGE_PATH, add_navi_link
 
 pytestmark = [pytest.mark.browser, pytest.mark.moonraker,
@@ -71,6 +71,18 @@ async def browser(tmp_path: Any, printer: SimulatedPrinter) -> Any:
     errors = b.exceptions + b.console_errors
     await b.close()
     assert errors == [], errors
+
+
+def free_spare(printer: SimulatedPrinter) -> Any:
+    """The spare CAN board as the module began: waiting in Katapult, no API
+    profile naming it (whatever earlier tests made of it)."""
+    spare = printer.board("spare")
+    for profile in printer.result("GET", "/server/octoflash/profiles")["profiles"]:
+        if profile.get("canbus_uuid") == spare.canbus_uuid and profile["source"] == "api":
+            printer.delete("/server/octoflash/profile", name=profile["name"])
+    if spare.mode != "katapult":
+        spare.enter_bootloader()
+    return spare
 
 
 def card(name: str, part: str = "") -> str:
@@ -236,7 +248,8 @@ def kc_shown(prompt: str) -> str:
 
 
 async def test_add_a_detected_board_and_configure_its_firmware(printer, browser):
-    spare = printer.board("spare")
+    spare = free_spare(printer)
+    await browser.js("window.octoflash.reload(); true")
     await browser.js("document.getElementById('scan').click()")
     await browser.wait_js("Array.from(document.querySelectorAll('#device-list li')).some(l => "
                           f"l.textContent.indexOf('CAN node {spare.canbus_uuid}') === 0 && "
@@ -309,15 +322,22 @@ async def test_add_a_detected_board_and_configure_its_firmware(printer, browser)
 
 
 async def test_build_plan_flash_roll_back_and_download(printer, browser):
-    """The new profile: built, its plan, flashed; built again changed; rolled back."""
-    await browser.wait_js(f"!{button_of('spare', 'build')}.disabled")
-    await browser.js(f"{button_of('spare', 'build')}.click()")
-    await browser.wait_js("document.getElementById('job-title').textContent === 'Build spare' && "
+    """A new profile: built, its plan, flashed; built again changed; rolled back."""
+    spare = free_spare(printer)
+    name = f"rb{int(time.time() * 1000) % 1000000}"          # no earlier builds of its own
+    printer.result("POST", "/server/octoflash/profile", body={
+        "name": name, "preset": "btt-octopus-f446-canbridge", "canbus_uuid": spare.canbus_uuid,
+        "kconfig": dict(CAN_NODE_OVERRIDES, CONFIG_CANBUS_FREQUENCY="500000")})
+    await browser.js("window.octoflash.reload(); true")
+    await browser.wait_js(f"!!{card(name)} && !{button_of(name, 'build')}.disabled", 30,
+                          what="the profile's card")
+    await browser.js(f"{button_of(name, 'build')}.click()")
+    await browser.wait_js(f"document.getElementById('job-title').textContent === 'Build {name}' && "
                           "document.getElementById('job-state').textContent === 'done'", 120)
     await browser.js(js_click("#result-dismiss"))
-    first = printer.result("GET", "/server/octoflash/builds", args={"profile": "spare"})["builds"]
+    first = printer.result("GET", "/server/octoflash/builds", args={"profile": name})["builds"]
     assert len(first) == 1
-    await browser.js(f"{button_of('spare', 'flash')}.click()")
+    await browser.js(f"{button_of(name, 'flash')}.click()")
     steps = await browser.wait_js(
         "!document.getElementById('confirm').hidden && "
         "document.querySelectorAll('#confirm .plan-steps li').length > 0 && "
@@ -326,23 +346,24 @@ async def test_build_plan_flash_roll_back_and_download(printer, browser):
     assert any("-i can0 -u " + printer.board("spare").canbus_uuid in s for s in steps), steps
     since = time.time()
     await browser.js(js_click("#confirm-yes"))
-    await browser.wait_js("document.getElementById('job-title').textContent === 'Flash spare' && "
+    await browser.wait_js(f"document.getElementById('job-title').textContent === 'Flash {name}' && "
                           "document.getElementById('job-state').textContent === 'done'", 120)
     assert printer.written_boards(since) == ["spare"]
     assert await browser.js("document.getElementById('job-percent').textContent") == "100 %"
     await browser.js(js_click("#result-dismiss"))
     # changed and built again: two builds kept
-    profile = printer.result("GET", "/server/octoflash/profile", args={"name": "spare"})["profile"]
+    profile = printer.result("GET", "/server/octoflash/profile", args={"name": name})["profile"]
     body = {k: v for k, v in profile.items()
             if k not in ("status", "source", "target", "mcu", "board", "connection", "read_only")}
     body["kconfig"]["CONFIG_CANBUS_FREQUENCY"] = "250000"
     printer.result("POST", "/server/octoflash/profile", body=body)
     await browser.js("window.octoflash.reload(); true")
-    await browser.wait_js(f"!{button_of('spare', 'build')}.disabled")
-    await browser.js(f"{button_of('spare', 'build')}.click()")
-    await browser.wait_js("document.getElementById('job-title').textContent === 'Build spare' && "
+    await browser.wait_js(f"!!{card(name)} && !{button_of(name, 'build')}.disabled", 30,
+                          what="the profile's card")
+    await browser.js(f"{button_of(name, 'build')}.click()")
+    await browser.wait_js(f"document.getElementById('job-title').textContent === 'Build {name}' && "
                           "document.getElementById('job-state').textContent === 'done'", 120)
-    builds = printer.result("GET", "/server/octoflash/builds", args={"profile": "spare"})["builds"]
+    builds = printer.result("GET", "/server/octoflash/builds", args={"profile": name})["builds"]
     assert len(builds) == 2 and builds[1]["id"] == first[0]["id"]
     # the history: the build's job, its builds; the earlier one flashed again
     await browser.js("document.querySelector('#history [data-job] button').click()")
@@ -358,9 +379,9 @@ async def test_build_plan_flash_roll_back_and_download(printer, browser):
                      "button[data-action=rollback]').click()")
     title = await browser.wait_js("!document.getElementById('confirm').hidden && "
                                   "document.getElementById('confirm-title').textContent")
-    assert title == f"Flash 'spare' with the earlier build {first[0]['id']}"
+    assert title == f"Flash '{name}' with the earlier build {first[0]['id']}"
     await browser.js(js_click("#confirm-yes"))
-    await browser.wait_js("document.getElementById('job-title').textContent === 'Flash spare' && "
+    await browser.wait_js(f"document.getElementById('job-title').textContent === 'Flash {name}' && "
                           "document.getElementById('job-state').textContent === 'done'", 120)
     assert printer.written_boards(since) == ["spare"]
     job = printer.result("GET", "/server/octoflash/jobs")["jobs"][0]
@@ -394,7 +415,10 @@ async def test_a_moonraker_conf_profile_is_read_only_and_can_be_copied(printer, 
                                   printer.result("GET", "/server/octoflash/profiles")["profiles"]}
 
 
-async def test_dfu_plan_shows_the_drawing_and_waits_with_a_countdown(printer, browser):
+async def test_dfu_plan_shows_the_drawing_and_waits_with_a_countdown(scene, browser):
+    printer = scene
+    # a commit of its own in the Katapult checkout: the plan starts with the build
+    printer.commit_to_katapult("the DFU plan")
     await browser.js(f"{button_of('bootloader', 'flash')}.click()")
     await browser.wait_js("!document.getElementById('confirm').hidden && "
                           "!!document.querySelector('#confirm .dfu-help svg.dfu-drawing')", 30)
@@ -402,7 +426,7 @@ async def test_dfu_plan_shows_the_drawing_and_waits_with_a_countdown(printer, br
     assert "BOOT0" in text and "RESET" in text and "heaters and fans may switch on" in text
     steps = await browser.js("Array.from(document.querySelectorAll('#confirm .plan-steps li'))"
                              ".map(l => l.textContent)")
-    assert steps[0].startswith("Build 'bootloader'"), steps      # never built: built first
+    assert steps[0].startswith("Build 'bootloader'"), steps      # not built: built first
     assert any("dfu-util" in s and "0483:df11" in s for s in steps), steps
     await browser.js(js_click("#confirm-yes"))
     first = await browser.wait_js(
@@ -458,9 +482,8 @@ async def test_flash_while_printing_is_disabled_and_refused_with_its_reason(prin
         printer.set_print_state("standby")
 
 
-async def test_update_all_shows_overall_progress(printer, browser):
-    printer.set_firmware("octopus", old(printer))
-    printer.restart_klipper()
+async def test_update_all_shows_overall_progress(scene, browser):
+    printer = scene                                  # the octopus is behind
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'", 30)
     await browser.wait_js("!document.getElementById('update-all').disabled", 15)
     await browser.js("""
@@ -507,10 +530,9 @@ async def test_build_all_builds_every_profile(printer, browser):
     assert {j["kind"] for j in jobs} == {"build"}
 
 
-async def test_a_job_started_elsewhere_is_followed(printer, browser, ws_factory):
+async def test_a_job_started_elsewhere_is_followed(scene, browser, ws_factory):
     # The update manager's Update button, pressed in Mainsail while the page is open.
-    printer.set_firmware("octopus", old(printer))
-    printer.restart_klipper()
+    printer = scene                                  # the octopus is behind
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'", 30)
     await browser.js("window.__followed = false; "
                      "new MutationObserver(function () { if (document.getElementById('job-title')"
