@@ -602,6 +602,10 @@ class SimulatedPrinter(MoonrakerProcess):
             if board.mode not in ("klipper", "klipper-canbridge"):   # off, in Katapult
                 board.reset(delay=0.0)
                 changed = True
+            if board.running_firmware() is None and board.name not in firmware \
+                    and board.name in self.installed:
+                # a write that was cut short: the board stays in Katapult
+                self.set_firmware(board.name, self.installed[board.name])
         for name, version in firmware.items():
             if self.running_version(name) != version:
                 self.set_firmware(name, version)

@@ -80,8 +80,10 @@ def test_the_page_gets_its_labels_from_the_status():
     assert described["rp2040_boot"]["steps"]["write_rp2040"] == "Write with rp2040_flash"
     assert described["rp2040_boot"]["device_labels"]["rp2040_boot"] == \
         "RP2040 boot ROM in BOOTSEL mode"
-    app = open(os.path.join(ROOT, "moonraker_octoflash", "web", "app.js"), encoding="utf-8").read()
-    assert "state.status.flash_methods" in app
+    web = os.path.join(ROOT, "moonraker_octoflash", "web")
+    page = "".join(open(os.path.join(web, name), encoding="utf-8").read()
+                   for name in sorted(os.listdir(web)) if name.endswith(".js"))
+    assert "state.status.flash_methods" in page        # the device list and the editor
     from moonraker_octoflash.moonraker import api as component
     source = open(component.__file__, encoding="utf-8").read()
     assert '"flash_methods": flash_methods_json()' in source
