@@ -52,8 +52,8 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-async def _query_can(interfaces: List[CanInterface], bustype: str,
-                     listen_time: float) -> Tuple[List[CanNode], List[str]]:
+async def _query_can(interfaces: List[CanInterface], bustype: str, listen_time: float,
+                     expect: Optional[List[str]] = None) -> Tuple[List[CanNode], List[str]]:
     import asyncio
 
     from .can import query_interface
@@ -61,7 +61,8 @@ async def _query_can(interfaces: List[CanInterface], bustype: str,
     if not up:
         return [], []
     results = await asyncio.gather(*(
-        asyncio.to_thread(query_interface, i.name, bustype=bustype, listen_time=listen_time)
+        asyncio.to_thread(query_interface, i.name, bustype=bustype, listen_time=listen_time,
+                          expect=expect)
         for i in up))
     nodes: List[CanNode] = []
     warnings: List[str] = []
@@ -79,14 +80,17 @@ async def scan(*, usb_backend: Any = None,
                klipper_status: Optional[Mapping[str, Any]] = None,
                sysfs_net: str = "/sys/class/net",
                usb_sysfs: Optional[str] = _USB_SYSFS,
-               usb: bool = True, can: bool = True) -> DeviceSnapshot:
+               usb: bool = True, can: bool = True,
+               can_expect: Optional[List[str]] = None) -> DeviceSnapshot:
     """Look for every board, in threads; returns a ``DeviceSnapshot``.
 
     ``can_interfaces``: None = every CAN interface of the system that is up
     (``/sys/class/net/*/type`` 280), a list of names, or a function giving
     them.  ``klipper_status``: Klipper's ``mcu``/``mcu NAME``/``configfile``
     objects, when the caller has them.  ``usb=False``/``can=False`` skip a
-    source (the CAN window is the slow part).
+    source (the CAN window is the slow part).  ``can_expect``: CAN uuids the
+    caller looks for (a flash, its board's); an interface stops listening as
+    soon as every one of them has answered, instead of at the window's end.
     """
     import asyncio
     import time
@@ -108,7 +112,7 @@ async def scan(*, usb_backend: Any = None,
         if not can:
             return [], [], []
         interfaces = await asyncio.to_thread(resolve_interfaces, can_interfaces, sysfs_net)
-        nodes, warns = await _query_can(interfaces, can_bustype, can_listen_time)
+        nodes, warns = await _query_can(interfaces, can_bustype, can_listen_time, can_expect)
         return interfaces, nodes, warns
 
     (usb_devices, usb_warns), (ports, port_warns), (ifaces, nodes, can_warns) = \
