@@ -37,7 +37,7 @@ class FlashConfig:
     # ``fast_poll_for`` seconds (a reboot takes about a second: the wait ends soon
     # after the board is back), then every ``poll_interval``.
     poll_interval: float = 0.5
-    fast_poll_interval: float = 0.05
+    fast_poll_interval: float = 0.1
     fast_poll_for: float = 5.0
     tool_env: Dict[str, str] = dataclasses.field(default_factory=dict)
     klipper_path: str = "~/klipper"     # a method may build its tool there (rp2040_flash)
