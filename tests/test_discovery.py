@@ -93,6 +93,18 @@ async def test_can_nodes_answer_the_admin_query_as_klipper_and_katapult(machine,
     assert len(apps) == 3          # the bridge itself is a node on its own bus
 
 
+async def test_a_scan_that_expects_a_node_stops_listening_once_it_answered(machine, can_nodes):
+    machine.add_board("octopus", "stm32f446xx", firmware={"version": "v0.12.0", "bridge": True})
+    th = machine.add_board("toolhead", "stm32f446xx", transport="can",
+                           firmware={"version": "v0.12.0"})
+    machine.add_board("ebb", "stm32g0b1xx", transport="can", mode="katapult")
+    # A 30 s window: only the expected node's answer ends it this early.
+    start = time.monotonic()
+    snap = await scan(can_expect=[th.canbus_uuid], **machine.scan_options(listen_time=30.0))
+    assert time.monotonic() - start < 15.0
+    assert snap.can_node(th.canbus_uuid).application == "Klipper"
+
+
 async def test_a_node_claimed_by_running_klipper_stays_silent(machine, can_nodes):
     machine.add_board("octopus", "stm32f446xx", firmware={"version": "v0.12.0", "bridge": True})
     th = machine.add_board("toolhead", "stm32f446xx", transport="can", firmware={"version": "v0"})

@@ -119,3 +119,22 @@ def test_each_toolhead_family_has_its_katapult_preset():
         if p.target == "klipper" and not p.id.startswith("btt-octopus-"):
             assert any(k.target == "katapult" and k.family == p.family and k.mcu == p.mcu
                        for k in presets), p.id
+
+
+def test_listing_presets_imports_no_flasher_nor_discovery():
+    """``octoflash presets`` stays quick: the presets ask the flash methods what they offer,
+    which must not import the flashers, the checks, the device scan or asyncio."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from moonraker_octoflash.presets import list_presets\n"
+            "offered = [m['method'] for p in list_presets() for m in p.flash_methods]\n"
+            "assert 'rp2040_boot' in offered and 'dfu' in offered, offered\n"
+            "heavy = ('asyncio', 'moonraker_octoflash.flash.dfu', 'moonraker_octoflash.flash.katapult',\n"
+            "         'moonraker_octoflash.flash.checks', 'moonraker_octoflash.flash.plan',\n"
+            "         'moonraker_octoflash.discovery.snapshot', 'moonraker_octoflash.tools')\n"
+            "print(' '.join(m for m in heavy if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

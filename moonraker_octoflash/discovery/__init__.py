@@ -8,17 +8,21 @@ through exactly this code.
 """
 from __future__ import annotations
 
-import asyncio
+import importlib
 import os
-import time
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
-from .can import CanInterface, CanNode, InterfaceSource, query_interface, resolve_interfaces
-from .klipper import KlipperMcu, klipper_mcus, klipper_state
-from .serial import DEFAULT_BY_ID_DIR, SerialPort, list_serial_ports
-from .snapshot import (BOOT_ROM, BOOTLOADER, DFU, NOT_FOUND, RUNNING, BoardStatus, DeviceSnapshot,
-                       profile_is_usb_can_bridge)
-from .usb import SYSFS_USB, DfuLayout, UsbDevice, list_usb_devices, parse_dfu_layout
+from .serial import DEFAULT_BY_ID_DIR
+
+if TYPE_CHECKING:
+    from .can import CanInterface, CanNode, InterfaceSource
+    from .klipper import KlipperMcu
+    from .serial import SerialPort
+    from .snapshot import (BOOT_ROM, BOOTLOADER, DFU, NOT_FOUND, RUNNING, BoardStatus,
+                           DeviceSnapshot, profile_is_usb_can_bridge)
+    from .usb import DfuLayout, UsbDevice, parse_dfu_layout
+
+_USB_SYSFS = "/sys/bus/usb/devices"       # usb.SYSFS_USB, without importing usb
 
 __all__ = [
     "scan", "DeviceSnapshot", "BoardStatus", "UsbDevice", "SerialPort", "CanNode",
@@ -26,14 +30,39 @@ __all__ = [
     "profile_is_usb_can_bridge", "RUNNING", "BOOTLOADER", "DFU", "BOOT_ROM", "NOT_FOUND",
 ]
 
+# The names this package exports, by the module that defines them: imported on first
+# use, so that a part (``discovery.identity`` for the USB ids, ``discovery.snapshot``)
+# is imported without asyncio and every source.
+_LAZY = {
+    "CanInterface": "can", "CanNode": "can", "InterfaceSource": "can",
+    "KlipperMcu": "klipper", "SerialPort": "serial",
+    "BOOT_ROM": "snapshot", "BOOTLOADER": "snapshot", "DFU": "snapshot",
+    "NOT_FOUND": "snapshot", "RUNNING": "snapshot", "BoardStatus": "snapshot",
+    "DeviceSnapshot": "snapshot", "profile_is_usb_can_bridge": "snapshot",
+    "DfuLayout": "usb", "UsbDevice": "usb", "parse_dfu_layout": "usb",
+}
 
-async def _query_can(interfaces: List[CanInterface], bustype: str,
-                     listen_time: float) -> Tuple[List[CanNode], List[str]]:
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+async def _query_can(interfaces: List[CanInterface], bustype: str, listen_time: float,
+                     expect: Optional[List[str]] = None) -> Tuple[List[CanNode], List[str]]:
+    import asyncio
+
+    from .can import query_interface
     up = [i for i in interfaces if i.up]
     if not up:
         return [], []
     results = await asyncio.gather(*(
-        asyncio.to_thread(query_interface, i.name, bustype=bustype, listen_time=listen_time)
+        asyncio.to_thread(query_interface, i.name, bustype=bustype, listen_time=listen_time,
+                          expect=expect)
         for i in up))
     nodes: List[CanNode] = []
     warnings: List[str] = []
@@ -50,16 +79,27 @@ async def scan(*, usb_backend: Any = None,
                can_listen_time: float = 0.5,
                klipper_status: Optional[Mapping[str, Any]] = None,
                sysfs_net: str = "/sys/class/net",
-               usb_sysfs: Optional[str] = SYSFS_USB,
-               usb: bool = True, can: bool = True) -> DeviceSnapshot:
+               usb_sysfs: Optional[str] = _USB_SYSFS,
+               usb: bool = True, can: bool = True,
+               can_expect: Optional[List[str]] = None) -> DeviceSnapshot:
     """Look for every board, in threads; returns a ``DeviceSnapshot``.
 
     ``can_interfaces``: None = every CAN interface of the system that is up
     (``/sys/class/net/*/type`` 280), a list of names, or a function giving
     them.  ``klipper_status``: Klipper's ``mcu``/``mcu NAME``/``configfile``
     objects, when the caller has them.  ``usb=False``/``can=False`` skip a
-    source (the CAN window is the slow part).
+    source (the CAN window is the slow part).  ``can_expect``: CAN uuids the
+    caller looks for (a flash, its board's); an interface stops listening as
+    soon as every one of them has answered, instead of at the window's end.
     """
+    import asyncio
+    import time
+
+    from .can import resolve_interfaces
+    from .klipper import klipper_mcus, klipper_state
+    from .serial import list_serial_ports
+    from .snapshot import DeviceSnapshot
+    from .usb import list_usb_devices
     start = time.monotonic()
     snapshot = DeviceSnapshot(by_id_dir=by_id_dir)
 
@@ -72,7 +112,7 @@ async def scan(*, usb_backend: Any = None,
         if not can:
             return [], [], []
         interfaces = await asyncio.to_thread(resolve_interfaces, can_interfaces, sysfs_net)
-        nodes, warns = await _query_can(interfaces, can_bustype, can_listen_time)
+        nodes, warns = await _query_can(interfaces, can_bustype, can_listen_time, can_expect)
         return interfaces, nodes, warns
 
     (usb_devices, usb_warns), (ports, port_warns), (ifaces, nodes, can_warns) = \

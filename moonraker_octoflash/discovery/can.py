@@ -109,8 +109,15 @@ def open_bus(interface: str, bustype: str) -> Any:
 
 
 def query_interface(interface: str, *, bustype: str = "socketcan",
-                    listen_time: float = 0.5) -> Tuple[List[CanNode], List[str]]:
-    """Blocking: send the admin query on one interface and collect answers."""
+                    listen_time: float = 0.5,
+                    expect: Optional[Sequence[str]] = None) -> Tuple[List[CanNode], List[str]]:
+    """Blocking: send the admin query on one interface and collect answers.
+
+    Listens ``listen_time`` seconds, or less when ``expect`` (uuids) is given
+    and every one of them has answered: a flash that looks for its own node
+    need not wait for the window to close once the node is heard.
+    """
+    waiting = {str(u).lower() for u in expect} if expect else None
     import can
     try:
         bus = open_bus(interface, bustype)
@@ -135,6 +142,10 @@ def query_interface(interface: str, *, bustype: str = "socketcan",
                 continue
             uuid, app = parsed
             nodes[uuid] = CanNode(interface=interface, uuid=uuid, application=app)
+            if waiting is not None:
+                waiting.discard(uuid)
+                if not waiting:
+                    break
     except Exception as exc:
         return list(nodes.values()), [f"{interface}: CAN query failed ({exc})"]
     finally:

@@ -33,10 +33,21 @@ class FlashConfig:
     python: str = sys.executable        # runs flashtool.py (it needs pyserial for -d)
     by_id_dir: str = DEFAULT_BY_ID_DIR
     timeouts: PhaseTimeouts = dataclasses.field(default_factory=PhaseTimeouts)
+    # Waiting for a board: a probe every ``fast_poll_interval`` for the first
+    # ``fast_poll_for`` seconds (a reboot takes about a second: the wait ends soon
+    # after the board is back), then every ``poll_interval``.
     poll_interval: float = 0.5
+    fast_poll_interval: float = 0.1
+    fast_poll_for: float = 5.0
     tool_env: Dict[str, str] = dataclasses.field(default_factory=dict)
     klipper_path: str = "~/klipper"     # a method may build its tool there (rp2040_flash)
     tools: Dict[str, str] = dataclasses.field(default_factory=dict)   # other tools, by name
+
+    def poll_delay(self, waited: float) -> float:
+        """Seconds until the next probe, after ``waited`` seconds of waiting."""
+        if waited < self.fast_poll_for:
+            return min(self.fast_poll_interval, self.poll_interval)
+        return self.poll_interval
 
     def tool(self, name: str) -> Optional[str]:
         """The path of a method's tool when one was given (``with_tools``), else None."""

@@ -284,14 +284,16 @@ class _PlanRun:
 
     # --- waiting for devices -----------------------------------------------------------
     async def poll(self, what: str, timeout: float, probe: Callable[[], Awaitable[Any]]) -> Any:
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while True:
             found = await probe()
             if found:
                 return found
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 return None
-            await asyncio.sleep(self.config.poll_interval)
+            await asyncio.sleep(min(self.config.poll_delay(now - start), deadline - now))
 
     async def _wait_return(self, step: FlashStep, timeout: float) -> None:
         params = await self._expected_return(step)
@@ -559,7 +561,8 @@ async def _check_version(plan: FlashPlan, ctx: FlashContext, result: FlashResult
     record.status = "running"
     obj, expected = step.params["object"], step.params["expected"]
     timeout = float(step.timeout or 60.0)
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     reported = None
     ctx.on_progress(Progress("check_version", f"Waiting for Klipper to report {obj}"))
     while True:
@@ -571,9 +574,10 @@ async def _check_version(plan: FlashPlan, ctx: FlashContext, result: FlashResult
         # not (``toolhead``): look the board up the way Klipper matches names.
         found = find_mcu(klipper_mcus(status or {}), obj)
         reported = found.mcu_version if found is not None else None
-        if reported or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if reported or now >= deadline:
             break
-        await asyncio.sleep(plan.config.poll_interval)
+        await asyncio.sleep(min(plan.config.poll_delay(now - start), deadline - now))
     result.version_reported = reported
     if reported is None:
         record.status, record.message = "failed", f"no report within {timeout:g} s"

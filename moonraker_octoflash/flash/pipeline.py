@@ -7,8 +7,9 @@ that drives the real modules, on the ``Machine`` it is given.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Tuple
 
 from ..errors import CheckFailed, FlashError, OctoflashError
 from ..events import Progress
@@ -18,6 +19,10 @@ from ..jobs import FlashPipeline
 if TYPE_CHECKING:
     from ..machine import Machine
     from ..profiles import Profile
+
+# The CAN uuids the scan of the flash running in this task looks for (``_scan_for``).
+_CAN_EXPECT: contextvars.ContextVar[Tuple[str, ...]] = contextvars.ContextVar(
+    "octoflash_can_expect", default=())
 
 
 def with_address_from_klipper(profile: Profile, snapshot: Any) -> Profile:
@@ -69,10 +74,31 @@ class CoreFlashPipeline(FlashPipeline):
         return None if free else busy_message(record)
 
     async def scan(self) -> Any:
+        """A device snapshot.  Within a flash (``_scan_for``) the CAN query stops listening
+        as soon as the profile's node has answered (``discovery.scan``'s ``can_expect``)."""
         from ..discovery import scan
         status = await self.klipper_status() if self.klipper_status is not None else None
         options = await asyncio.to_thread(self.machine.scan_options)   # may read files
+        expect = _CAN_EXPECT.get()
+        if expect:
+            options = dict(options, can_expect=list(expect))
         return await scan(klipper_status=status, **options)
+
+    def _scan_for(self, profile: Any) -> Callable[[], Awaitable[Any]]:
+        """The scan a flash of ``profile`` plans from and waits on: ``scan`` told (through a
+        context variable, so other scans at the same time are untouched) which CAN uuid
+        it looks for."""
+        from ..discovery.identity import normalize_uuid
+        uuid = normalize_uuid(getattr(profile, "canbus_uuid", None))
+        expect = (uuid,) if uuid else ()
+
+        async def discover() -> Any:
+            token = _CAN_EXPECT.set(expect)
+            try:
+                return await self.scan()
+            finally:
+                _CAN_EXPECT.reset(token)
+        return discover
 
     def flash_config(self) -> Any:
         from .config import FlashConfig
@@ -86,7 +112,7 @@ class CoreFlashPipeline(FlashPipeline):
     async def prepare(self, profile: Profile, artifact: Any,
                       options: Dict[str, Any]) -> Any:
         from .plan import make_plan
-        snapshot = await self.scan()
+        snapshot = await self._scan_for(profile)()
         config = await asyncio.to_thread(self.flash_config)
         profile = with_address_from_klipper(profile, snapshot)
         return make_plan(profile, artifact, method=options.get("method"), devices=snapshot,
@@ -107,7 +133,8 @@ class CoreFlashPipeline(FlashPipeline):
             from .writer_lock import WriterLock
             lock = WriterLock(self.writer_lock_path, kind=self.writer_kind,
                               job_id=CURRENT_JOB_ID.get(), profiles=[plan.profile_name])
-        ctx = FlashContext(service=self.service, on_progress=on_progress, discover=self.scan,
+        ctx = FlashContext(service=self.service, on_progress=on_progress,
+                           discover=self._scan_for(plan.profile),
                            klipper_status=klipper_status if self.klipper_status else None,
                            writer_lock=lock)
         try:

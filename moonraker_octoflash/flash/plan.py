@@ -21,17 +21,9 @@ from ..discovery.snapshot import BoardStatus, DeviceSnapshot, profile_is_usb_can
 from ..errors import NotFoundError, OctoflashError, ValidationError
 from .config import FlashConfig
 from .methods import all_methods, find_method, get_method
-from .methods.base import PlanInput
-
-KATAPULT_DEVICE = "{katapult_device}"
-
-# Transports
-DFU = "dfu"
-USB_SERIAL = "usb-serial"
-CAN = "can"
-USB_CAN_BRIDGE = "usb-can-bridge"
-
-
+from .methods.base import DFU as DFU  # re-exported, as the other transports
+from .methods.base import KATAPULT_DEVICE as KATAPULT_DEVICE
+from .methods.base import CAN, USB_CAN_BRIDGE, USB_SERIAL, PlanInput
 
 def transport_text(transport: str) -> str:
     """A transport as the plan names it (each method names its own)."""

@@ -39,7 +39,7 @@ from ..machine import Machine, RealMachine, load_machine
 from ..profiles import Profile
 from ..settings import Settings
 from ..versions import parse_version, update_state
-from . import request_guard, updater, web
+from . import request_guard, web
 from .api import OctoflashApi, one_line
 from .console import JobConsole
 from .klipper_recovery import after_crash
@@ -107,13 +107,23 @@ class OctoFlash:
         # (Moonraker's internals not as expected) is a warning, not a crash.
         self.updater: Any = None
         try:
-            self.updater = updater.attach(self)
+            self.updater = self._attach_updater()
         except Exception as exc:
             self.warn(f"octoflash: update-manager entries unavailable: {exc}", "updater")
         try:
             web.register(self)
         except Exception as exc:
             self.warn(f"octoflash: the web page is unavailable: {exc}", "web")
+
+    def _attach_updater(self) -> Any:
+        """The update-manager entries (``updater.attach``); without ``[update_manager]``
+        neither the updater nor Moonraker's update-manager modules are imported."""
+        if self.server.lookup_component("update_manager", None) is None and \
+                not self.server.config.has_section("update_manager"):
+            log.info("octoflash: no [update_manager]; firmware entries are not added")
+            return None
+        from . import updater
+        return updater.attach(self)
 
     # --- life cycle -----------------------------------------------------------
 

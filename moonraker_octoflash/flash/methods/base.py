@@ -13,6 +13,16 @@ if TYPE_CHECKING:
     from ..plan import FlashPlan, FlashStep
     from ..results import StepRecord
 
+# Where a plan's argv names the Katapult serial port it is waiting for (``flash.plan``).
+KATAPULT_DEVICE = "{katapult_device}"
+
+# Transports (also ``flash.plan``'s): defined here so that a method module names them
+# without importing the planner.
+DFU = "dfu"
+USB_SERIAL = "usb-serial"
+CAN = "can"
+USB_CAN_BRIDGE = "usb-can-bridge"
+
 
 @dataclasses.dataclass
 class PlanInput:

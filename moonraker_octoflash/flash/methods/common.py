@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
-from ...discovery.snapshot import DeviceSnapshot, profile_is_usb_can_bridge
 from ...mcus import STM32_DFU, RomLoader, flash_base, rom_loader
 from ...presets import list_presets
-from ..plan import FlashPlan, dfu_instructions
-from ..results import WriteFailed
 
 if TYPE_CHECKING:
+    from ...discovery.snapshot import DeviceSnapshot
     from ..executor import _PlanRun
+    from ..plan import FlashPlan
+
+# The flashers, the checks, the planner and the discovery are imported by the functions
+# that use them: a preset asks the methods what they offer (``offered_methods``), which
+# must not import them all.
 
 
 async def wait_for_board(run: _PlanRun, probe: Callable[[], Awaitable[Any]], *, mode: str,
@@ -26,6 +29,7 @@ async def wait_for_board(run: _PlanRun, probe: Callable[[], Awaitable[Any]], *, 
     """Wait until ``probe`` finds the board in ``mode`` ("DFU mode", "BOOTSEL mode"), saying
     once how to put it there; a board that does not come within ``timeout`` fails the
     step, with the same instructions as the hint."""
+    from ..results import WriteFailed
     found = await probe()
     if found is None:
         run.emit("wait_device", f"No board in {mode} yet. {instructions}".rstrip())
@@ -67,6 +71,7 @@ def rom_of(plan: FlashPlan) -> RomLoader:
 def rom_instructions(plan: FlashPlan, rom: RomLoader) -> str:
     """How to put the board into its ROM loader: the preset's own DFU steps on an STM32."""
     if rom.method == "dfu":
+        from ..plan import dfu_instructions
         return dfu_instructions(plan.profile.preset)
     return f"Put the board into {rom.mode}: {rom.enter}."
 
@@ -92,6 +97,7 @@ def _settings_text(plan: FlashPlan) -> str:
 
 
 def _is_bridge_profile(plan: FlashPlan) -> bool:
+    from ...discovery.snapshot import profile_is_usb_can_bridge
     return plan.profile.target == "klipper" and profile_is_usb_can_bridge(plan.profile)
 
 

@@ -10,23 +10,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from ...discovery.identity import USB_ID_DFU
-from ...discovery.snapshot import DeviceSnapshot
-from ...discovery.usb import parse_dfu_layout
 from ...mcus import flash_base
 from ...presets import mcu_info
-from ..checks import CheckRefused, CheckResult, image_mcu
-from ..dfu import DfuFlasher
-from ..plan import DFU, FlashPlan, FlashStep, dfu_instructions
-from ..results import StepRecord, WriteFailed
-from .base import FlashMethod, PlanInput, PlanPart
+from .base import DFU, FlashMethod, PlanInput, PlanPart
 from .common import board_recovery, katapult_seen, wait_for_board
 
 if TYPE_CHECKING:
+    from ...discovery.snapshot import DeviceSnapshot
+    from ..checks import CheckResult
     from ..executor import _PlanRun
+    from ..plan import FlashPlan, FlashStep
+    from ..results import StepRecord
+
+# dfu-util's reader (``flash/dfu.py``), the checks and the planner are imported where they
+# are used, so that listing the methods (every preset asks them) stays cheap.
 
 
 def check_dfu_layout(plan: FlashPlan, layout_text: str) -> CheckResult:
     """The DFU memory map tells the flash size and sector layout, so often the chip."""
+    from ...discovery.usb import parse_dfu_layout
+    from ..checks import CheckRefused, CheckResult, image_mcu
     info = mcu_info(image_mcu(plan))
     theirs = parse_dfu_layout(layout_text)
     if theirs is None or info is None or not info.dfu_layout:
@@ -45,6 +48,7 @@ def check_dfu_layout(plan: FlashPlan, layout_text: str) -> CheckResult:
 
 def check_bootloader_kept(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> CheckResult:
     """Refuse an image linked at the start of flash for a board seen running Katapult."""
+    from ..checks import CheckRefused, CheckResult
     art = plan.artifact
     base = flash_base(art.mcu)
     if plan.profile.target != "klipper" or base is None or art.app_address != base:
@@ -64,6 +68,7 @@ def check_bootloader_kept(plan: FlashPlan, devices: Optional[DeviceSnapshot]) ->
 
 def check_dfu_choice(plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> CheckResult:
     """Several boards in DFU mode and no serial to tell them apart: do not guess."""
+    from ..checks import CheckRefused, CheckResult
     if devices is None:
         return CheckResult("dfu_device", True, "not a DFU write")
     boards = devices.dfu_devices()
@@ -97,6 +102,7 @@ class DfuMethod(FlashMethod):
     board_state = "dfu"
 
     def plan(self, given: PlanInput) -> PlanPart:
+        from ..plan import FlashStep, dfu_instructions
         profile, artifact, config = given.profile, given.artifact, given.config
         devices, t = given.devices, config.timeouts
         warnings: List[str] = []
@@ -153,6 +159,9 @@ class DfuMethod(FlashMethod):
         return [check_bootloader_kept(plan, devices), check_dfu_choice(plan, devices)]
 
     async def run_step(self, run: _PlanRun, step: FlashStep, record: StepRecord) -> None:
+        from ..dfu import DfuFlasher
+        from ..plan import dfu_instructions
+        from ..results import WriteFailed
         timeout = float(step.timeout or 60.0)
         if step.kind == "wait_dfu":
             await self._wait_dfu(run, step, timeout)
@@ -174,6 +183,7 @@ class DfuMethod(FlashMethod):
     async def _wait_dfu(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
         if run.ctx.discover is None:
             return
+        from ..checks import CheckRefused
         serial = step.params.get("serial")
         instructions = step.params.get("instructions") or ""
 

@@ -8,26 +8,27 @@ port it comes back as.  flashtool.py's output is read by ``flash/katapult.py``.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set
 
 from ...discovery.identity import USB_ID_KATAPULT, normalize_uuid
 from ...discovery.serial import SerialPort, katapult_by_id_name, list_serial_ports
-from ...discovery.snapshot import DeviceSnapshot
 from ...mcus import flash_base
-from ..checks import CheckRefused, CheckResult, _mcu_refusal, check_katapult_status, image_mcu
-from ...tools import run_tool
-from ..katapult import KatapultFlasher, NotKatapult, katapult_sha1
-from ..plan import (CAN, KATAPULT_DEVICE, USB_CAN_BRIDGE, USB_SERIAL, FlashPlan, FlashStep,
-                    _chip_serial, _flashtool, _transport)
-from ..results import StepRecord, WriteFailed
-from .base import FlashMethod, PlanInput, PlanPart
+from .base import CAN, KATAPULT_DEVICE, USB_CAN_BRIDGE, USB_SERIAL, FlashMethod, PlanInput, PlanPart
 from .common import _katapult_preset_for, board_recovery, rom_of
 
 if TYPE_CHECKING:
+    from ...discovery.snapshot import DeviceSnapshot
+    from ..checks import CheckResult
     from ..executor import _PlanRun
+    from ..katapult import KatapultFlasher, NotKatapult
+    from ..plan import FlashPlan, FlashStep
+    from ..results import StepRecord
+
+# flashtool.py's reader (``flash/katapult.py``), the checks, the planner, asyncio and the
+# tool runner are imported where they are used, so that listing the methods (every preset
+# asks them) stays cheap.
 
 _DETECTED_RE = re.compile(r"^Detected UUID: (?P<uuid>[0-9a-fA-F]{12}), Application: (?P<app>\w+)")
 
@@ -67,6 +68,7 @@ class KatapultMethod(FlashMethod):
             profile.target == "katapult"
 
     def plan(self, given: PlanInput) -> PlanPart:
+        from ..plan import FlashStep, _chip_serial, _flashtool, _transport
         profile, artifact, config = given.profile, given.artifact, given.config
         devices, status, t = given.devices, given.status, config.timeouts
         uuid = normalize_uuid(profile.canbus_uuid)
@@ -128,6 +130,7 @@ class KatapultMethod(FlashMethod):
                         needs_klipper_stop=True, warnings=warnings)
 
     def board_check(self, plan: FlashPlan, devices: DeviceSnapshot) -> Optional[CheckResult]:
+        from ..checks import CheckResult, _mcu_refusal, image_mcu
         chip = devices.chip_serial_for(plan.profile)
         wanted = image_mcu(plan)
         for kind in ("katapult", "klipper", "canbridge"):
@@ -139,6 +142,7 @@ class KatapultMethod(FlashMethod):
         return None
 
     def checks(self, plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> List[CheckResult]:
+        from ..checks import CheckRefused, CheckResult
         status = devices.status_of(plan.profile) if devices is not None else None
         if status is not None and status.state == "boot_rom":
             # Katapult cannot be asked for: the board runs neither Klipper nor Katapult.
@@ -154,6 +158,10 @@ class KatapultMethod(FlashMethod):
                 CheckResult("dfu_device", True, "not a DFU write")]
 
     async def run_step(self, run: _PlanRun, step: FlashStep, record: StepRecord) -> None:
+        import asyncio
+
+        from ..katapult import KatapultFlasher, NotKatapult
+        from ..results import WriteFailed
         kind = step.kind
         timeout = float(step.timeout or 60.0)
         katapult = KatapultFlasher(on_progress=run.on_tool_progress,
@@ -204,6 +212,10 @@ class KatapultMethod(FlashMethod):
 
     async def _run_katapult_step(self, run: _PlanRun, step: FlashStep, record: StepRecord,
                                  katapult: KatapultFlasher, timeout: float) -> None:
+        import asyncio
+
+        from ..checks import check_katapult_status
+        from ..katapult import katapult_sha1
         kind = step.kind
         if kind == "katapult_status":
             status = await katapult.status(run.argv(step), timeout=timeout)
@@ -239,6 +251,8 @@ class KatapultMethod(FlashMethod):
     async def _serial_request_works(self, run: _PlanRun) -> bool:
         """False for a flashtool whose ``-r`` is "(CAN only)" (before Katapult's 542b6a8,
         2024-09-20): with ``-d`` it ignores ``-r`` and writes.  Read from its ``--help``."""
+        from ...tools import run_tool
+        from ..plan import _flashtool
         argv = _flashtool(run.config, "--help")
         try:
             result = await run_tool(argv, timeout=30.0, env=run.config.tool_env or None,
@@ -249,12 +263,14 @@ class KatapultMethod(FlashMethod):
         return "(CAN only)" not in text
 
     def _query_argv(self, run: _PlanRun, interface: str) -> List[str]:
+        from ..plan import _flashtool
         return _flashtool(run.config, "-i", interface, "-q")
 
     async def _query_katapult(self, run: _PlanRun, interface: str,
                               timeout: float) -> Optional[Dict[str, str]]:
         """``flashtool.py -i IFACE -q``: clears every Katapult node id (admin 0x12), then
         lists the nodes that answer ({uuid: application}); None when it failed."""
+        from ...tools import run_tool
         try:
             result = await run_tool(self._query_argv(run, interface), timeout=timeout,
                                     env=run.config.tool_env or None, what="flashtool.py")
@@ -285,10 +301,12 @@ class KatapultMethod(FlashMethod):
                      kind="output")
 
     async def _katapult_ports(self, run: _PlanRun) -> Set[str]:
+        import asyncio
         ports, _ = await asyncio.to_thread(list_serial_ports, run.config.by_id_dir)
         return {p.path for p in ports if p.kind == "katapult"}
 
     async def _already_in_katapult(self, run: _PlanRun, step: FlashStep) -> bool:
+        import asyncio
         if not step.params.get("skip_if_in_bootloader"):
             return False
         devices = await run.snapshot()
@@ -299,6 +317,9 @@ class KatapultMethod(FlashMethod):
         return bool(path and await asyncio.to_thread(os.path.exists, path))
 
     async def _wait_katapult_usb(self, run: _PlanRun, step: FlashStep, timeout: float) -> str:
+        import asyncio
+
+        from ..results import WriteFailed
         wanted = step.params.get("path")
         mcu = step.params.get("mcu")
         chip = step.params.get("chip_serial")
@@ -329,6 +350,7 @@ class KatapultMethod(FlashMethod):
         return str(found)
 
     async def _wait_katapult_can(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
+        from ..results import WriteFailed
         uuid, interface = step.params.get("uuid"), step.params.get("interface")
         cleared = False
 
@@ -403,6 +425,7 @@ def _refuse_other_katapult(plan: FlashPlan, katapult: Sequence[SerialPort],
     another MCU than the build's is this board; waiting for a port with the
     expected name would only time out.
     """
+    from ..checks import CheckRefused, image_mcu
     expected = image_mcu(plan)
     if chip:
         mine = [p for p in katapult if p.serial and p.serial.upper() == str(chip).upper()]

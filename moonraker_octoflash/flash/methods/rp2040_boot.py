@@ -22,26 +22,25 @@ written, which is why the image is checked here first.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import struct
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
-from ...discovery.permissions import permission_fix
 from ...errors import ValidationError
-from ...events import Progress
 from ...mcus import find_mcu, flash_base
-from ...tools import run_tool
-from ..checks import CheckRefused, CheckResult, image_mcu
-from ..plan import FlashPlan, FlashStep
-from ..results import StepRecord, WriteFailed
 from .base import FlashMethod, PlanInput, PlanPart
 from .common import katapult_seen, wait_for_board
 
 if TYPE_CHECKING:
     from ...discovery.snapshot import DeviceSnapshot
+    from ..checks import CheckResult
     from ..executor import _PlanRun
+    from ..plan import FlashPlan, FlashStep
+    from ..results import StepRecord
+
+# The checks, the planner, asyncio and the tool runner are imported where they are used,
+# so that listing the methods (every preset asks them) stays cheap.
 
 USB_ID_RP2040_BOOT = (0x2E8A, 0x0003)
 USB_ID_RP2350_BOOT = (0x2E8A, 0x000F)
@@ -157,6 +156,7 @@ class Rp2040BootMethod(FlashMethod):
         return len(boot) == 1 and boot[0].kind == wanted
 
     def plan(self, given: PlanInput) -> PlanPart:
+        from ..plan import FlashStep
         profile, artifact, config = given.profile, given.artifact, given.config
         t = config.timeouts
         file_name = _uf2_file(artifact)
@@ -196,6 +196,7 @@ class Rp2040BootMethod(FlashMethod):
 
     # --- checks ------------------------------------------------------------------------
     def checks(self, plan: FlashPlan, devices: Optional[DeviceSnapshot]) -> List[CheckResult]:
+        from ..checks import CheckRefused, CheckResult
         with open(plan.file_path, "rb") as f:
             data = f.read()
         pages, skipped = uf2_pages(data)
@@ -239,6 +240,7 @@ class Rp2040BootMethod(FlashMethod):
         return self._board_mcu(plan, devices.usb)
 
     def _board_mcu(self, plan: FlashPlan, usb: List[Any]) -> Optional[CheckResult]:
+        from ..checks import CheckRefused, CheckResult, image_mcu
         boot = [d for d in usb if d.kind in self.device_kinds]
         if len(boot) != 1:
             return None
@@ -269,6 +271,10 @@ class Rp2040BootMethod(FlashMethod):
 
     async def _build_tool(self, run: _PlanRun, step: FlashStep, record: StepRecord,
                           timeout: float) -> None:
+        import asyncio
+
+        from ...tools import run_tool
+        from ..results import WriteFailed
         tool = str(step.params["tool"])
 
         def built() -> bool:
@@ -287,6 +293,7 @@ class Rp2040BootMethod(FlashMethod):
                      "(Debian: sudo apt install build-essential pkg-config libusb-1.0-0-dev).")
 
     async def _wait_bootsel(self, run: _PlanRun, step: FlashStep, timeout: float) -> Any:
+        from ..checks import CheckRefused
         if run.ctx.discover is None:
             return None
         instructions = str(step.params.get("instructions") or BOOTSEL_HOW)
@@ -309,6 +316,9 @@ class Rp2040BootMethod(FlashMethod):
                                     timeout=timeout, instructions=instructions)
 
     async def _write(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
+        from ...events import Progress
+        from ...tools import run_tool
+        from ..results import WriteFailed
         assert step.argv is not None
         found = run.state.get("device")
         argv = [a for a in step.argv if a not in (BUS_PLACEHOLDER, ADDRESS_PLACEHOLDER)]
@@ -351,6 +361,10 @@ class Rp2040BootMethod(FlashMethod):
         the boot ROM (picoboot_open_device skips a device libusb_open refuses, and prints
         nothing unless built verbose).  If the device it was pointed at is still there, that
         is the reason: say which device and how to get access."""
+        import asyncio
+
+        from ...discovery.permissions import permission_fix
+        from ..results import WriteFailed
         if found is None or found.bus is None or found.address is None:
             return
         devices = await run.snapshot()
