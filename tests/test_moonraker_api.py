@@ -55,6 +55,13 @@ def moonraker(tmp_path_factory, linked_component):
     standin.close()
 
 
+@pytest.fixture(autouse=True)
+def klipper_ready(request):
+    """Klipper ready before each test that uses the Moonraker (a test restarts it)."""
+    if "moonraker" in request.fixturenames:
+        request.getfixturevalue("moonraker").wait_klippy_ready()
+
+
 def test_component_is_linked_into_the_installed_moonraker(linked_component):
     import moonraker
     expected = os.path.join(os.path.dirname(moonraker.__file__), "components", "octoflash.py")
