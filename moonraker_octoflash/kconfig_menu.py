@@ -186,14 +186,13 @@ def _eval(kconfig_file: str, config_path: str) -> Dict[str, Any]:
         if sym.nodes and sym.orig_type in (kconfiglib.BOOL, kconfiglib.TRISTATE,
                                            kconfiglib.INT, kconfiglib.HEX, kconfiglib.STRING):
             values["CONFIG_" + name] = sym.str_value
-    handle, out = tempfile.mkstemp(suffix=".config")
-    os.close(handle)
-    try:
+    # kconfiglib keeps the file it replaces as "<name>.old": write into a
+    # folder of our own so that nothing is left behind in the temp folder.
+    with tempfile.TemporaryDirectory(prefix="octoflash-kconfig-") as folder:
+        out = os.path.join(folder, ".config")
         kconf.write_config(out, header="")
         with open(out, encoding="utf-8") as f:
             config = f.read()
-    finally:
-        os.unlink(out)
     return {"visible": visible, "values": values, "config": config}
 
 

@@ -59,6 +59,20 @@ async def test_values_decide_what_menuconfig_shows_and_the_resolved_config(klipp
     assert diff["CONFIG_STM32_MMENU_CANBUS_PD0_PD1"] == ("n", "y")
 
 
+async def test_evaluating_leaves_nothing_in_the_temp_folder(klipper_checkout, tmp_path,
+                                                         monkeypatch):
+    # every page edit evaluates the Kconfig: on a printer's small /tmp a file
+    # left behind per edit (kconfiglib's "<name>.old") would pile up
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    preset = dict(get_preset("btt-octopus-f446-canbridge").kconfig)
+    result = await evaluate(str(klipper_checkout), preset)
+    assert result["values"]["CONFIG_CANBUS_FREQUENCY"] == "1000000"
+    assert list(scratch.iterdir()) == []
+
+
 async def test_menus_are_read_again_only_when_the_checkout_moves(klipper_checkout, monkeypatch):
     import moonraker_octoflash.kconfig_menu as km
     reads = []
