@@ -85,6 +85,19 @@ def free_spare(printer: SimulatedPrinter) -> Any:
     return spare
 
 
+def addable(uuid: str) -> str:
+    """Is the CAN node listed among the devices with an "Add this board" button?"""
+    return ("Array.from(document.querySelectorAll('#device-list li')).some(l => "
+            f"l.textContent.indexOf('CAN node {uuid}') === 0 && "
+            "l.querySelector('button[data-action=add-device]'))")
+
+
+async def click_scan(browser: Any) -> None:
+    """Press Scan once no scan is running (the button is disabled meanwhile)."""
+    await browser.wait_js("!document.getElementById('scan').disabled", what="Scan enabled")
+    await browser.js("document.getElementById('scan').click()")
+
+
 def card(name: str, part: str = "") -> str:
     return f"document.querySelector('#boards [data-profile=\"{name}\"] {part}'.trim())"
 
@@ -250,16 +263,11 @@ def kc_shown(prompt: str) -> str:
 async def test_add_a_detected_board_and_configure_its_firmware(printer, browser):
     spare = free_spare(printer)
     await browser.js("window.octoflash.reload(); true")
-    await browser.js("document.getElementById('scan').click()")
-    await browser.wait_js("Array.from(document.querySelectorAll('#device-list li')).some(l => "
-                          f"l.textContent.indexOf('CAN node {spare.canbus_uuid}') === 0 && "
-                          "l.querySelector('button[data-action=add-device]'))", 20)
+    await click_scan(browser)
+    await browser.wait_js(addable(spare.canbus_uuid), 20)
     # the boards that have a profile offer no "add"
     octopus_uuid = printer.board("octopus").canbus_uuid
-    assert not await browser.js(
-        "Array.from(document.querySelectorAll('#device-list li')).some(l => "
-        f"l.textContent.indexOf('CAN node {octopus_uuid}') === 0 && "
-        "l.querySelector('button[data-action=add-device]'))")
+    assert not await browser.js(addable(octopus_uuid))
     await browser.js("Array.from(document.querySelectorAll('#device-list li')).find(l => "
                      f"l.textContent.indexOf('CAN node {spare.canbus_uuid}') === 0)"
                      ".querySelector('button').click()")
@@ -319,6 +327,16 @@ async def test_add_a_detected_board_and_configure_its_firmware(printer, browser)
     assert saved["canbus_uuid"] == spare.canbus_uuid and saved["source"] == "api"
     assert saved["kconfig"]["CONFIG_CANBUS_FREQUENCY"] == "500000"
     assert saved["kconfig"]["CONFIG_STM32_CMENU_CANBUS_PD0_PD1"] == "n"   # followed the choice
+    # the device list follows the profiles without a new scan: claimed now...
+    await browser.wait_js("!" + addable(spare.canbus_uuid), what="no 'add' for a claimed board")
+    # ...and addable again once the profile is deleted from the page
+    await browser.js(f"{button_of('spare', 'edit')}.click()")
+    await browser.wait_js("!document.getElementById('editor').hidden")
+    await browser.js(js_click("#editor [data-action=delete]"))
+    await browser.wait_js("!document.getElementById('confirm').hidden")
+    await browser.js(js_click("#confirm-yes"))
+    await browser.wait_js(f"!{card('spare')}", what="the deleted profile's card gone")
+    await browser.wait_js(addable(spare.canbus_uuid), what="'add' offered again")
 
 
 async def test_build_plan_flash_roll_back_and_download(printer, browser):
@@ -449,7 +467,7 @@ async def test_dfu_plan_shows_the_drawing_and_waits_with_a_countdown(scene, brow
 
 
 async def test_devices_are_listed(printer, browser):
-    await browser.js("document.getElementById('scan').click()")
+    await click_scan(browser)
     items = await browser.wait_js(
         "Array.from(document.querySelectorAll('#device-list li')).map(l => l.textContent)")
     for section, board in (("mcu", "octopus"), ("mcu Toolhead", "toolhead")):
@@ -472,7 +490,7 @@ async def test_flash_while_printing_is_disabled_and_refused_with_its_reason(prin
         assert "printing" in message and "benchy.gcode" in message
         assert printer.written_boards(since) == []
         # and the buttons say so before anyone presses them
-        await browser.js("document.getElementById('scan').click()")
+        await click_scan(browser)
         await browser.wait_js(f"{button_of('toolhead', 'flash')}.disabled", 15)
         reason = await browser.js(row_text("toolhead", "reason"))
         assert "Klipper is printing" in reason
@@ -587,7 +605,7 @@ async def screenshot(browser: Browser, width: int, name: str, tmp_path: Any) -> 
 async def test_the_page_fits_a_phone_and_every_control_is_labelled(printer, browser, tmp_path):
     await browser.wait_js("document.getElementById('connection').textContent === 'connected' && "
                           f"{row_text('octopus', 'state')} !== ''")
-    await browser.js("document.getElementById('scan').click()")
+    await click_scan(browser)
     await browser.wait_js("document.querySelectorAll('#device-list li').length > 2")
     await browser.send("Emulation.setDeviceMetricsOverride", width=1280, height=900,
                        deviceScaleFactor=1, mobile=False)

@@ -142,6 +142,8 @@ async function loadProfiles() {
   state.profiles = result.profiles || [];
   renderWarnings((result.warnings || []).concat((state.status && state.status.warnings) || []));
   renderBoards(ctx);
+  // which detected boards can be added depends on the profiles
+  if (state.devices) { renderDevices(ctx); }
 }
 
 async function loadEntries() {

@@ -39,8 +39,10 @@ export function unclaimed(ctx, found) {
     claim.mcu = d.mcu;
   } else { return null; }
   // claimed: a profile names it, or the scan matched it to a profile
-  const seen = Object.values((ctx.state.devices && ctx.state.devices.profiles) || {})
-    .map((s) => s && s.device).filter(Boolean);
+  // (a match of the last scan counts only while its profile still exists)
+  const names = new Set(ctx.state.profiles.map((p) => p.name));
+  const seen = Object.entries((ctx.state.devices && ctx.state.devices.profiles) || {})
+    .filter(([name]) => names.has(name)).map(([, s]) => s && s.device).filter(Boolean);
   const same = (a) => (a.serial && d.serial && a.serial === d.serial) ||
     (a.uuid && (a.uuid === d.uuid || a.uuid === d.canbus_uuid)) ||
     (a.canbus_uuid && (a.canbus_uuid === d.uuid || a.canbus_uuid === d.canbus_uuid)) ||
