@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from ..discovery.identity import normalize_uuid
 from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
@@ -32,6 +32,26 @@ KLIPPER_QUERY_TIMEOUT = 5.0
 STARTUP_POLL_INTERVAL = 2.0
 
 
+class KlippyConnection(Protocol):
+    """What octoflash reads of Moonraker's ``klippy_connection`` component."""
+
+    klippy_info: Dict[str, Any]
+    state: Any            # an enum: .name is startup, ready, error, shutdown, ...
+
+    def is_connected(self) -> bool: ...
+
+    def is_ready(self) -> bool: ...
+
+
+class KlippyApis(Protocol):
+    """What octoflash asks of Moonraker's ``klippy_apis`` component."""
+
+    async def get_object_list(self, default: Any = ...) -> List[str]: ...
+
+    async def query_objects(self, objects: Mapping[str, Any],
+                            default: Any = ...) -> Dict[str, Any]: ...
+
+
 class KlipperState:
     """Reads Klipper through Moonraker; sends ``octoflash:klipper_mcus`` on news."""
 
@@ -42,13 +62,17 @@ class KlipperState:
         self.host_version: Optional[str] = None
         self._startup_watch: Optional[asyncio.Task] = None
 
+    # Moonraker's own components, as every component reaches them (the
+    # update-manager internals are in moonraker_internals.py).
     @property
-    def klippy(self) -> Any:
-        return self.server.lookup_component("klippy_connection")
+    def klippy(self) -> KlippyConnection:
+        connection: KlippyConnection = self.server.lookup_component("klippy_connection")
+        return connection
 
     @property
-    def klippy_apis(self) -> Any:
-        return self.server.lookup_component("klippy_apis")
+    def klippy_apis(self) -> KlippyApis:
+        apis: KlippyApis = self.server.lookup_component("klippy_apis")
+        return apis
 
     def is_connected(self) -> bool:
         return bool(self.klippy.is_connected())
