@@ -18,12 +18,20 @@ header it includes changes.  ``#error`` in a source fails the compile with
 gcc's message format.  ``DECL_COMMAND``/``DECL_CONSTANT`` lines are
 collected into the object, the way Klipper's compile-time requests are.
 """
-import hashlib
-import json
 import os
-import re
 import struct
 import sys
+
+try:   # the C module behind hashlib.sha256: the same digests, a faster start
+    from _sha256 import sha256
+except ImportError:    # Python 3.12 and later
+    try:
+        from _sha2 import sha256
+    except ImportError:
+        from hashlib import sha256
+
+# A compile runs once per C file: it imports neither re nor json (their
+# import is most of a compile's time); the rarer commands import them.
 
 OBJ_MAGIC = b"SIMOBJ1\0"
 ELF_MAGIC = b"SIMELF1\0"
@@ -33,11 +41,83 @@ ELF_MAGIC = b"SIMELF1\0"
 WORK_ROUNDS = int(os.environ.get("OCTOFLASH_SIMCC_ROUNDS", "40000"))
 VECTOR_TABLE_SIZE = 0x1c0
 
-INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
-ERROR_RE = re.compile(r'^\s*#\s*error\b\s*(.*)$')
-DECL_RE = re.compile(r'^\s*(DECL_COMMAND|DECL_CONSTANT_STR|DECL_CONSTANT|DECL_ENUMERATION)'
-                     r'\s*\((.*)\)\s*;')
-DEFINE_RE = re.compile(r'^#define\s+(CONFIG_\w+)\s+(.*)$')
+DECL_KINDS = ("DECL_COMMAND", "DECL_CONSTANT_STR", "DECL_CONSTANT", "DECL_ENUMERATION")
+WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def directive(line, word):
+    """What follows ``#include`` / ``#error`` (``word``) on a line, or None."""
+    text = line.lstrip()
+    if not text.startswith("#"):
+        return None
+    text = text[1:].lstrip()
+    if not text.startswith(word):
+        return None
+    rest = text[len(word):]
+    if rest and rest[0] in WORD_CHARS:
+        return None
+    return rest
+
+
+def include_name(line):
+    """The file of an ``#include "name"`` line, or None (``<name>`` is not followed)."""
+    rest = directive(line, "include")
+    if not rest or not rest[0].isspace():
+        return None
+    rest = rest.lstrip()
+    end = rest.find('"', 1)
+    if not rest.startswith('"') or end < 2:
+        return None
+    return rest[1:end]
+
+
+def decl(line):
+    """(kind, arguments) of a ``DECL_...(arguments);`` line, or None."""
+    text = line.lstrip()
+    for kind in DECL_KINDS:
+        if not text.startswith(kind):
+            continue
+        rest = text[len(kind):].lstrip()
+        if not rest.startswith("("):
+            continue
+        end = len(rest)
+        while True:
+            end = rest.rfind(")", 0, end)
+            if end <= 0:
+                break
+            if rest[end + 1:].lstrip().startswith(";"):
+                return kind, rest[1:end]
+    return None
+
+
+def json_text(value):
+    """``json.dumps(value, sort_keys=True)`` for the str / list / dict of an object header."""
+    if isinstance(value, str):
+        out = ['"']
+        for ch in value:
+            code = ord(ch)
+            if ch in '"\\':
+                out.append("\\" + ch)
+            elif 0x20 <= code < 0x7f:
+                out.append(ch)
+            elif ch in "\n\r\t\b\f":
+                out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t",
+                            "\b": "\\b", "\f": "\\f"}[ch])
+            elif code > 0xffff:
+                code -= 0x10000
+                out.append("\\u%04x\\u%04x" % (0xd800 | (code >> 10), 0xdc00 | (code & 0x3ff)))
+            else:
+                out.append("\\u%04x" % code)
+        out.append('"')
+        return "".join(out)
+    if isinstance(value, list):
+        return "[" + ", ".join(json_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(json_text(k) + ": " + json_text(value[k])
+                               for k in sorted(value)) + "}"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
 
 
 def fail(message):
@@ -46,10 +126,12 @@ def fail(message):
 
 
 def read_autoconf(path):
+    import re
+    define = re.compile(r'^#define\s+(CONFIG_\w+)\s+(.*)$')
     values = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
-            m = DEFINE_RE.match(line.strip())
+            m = define.match(line.strip())
             if m:
                 values[m.group(1)] = m.group(2).strip()
     return values
@@ -68,22 +150,22 @@ def scan_source(path, include_dirs, seen, decls):
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     for lineno, line in enumerate(lines, 1):
-        m = ERROR_RE.match(line)
-        if m:
-            fail(f"{path}:{lineno}:2: error: #error {m.group(1)}")
-        m = INCLUDE_RE.match(line)
-        if m:
-            header = find_header(m.group(1), os.path.dirname(path), include_dirs)
+        message = directive(line, "error")
+        if message is not None:
+            fail(f"{path}:{lineno}:2: error: #error {message.lstrip()}")
+        name = include_name(line)
+        if name is not None:
+            header = find_header(name, os.path.dirname(path), include_dirs)
             if header is None:
-                fail(f"{path}:{lineno}:10: fatal error: {m.group(1)}: "
+                fail(f"{path}:{lineno}:10: fatal error: {name}: "
                      "No such file or directory\ncompilation terminated.")
             if header not in seen:
                 seen.append(header)
                 scan_source(header, include_dirs, seen, decls)
             continue
-        m = DECL_RE.match(line)
-        if m and decls is not None and path.endswith(".c"):
-            decls.append([m.group(1), m.group(2).strip()])
+        found = decl(line)
+        if found and decls is not None and path.endswith(".c"):
+            decls.append([found[0], found[1].strip()])
     return seen
 
 
@@ -106,19 +188,19 @@ def code_bytes(seed, size):
     """Deterministic "machine code": the same source gives the same bytes."""
     work = seed
     for _ in range(WORK_ROUNDS):         # the cost only: the bytes come from the seed
-        work = hashlib.sha256(work).digest()
-    digest = hashlib.sha256(seed).digest()
+        work = sha256(work).digest()
+    digest = sha256(seed).digest()
     out = bytearray()
     counter = 0
     while len(out) < size:
-        out += hashlib.sha256(digest + counter.to_bytes(4, "little")).digest()
+        out += sha256(digest + counter.to_bytes(4, "little")).digest()
         counter += 1
     return bytes(out[:size])
 
 
 def write_object(path, header, code):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    blob = json.dumps(header, sort_keys=True).encode()
+    blob = json_text(header).encode()
     with open(path, "wb") as f:
         f.write(OBJ_MAGIC + struct.pack("<I", len(blob)) + blob + code)
 
@@ -130,6 +212,7 @@ def read_object(path):
         fail(f"{path}: file format not recognized")
     size = struct.unpack_from("<I", data, len(OBJ_MAGIC))[0]
     start = len(OBJ_MAGIC) + 4
+    import json
     return json.loads(data[start:start + size]), data[start + size:]
 
 
@@ -154,7 +237,7 @@ def cmd_compile(argv):
     with open(src, "rb") as f:
         text = f.read()
     # The configuration reaches the code through autoconf.h, as in gcc.
-    seed = hashlib.sha256(text)
+    seed = sha256(text)
     for header in headers:
         with open(header, "rb") as f:
             seed.update(f.read())
@@ -196,6 +279,7 @@ def cmd_link(argv):
         fail(f"ld: {out} section `.text' will not fit in region `rom'\n"
              f"ld: region `rom' overflowed by {VECTOR_TABLE_SIZE + len(body) - available} bytes\n"
              "collect2: error: ld returned 1 exit status")
+    import json
     header = json.dumps({"app_address": app, "ram_top": ram_top}).encode()
     with open(out, "wb") as f:
         f.write(ELF_MAGIC + struct.pack("<I", len(header)) + header + bytes(body))
@@ -209,6 +293,7 @@ def flat_image(src):
         fail(f"objcopy: {src}: file format not recognized")
     size = struct.unpack_from("<I", data, len(ELF_MAGIC))[0]
     start = len(ELF_MAGIC) + 4
+    import json
     header = json.loads(data[start:start + size])
     body = data[start + size:]
     # A Cortex-M vector table: initial stack pointer, then handlers (thumb
