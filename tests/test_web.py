@@ -85,6 +85,18 @@ def free_spare(printer: SimulatedPrinter) -> Any:
     return spare
 
 
+async def record_job_panel(browser: Any, into: str, part: str) -> None:
+    """Keep in ``window[into]`` every "<part's text>|<percent>" the job panel shows."""
+    await browser.js(f"""
+        window.{into} = [];
+        new MutationObserver(function () {{
+          window.{into}.push(document.getElementById('{part}').textContent + '|' +
+                             document.getElementById('job-percent').textContent);
+        }}).observe(document.getElementById('job'), {{subtree: true, childList: true,
+                                                      characterData: true}});
+        true""")
+
+
 def addable(uuid: str) -> str:
     """Is the CAN node listed among the devices with an "Add this board" button?"""
     return ("Array.from(document.querySelectorAll('#device-list li')).some(l => "
@@ -145,14 +157,7 @@ async def test_flash_from_the_page_shows_the_plan_then_real_progress(scene, brow
     # a commit of its own: whatever earlier tests built, the plan starts with a build
     head = printer.commit_to_source("the page's plan")
     # Record what the job panel shows while the job runs.
-    await browser.js("""
-        window.__seen = [];
-        new MutationObserver(function () {
-          window.__seen.push(document.getElementById('job-stage').textContent + '|' +
-                             document.getElementById('job-percent').textContent);
-        }).observe(document.getElementById('job'), {subtree: true, childList: true,
-                                                    characterData: true});
-        true""")
+    await record_job_panel(browser, "__seen", "job-stage")
     await browser.js(f"{button_of('octopus', 'flash')}.click()")
     steps = await browser.wait_js(
         "!document.getElementById('confirm').hidden && "
@@ -504,14 +509,7 @@ async def test_update_all_shows_overall_progress(scene, browser):
     printer = scene                                  # the octopus is behind
     await browser.wait_js(f"{row_text('octopus', 'state')} === 'update available'", 30)
     await browser.wait_js("!document.getElementById('update-all').disabled", 15)
-    await browser.js("""
-        window.__overall = [];
-        new MutationObserver(function () {
-          window.__overall.push(document.getElementById('job-title').textContent + '|' +
-                                document.getElementById('job-percent').textContent);
-        }).observe(document.getElementById('job'), {subtree: true, childList: true,
-                                                    characterData: true});
-        true""")
+    await record_job_panel(browser, "__overall", "job-title")
     await browser.js("document.getElementById('update-all').click()")
     text = await browser.wait_js("!document.getElementById('confirm').hidden && "
                                  "document.getElementById('confirm-body').textContent")

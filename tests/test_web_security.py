@@ -7,13 +7,14 @@ client and must ask for the API key.  The component has one config profile
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
 import os
 import threading
 import urllib.parse
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -159,44 +160,15 @@ async def test_a_oneshot_token_lets_an_untrusted_page_in_once(moonraker, browser
     await browser.wait_js(LOGIN_SHOWN, what="the API key form after the reload")
 
 
-@pytest.fixture
-def other_site(moonraker: MoonrakerProcess) -> Any:
-    """A web site on another port (another origin) whose page frames octoflash's page."""
-    page = (f'<html><body><iframe id="octoflash" src="http://127.0.0.1:{moonraker.port}'
-            f'{PAGE_PATH}"></iframe></body></html>').encode()
-
+@contextlib.contextmanager
+def web_site(answer: Callable[[str], Tuple[int, str, bytes]]) -> Iterator[str]:
+    """A web server on a port of its own (another origin); ``answer(path)`` gives
+    (status, content type, body).  Yields its base address."""
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def page_elsewhere(moonraker: MoonrakerProcess) -> Any:
-    """The page's files served from another port (as a second Moonraker would)."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            conn = http.client.HTTPConnection("127.0.0.1", moonraker.port, timeout=10)
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read()
-            conn.close()
-            self.send_response(resp.status)
-            self.send_header("Content-Type", resp.headers.get("Content-Type", "text/plain"))
+            status, kind, body = answer(self.path.split("?")[0])
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -207,9 +179,36 @@ def page_elsewhere(moonraker: MoonrakerProcess) -> Any:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def other_site(moonraker: MoonrakerProcess) -> Any:
+    """A web site on another port (another origin) whose page frames octoflash's page."""
+    page = (f'<html><body><iframe id="octoflash" src="http://127.0.0.1:{moonraker.port}'
+            f'{PAGE_PATH}"></iframe></body></html>').encode()
+    with web_site(lambda _path: (200, "text/html", page)) as address:
+        yield address + "/"
+
+
+@pytest.fixture
+def page_elsewhere(moonraker: MoonrakerProcess) -> Any:
+    """The page's files served from another port (as a second Moonraker would)."""
+    def relay(path: str) -> Tuple[int, str, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", moonraker.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.headers.get("Content-Type", "text/plain"), resp.read()
+        finally:
+            conn.close()
+
+    with web_site(relay) as address:
+        yield address
 
 
 async def test_the_page_reaches_a_moonraker_on_another_port(moonraker, browser, page_elsewhere):
