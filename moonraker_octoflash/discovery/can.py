@@ -167,15 +167,16 @@ def watch_for_node(interface: str, uuid: str, *, timeout: float,
     being back.  ``application`` (Klipper, Katapult): an answer as another
     application does not count (a node still running Klipper right after a
     bootloader request).  Returns the node, or None after ``timeout``
-    seconds or when ``stop`` (a ``threading.Event``) is set.  One frame per
+    seconds or when ``stop`` (a ``threading.Event``) is set; ``OSError`` when
+    the interface cannot be opened.  One frame per
     ``requery`` on a bus whose host software is stopped is no load.
     """
     import can
     wanted = str(uuid).lower()
     try:
         bus = open_bus(interface, bustype)
-    except Exception:   # the interface is gone or not up: the caller's scan says why
-        return None
+    except Exception as exc:   # the interface is gone or not up, no permission
+        raise OSError(f"{interface}: cannot open the CAN interface ({exc})") from exc
     try:
         deadline = time.monotonic() + timeout
         next_query = 0.0

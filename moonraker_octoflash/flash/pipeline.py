@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from ..errors import CheckFailed, FlashError, OctoflashError
@@ -132,21 +131,31 @@ class CoreFlashPipeline(FlashPipeline):
         from ..discovery.can import watch_for_node
         options = await asyncio.to_thread(self.machine.scan_options)
         stop = threading.Event()
-        started = time.monotonic()
         try:
             node = await asyncio.to_thread(
                 watch_for_node, interface, uuid, timeout=timeout, application=application,
                 bustype=str(options.get("can_bustype") or "socketcan"), stop=stop)
+        except OSError:
+            # The bus cannot be asked from here: one scan, as the waits did before.
+            return await self._scan_for_node(uuid, interface, application)
         finally:
             stop.set()      # a cancelled wait ends the thread's loop too
         if node is None:
-            # The bus could not be asked (the interface is gone): the window still
-            # passes, so that a caller asking again does not spin.
-            left = timeout - (time.monotonic() - started)
-            if left > 0:
-                await asyncio.sleep(left)
             return None
         return node.application
+
+    async def _scan_for_node(self, uuid: str, interface: str,
+                             application: Optional[str]) -> Optional[str]:
+        token = _CAN_EXPECT.set((uuid,))
+        try:
+            devices = await self.scan()
+        finally:
+            _CAN_EXPECT.reset(token)
+        node = devices.can_node(uuid, interface) if devices is not None else None
+        if node is not None and (application is None or node.application == application):
+            return str(node.application)
+        await asyncio.sleep(0.1)     # the pace of the waits' scans (poll_delay)
+        return None
 
     def _scan_for(self, profile: Any) -> Callable[[], Awaitable[Any]]:
         """The scan a flash of ``profile`` plans from and waits on: ``scan`` told (through a
