@@ -21,8 +21,12 @@ done (``build: false``).  From each job's record:
 The breakdown of ``added`` is printed and in the JSON line: ``plan`` and
 ``checks`` (the job's steps of those names), ``stop_klipper``, each step's
 time beyond its tool run (``in_steps``), each wait beyond the reboot
-(``waits``), ``klipper_back`` (from Klipper's start to the job's end: the
-service start, Moonraker reconnecting, the version check) and ``other``
+(``waits``; negative when the reboot began inside the tool's own run: the
+simulated flashtool's ``-r`` reboots the board before its process ends),
+``klipper_back`` (from Klipper's start until Moonraker has it again: the
+service start and Moonraker's reconnection, which looks for Klipper's
+socket every 0.25 s), ``version_check`` (until Klipper reports the
+board's new version) and ``other``
 (the rest: the job's own bookkeeping, the print guard, the writer lock).
 
     python3 bench/bench_flash_overhead.py [--rounds 5] [--boot-delay 0.5]
@@ -75,10 +79,15 @@ def _breakdown(job: Dict[str, Any], boot_delay: float, total: float) -> Dict[str
             parts["plan"] += took
         elif step.get("stage") == "check":
             parts["checks"] += took
-    first_back = min((float(s["started"]) for s in job.get("steps") or []
-                      if s.get("stage") == "start_klipper"), default=None)
-    if first_back is not None:
-        parts["klipper_back"] = float(job["finished"]) - first_back
+    def first(stage: str) -> Any:
+        return min((float(s["started"]) for s in job.get("steps") or []
+                    if s.get("stage") == stage), default=None)
+    start, version = first("start_klipper"), first("check_version")
+    if start is not None:
+        parts["klipper_back"] = float(job["finished"]) - start
+        if version is not None:
+            parts["version_check"] = float(job["finished"]) - version
+            parts["klipper_back"] = version - start
     for step in (job.get("result") or {}).get("steps") or []:
         took = float(step.get("duration") or 0.0)
         if step["kind"] == "stop_klipper":
