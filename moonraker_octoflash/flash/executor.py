@@ -227,6 +227,14 @@ class _PlanRun:
             return None
         return devices
 
+    def recent_devices(self) -> Optional[DeviceSnapshot]:
+        """The last scan this run used, while it is at most ``plan_scan_reuse`` s old."""
+        devices = self.devices
+        if devices is None or not 0 <= time.time() - devices.taken_at <= \
+                self.config.plan_scan_reuse:
+            return None
+        return devices
+
     # --- the run -----------------------------------------------------------------------
     async def checks(self) -> None:
         self.emit("check", f"Checking '{self.plan.profile_name}': the image and the board "

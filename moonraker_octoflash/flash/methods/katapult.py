@@ -309,10 +309,10 @@ class KatapultMethod(FlashMethod):
         import asyncio
         if not step.params.get("skip_if_in_bootloader"):
             return False
-        # The checks' scan, moments ago, still tells: stopping Klipper moves no board
+        # The checks' scan, seconds ago, still tells: stopping Klipper moves no board
         # into or out of Katapult.  (Wrong either way, the next step finds out: a
         # request to a node in Katapult is ignored, and the wait for Katapult checks.)
-        devices = run.devices or await run.snapshot()
+        devices = run.recent_devices() or await run.snapshot()
         if devices is not None:
             return devices.status_of(run.plan.profile).state == "bootloader"
         wait = run.plan.step("wait_katapult_usb")
