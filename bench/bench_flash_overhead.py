@@ -12,7 +12,9 @@ done (``build: false``).  From each job's record:
   alone;
 * ``reboots``: the board's own reboots (the simulated board's ``boot_delay``,
   set here; once per wait step: into its bootloader, and back into Klipper),
-  which octoflash can only wait for;
+  which octoflash can only wait for: the part of them its wait steps spent
+  (a reboot that began inside a tool's run, as the simulated ``-r`` reboots
+  the board before its process ends, is tool time already);
 * ``total``: the job, from its start to its end;
 * ``added`` = total - tool - reboots: planning, checks, stopping and
   starting Klipper, waiting for the board beyond its reboot, reading its
@@ -21,8 +23,7 @@ done (``build: false``).  From each job's record:
 The breakdown of ``added`` is printed and in the JSON line: ``plan`` and
 ``checks`` (the job's steps of those names), ``stop_klipper``, each step's
 time beyond its tool run (``in_steps``), each wait beyond the reboot
-(``waits``; negative when the reboot began inside the tool's own run: the
-simulated flashtool's ``-r`` reboots the board before its process ends),
+(``waits``),
 ``klipper_back`` (from Klipper's start until Moonraker has it again: the
 service start and Moonraker's reconnection, which looks for Klipper's
 socket every 0.25 s), ``version_check`` (until Klipper reports the
@@ -67,6 +68,15 @@ def _tool_seconds(job: Dict[str, Any], kinds: Any) -> float:
                if step["kind"] in kinds)
 
 
+def _reboot_waited(job: Dict[str, Any], boot_delay: float) -> float:
+    """The part of the board's reboots that the job spent in its wait steps: a reboot
+    that began inside a tool's run (the simulated ``-r`` reboots the board before its
+    process ends) is tool time already, and is not taken off twice."""
+    return sum(min(boot_delay, float(step.get("duration") or 0.0))
+               for step in (job.get("result") or {}).get("steps") or []
+               if step["kind"].startswith("wait_"))
+
+
 def _breakdown(job: Dict[str, Any], boot_delay: float, total: float) -> Dict[str, float]:
     """Where the added time went (see the module text)."""
     parts: Dict[str, float] = {"plan": 0.0, "checks": 0.0, "stop_klipper": 0.0,
@@ -93,12 +103,12 @@ def _breakdown(job: Dict[str, Any], boot_delay: float, total: float) -> Dict[str
         if step["kind"] == "stop_klipper":
             parts["stop_klipper"] += took
         elif step["kind"].startswith("wait_"):
-            parts["waits"] += took - boot_delay
+            parts["waits"] += max(0.0, took - boot_delay)
         elif step["kind"] not in ("start_klipper", "check_version"):
             parts["in_steps"] += took - float(step.get("tool_seconds") or 0.0) \
                 if step["kind"] in TOOL_KINDS else took
     tool = _tool_seconds(job, TOOL_KINDS)
-    parts["other"] = total - tool - 2 * boot_delay - sum(parts.values())
+    parts["other"] = total - tool - _reboot_waited(job, boot_delay) - sum(parts.values())
     return {k: round(v, 4) for k, v in parts.items()}
 
 
@@ -155,8 +165,9 @@ def main() -> int:
                 total = float(done["finished"]) - float(done["started"])
                 tool = _tool_seconds(done, TOOL_KINDS)
                 write = _tool_seconds(done, WRITE_KINDS)
-                # the board reboots once per wait: into its bootloader, back to Klipper
-                reboot = args.boot_delay * sum(1 for k in steps if k.startswith("wait_"))
+                # the board reboots once per wait: into its bootloader, back to Klipper;
+                # only the part of it that was waited for outside the tools is taken off
+                reboot = _reboot_waited(done, args.boot_delay)
                 added = total - tool - reboot
                 parts = _breakdown(done, args.boot_delay, total)
                 rounds.append({"total": total, "tool": tool, "write": write, "reboot": reboot,
