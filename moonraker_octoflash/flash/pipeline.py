@@ -67,6 +67,35 @@ async def _load_flash_modules() -> None:
         _modules_loaded = True
 
 
+def can_watcher(scan_options: Callable[[], Dict[str, Any]],
+                scan: Callable[[], Awaitable[Any]]) -> Callable[..., Awaitable[Optional[str]]]:
+    """A ``FlashContext.watch_can`` on the bus ``scan_options()`` names (its ``can_bustype``):
+    asks for the node every 50 ms (``discovery.can.watch_for_node``).  Where the bus cannot
+    be opened from here, each call is one ``scan()`` instead, as the waits did before."""
+    async def watch(uuid: str, interface: str, application: Optional[str],
+                    timeout: float) -> Optional[str]:
+        import threading
+
+        from ..discovery.can import watch_for_node
+        options = await asyncio.to_thread(scan_options)   # may read files
+        stop = threading.Event()
+        try:
+            node = await asyncio.to_thread(
+                watch_for_node, interface, uuid, timeout=timeout, application=application,
+                bustype=str(options.get("can_bustype") or "socketcan"), stop=stop)
+        except OSError:
+            devices = await scan()
+            found = devices.can_node(uuid, interface) if devices is not None else None
+            if found is not None and (application is None or found.application == application):
+                return str(found.application)
+            await asyncio.sleep(0.1)     # the pace of the waits' scans (poll_delay)
+            return None
+        finally:
+            stop.set()      # a cancelled wait ends the thread's loop too
+        return node.application if node is not None else None
+    return watch
+
+
 def _claimed_by_klipper(status: Optional[Dict[str, Any]]) -> Set[str]:
     """The CAN uuids of the boards Klipper reports talking to (a version reported)."""
     if not status:
@@ -126,36 +155,12 @@ class CoreFlashPipeline(FlashPipeline):
                         timeout: float) -> Optional[str]:
         """Until node ``uuid`` answers on ``interface`` (as ``application``), asking the bus
         again every 50 ms; the application it answered as, or None after ``timeout``."""
-        import threading
-
-        from ..discovery.can import watch_for_node
-        options = await asyncio.to_thread(self.machine.scan_options)
-        stop = threading.Event()
+        watch = can_watcher(self.machine.scan_options, self.scan)
+        token = _CAN_EXPECT.set((uuid,))     # for the fallback's scan
         try:
-            node = await asyncio.to_thread(
-                watch_for_node, interface, uuid, timeout=timeout, application=application,
-                bustype=str(options.get("can_bustype") or "socketcan"), stop=stop)
-        except OSError:
-            # The bus cannot be asked from here: one scan, as the waits did before.
-            return await self._scan_for_node(uuid, interface, application)
-        finally:
-            stop.set()      # a cancelled wait ends the thread's loop too
-        if node is None:
-            return None
-        return node.application
-
-    async def _scan_for_node(self, uuid: str, interface: str,
-                             application: Optional[str]) -> Optional[str]:
-        token = _CAN_EXPECT.set((uuid,))
-        try:
-            devices = await self.scan()
+            return await watch(uuid, interface, application, timeout)
         finally:
             _CAN_EXPECT.reset(token)
-        node = devices.can_node(uuid, interface) if devices is not None else None
-        if node is not None and (application is None or node.application == application):
-            return str(node.application)
-        await asyncio.sleep(0.1)     # the pace of the waits' scans (poll_delay)
-        return None
 
     def _scan_for(self, profile: Any) -> Callable[[], Awaitable[Any]]:
         """The scan a flash of ``profile`` plans from and waits on: ``scan`` told (through a
