@@ -226,6 +226,25 @@ def main() -> int:
     for r in sorted(slow, key=lambda r: -r["ms"])[:15]:
         print(f"  {r['phase']:<15} {r['ms']:7.1f} ms  {r['callback']}  "
               f"resumed at {r['resumed_at'] or '-'}")
+    # The callbacks that ran octoflash's own code (resumed or suspended in it), by name.
+    own: Dict[str, Dict[str, Any]] = {}
+    for r in slow:
+        where = f"{r.get('resumed_at') or ''} {r.get('stopped_at') or ''}"
+        if "moonraker_octoflash" not in where:
+            continue
+        key = (f"{r['callback'].split(': ', 1)[-1]} resumed at "
+               f"{(r.get('resumed_at') or '-').split(' (')[0]}, suspended at "
+               f"{(r.get('stopped_at') or '-').split(' (')[0]}")
+        entry = own.setdefault(key, {"callback": key, "count": 0, "max_ms": 0.0, "phases": []})
+        entry["count"] += 1
+        entry["max_ms"] = max(entry["max_ms"], r["ms"])
+        if r["phase"] not in entry["phases"]:
+            entry["phases"].append(r["phase"])
+    own_list = sorted(own.values(), key=lambda e: -e["max_ms"])
+    print(f"of which in octoflash's own code: {sum(e['count'] for e in own_list)}")
+    for e in own_list:
+        print(f"  {e['count']:3d}x  max {e['max_ms']:6.1f} ms  {e['callback']}  "
+              f"({', '.join(e['phases'])})")
     base_p99 = phases.figures["baseline_build"]["p99_ms"]
     ratio = round(phases.figures["build"]["p99_ms"] / base_p99, 2) if base_p99 else None
     worst = max(phases.figures[p]["max_ms"] for p in OCTOFLASH_PHASES)
@@ -237,6 +256,7 @@ def main() -> int:
         "worst_ms_octoflash_phases": worst,
         "worst_callback_ms": worst_callback,
         "slow_callbacks": sorted(slow, key=lambda r: -r["ms"])[:20],
+        "octoflash_callbacks": own_list,
         "threshold_ms": args.threshold_ms,
         "target_no_callback_over_threshold": not in_phases,
         "target_p99_within_1_2x_baseline": ratio is not None and ratio <= 1.2,

@@ -10,6 +10,7 @@ compiler behind.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import os
@@ -23,6 +24,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 from .errors import ToolError
 
 LineCallback = Callable[[str, str], None]   # (stream, line)
+
+# While set (a list), every program run in this context adds its run time, in
+# seconds, from its start to its end: a flash step tells the time its tool took
+# from the time octoflash took around it (``flash/executor.py``).
+TOOL_SECONDS: contextvars.ContextVar[Optional[List[float]]] = contextvars.ContextVar(
+    "octoflash_tool_seconds", default=None)
 
 
 @dataclasses.dataclass
@@ -207,8 +214,21 @@ async def run_tool(argv: Sequence[str], *, timeout: float,
         full_env = dict(os.environ)
         full_env.update(env)
     start = time.monotonic()
+    spent = TOOL_SECONDS.get()
     try:
-        proc = await _spawn(argv, cwd=cwd, env=full_env, pass_fds=tuple(pass_fds))
+        return await _run(argv, label, timeout=timeout, cwd=cwd, env=full_env, on_line=on_line,
+                          on_partial=on_partial, pass_fds=pass_fds, start=start)
+    finally:
+        if spent is not None:
+            spent.append(time.monotonic() - start)
+
+
+async def _run(argv: List[str], label: str, *, timeout: float, cwd: Optional[str],
+               env: Optional[Dict[str, str]], on_line: Optional[LineCallback],
+               on_partial: Optional[LineCallback], pass_fds: Sequence[int],
+               start: float) -> ToolResult:
+    try:
+        proc = await _spawn(argv, cwd=cwd, env=env, pass_fds=tuple(pass_fds))
     except OSError as exc:
         raise ToolError(f"{label}: cannot start '{argv[0]}': {exc.strerror or exc}") from exc
     lines: List[str] = []

@@ -156,6 +156,55 @@ def query_interface(interface: str, *, bustype: str = "socketcan",
     return list(nodes.values()), []
 
 
+def watch_for_node(interface: str, uuid: str, *, timeout: float,
+                   application: Optional[str] = None, bustype: str = "socketcan",
+                   requery: float = 0.05, stop: Any = None) -> Optional[CanNode]:
+    """Blocking: ask the bus every ``requery`` seconds until node ``uuid`` answers.
+
+    For the end of a wait on a rebooting node: a node answers a query only
+    when it is asked, so one query during the reboot finds nothing; asking
+    again every ``requery`` seconds sees the node within that time of it
+    being back.  ``application`` (Klipper, Katapult): an answer as another
+    application does not count (a node still running Klipper right after a
+    bootloader request).  Returns the node, or None after ``timeout``
+    seconds or when ``stop`` (a ``threading.Event``) is set; ``OSError`` when
+    the interface cannot be opened.  One frame per
+    ``requery`` on a bus whose host software is stopped is no load.
+    """
+    import can
+    wanted = str(uuid).lower()
+    try:
+        bus = open_bus(interface, bustype)
+    except Exception as exc:   # the interface is gone or not up, no permission
+        raise OSError(f"{interface}: cannot open the CAN interface ({exc})") from exc
+    try:
+        deadline = time.monotonic() + timeout
+        next_query = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline or (stop is not None and stop.is_set()):
+                return None
+            if now >= next_query:
+                bus.send(can.Message(arbitration_id=ADMIN_ID, data=[CMD_QUERY_UNASSIGNED],
+                                     is_extended_id=False))
+                next_query = now + requery
+            msg = bus.recv(timeout=max(0.0, min(next_query, deadline) - time.monotonic()))
+            if msg is None or msg.arbitration_id != ADMIN_RESPONSE_ID or msg.is_extended_id:
+                continue
+            parsed = parse_query_answer(bytes(msg.data))
+            if parsed is None or parsed[0] != wanted:
+                continue
+            if application is None or parsed[1] == application:
+                return CanNode(interface=interface, uuid=parsed[0], application=parsed[1])
+    except Exception:
+        return None
+    finally:
+        try:
+            bus.shutdown()
+        except Exception:
+            pass
+
+
 def send_bootloader_request(interface: str, uuid: str, *, bustype: str = "socketcan") -> None:
     """Blocking: ask the node with ``uuid`` to jump to its bootloader (admin 0x02)."""
     import can

@@ -280,9 +280,11 @@ def cmd_flash(ctx: Any, out: TextIO, err: TextIO) -> int:
                 return 1
         if any(p.needs_build for p in plans):
             plans = asyncio.run(_build_first(builder, plans, env, args, log))
+        from .pipeline import can_watcher
         flash_ctx = FlashContext(service=env.service(args.klipper_service, data_path),
                                  on_progress=_Printer(log),
                                  discover=env.scan,
+                                 watch_can=can_watcher(env.scan_options, env.scan),
                                  writer_lock=WriterLock(lock_path, kind="cli",
                                                         profiles=[p.profile_name for p in plans]))
         results = asyncio.run(execute_plans(plans, flash_ctx))

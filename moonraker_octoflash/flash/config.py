@@ -39,6 +39,13 @@ class FlashConfig:
     poll_interval: float = 0.5
     fast_poll_interval: float = 0.1
     fast_poll_for: float = 5.0
+    # The checks before writing use the plan's own scan when it is at most this many
+    # seconds old (a job plans and checks within a fraction of a second); an older
+    # plan (a command line that waited for its "y") gets a fresh scan.  0: always scan.
+    plan_scan_reuse: float = 5.0
+    # A wait for a CAN node that has not answered for this many seconds clears the
+    # bus's Katapult node ids (flashtool.py -q) once: a node left with an id is silent.
+    can_clear_after: float = 2.0
     tool_env: Dict[str, str] = dataclasses.field(default_factory=dict)
     klipper_path: str = "~/klipper"     # a method may build its tool there (rp2040_flash)
     tools: Dict[str, str] = dataclasses.field(default_factory=dict)   # other tools, by name

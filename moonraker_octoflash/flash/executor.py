@@ -26,7 +26,7 @@ from ..errors import FlashError, OctoflashError
 from ..events import Progress, ProgressCallback, null_progress
 from ..kconfig import parse_config
 from ..service import KlipperService, NullService
-from ..tools import ToolTimeout
+from ..tools import TOOL_SECONDS, ToolTimeout
 from . import results as R
 from .checks import CheckRefused, run_checks
 from .methods import get_method
@@ -41,6 +41,7 @@ _STOP_RECORD = {"stopped": ("done", "Klipper stopped"),
                 "left_stopped": ("skipped", "not needed: Klipper was left stopped by an "
                                             "interrupted flash; it is started when this one ends")}
 KlipperStatus = Callable[[], Awaitable[Mapping[str, Any]]]
+WatchCan = Callable[[str, str, Optional[str], float], Awaitable[Optional[str]]]
 
 
 @dataclasses.dataclass
@@ -60,6 +61,11 @@ class FlashContext:
     result: Optional[FlashResult] = None           # the current/last result, also on cancel
     results: List[FlashResult] = dataclasses.field(default_factory=list)
     writer_lock: Optional[WriterLock] = None       # one writer per machine (CLI and component)
+    # ``watch_can(uuid, interface, application, timeout)``: the application node ``uuid``
+    # answered as, asking the bus again every few ms until it does, or None after
+    # ``timeout``; a wait for a rebooting CAN node then ends as soon as the node is back.
+    # Without it such a wait probes with ``discover``.
+    watch_can: Optional[WatchCan] = None
 
 
 class _Restart:
@@ -181,6 +187,7 @@ class _PlanRun:
         self.bootloader_requested = False
         self.status_block_size = 64
         self.state: Dict[str, Any] = {}     # a method's own notes between its steps
+        self.devices: Optional[DeviceSnapshot] = None   # the last scan this run used
 
     # --- events ----------------------------------------------------------------------
     def emit(self, stage: str, message: str, percent: Optional[float] = None,
@@ -195,13 +202,50 @@ class _PlanRun:
     async def snapshot(self) -> Optional[DeviceSnapshot]:
         if self.ctx.discover is None:
             return None
-        return await self.ctx.discover()
+        self.devices = await self.ctx.discover()
+        return self.devices
+
+    def plan_devices(self) -> Optional[DeviceSnapshot]:
+        """The plan's own scan while it is young enough to stand for the board now.
+
+        A job plans and checks within a fraction of a second, with nothing
+        in between that changes a board (no stop, no request): scanning
+        again would only repeat the plan's CAN window.  What the checks
+        compare (the MCU Klipper or the USB device reports, the board's
+        state) is the plan's basis too; what a board does after them (it
+        is swapped, rebooted) is checked where it matters, against the
+        board itself right before the first block: Katapult's MCU type and
+        application start (``katapult_status``), the DFU device's layout
+        (``wait_dfu``).  An older plan (``plan_scan_reuse`` seconds: a
+        command line that waited for its "y") gets a fresh scan.
+        """
+        devices = self.plan.devices
+        if devices is None or self.ctx.discover is None:
+            return None
+        age = time.time() - devices.taken_at
+        if not 0 <= age <= self.config.plan_scan_reuse:
+            return None
+        return devices
+
+    def recent_devices(self) -> Optional[DeviceSnapshot]:
+        """The last scan this run used, while it is at most ``plan_scan_reuse`` s old."""
+        devices = self.devices
+        if devices is None or not 0 <= time.time() - devices.taken_at <= \
+                self.config.plan_scan_reuse:
+            return None
+        return devices
 
     # --- the run -----------------------------------------------------------------------
     async def checks(self) -> None:
         self.emit("check", f"Checking '{self.plan.profile_name}': the image and the board "
                            "before writing")
-        devices = await self.snapshot()
+        devices = self.plan_devices()
+        if devices is not None:
+            self.devices = devices
+            self.emit("check", f"the board as the plan's scan saw it "
+                               f"{time.time() - devices.taken_at:.1f} s ago", kind="output")
+        else:
+            devices = await self.snapshot()
         for check in await run_checks(self.plan, devices):
             self.emit("check", check.message, kind="output")
 
@@ -249,6 +293,8 @@ class _PlanRun:
     async def _timed(self, record: StepRecord, work: Awaitable[Any]) -> None:
         record.status, record.started = "running", time.time()
         self.emit(record.kind, record.title)
+        spent: List[float] = []
+        token = TOOL_SECONDS.set(spent)
         try:
             try:
                 await self._note_step(record.kind)
@@ -264,7 +310,9 @@ class _PlanRun:
             record.status, record.message = "failed", str(exc).split("\n")[0]
             raise
         finally:
+            TOOL_SECONDS.reset(token)
             record.duration = time.time() - record.started
+            record.tool_seconds = round(sum(spent), 4) if spent else None
         if record.status == "running":
             record.status = "done"
 
@@ -283,7 +331,11 @@ class _PlanRun:
         await get_method(self.plan.method).run_step(self, step, record)
 
     # --- waiting for devices -----------------------------------------------------------
-    async def poll(self, what: str, timeout: float, probe: Callable[[], Awaitable[Any]]) -> Any:
+    async def poll(self, what: str, timeout: float, probe: Callable[[], Awaitable[Any]],
+                   *, rest: bool = True) -> Any:
+        """``probe()`` until it finds something or ``timeout`` passes.  ``rest``: pause
+        between probes (``poll_delay``); a probe that itself waits for its event (a CAN
+        watch) needs none."""
         start = time.monotonic()
         deadline = start + timeout
         while True:
@@ -293,7 +345,8 @@ class _PlanRun:
             now = time.monotonic()
             if now >= deadline:
                 return None
-            await asyncio.sleep(min(self.config.poll_delay(now - start), deadline - now))
+            if rest:
+                await asyncio.sleep(min(self.config.poll_delay(now - start), deadline - now))
 
     async def _wait_return(self, step: FlashStep, timeout: float) -> None:
         params = await self._expected_return(step)
@@ -309,6 +362,23 @@ class _PlanRun:
                 self.result.board_detail = path if found else None
             else:
                 record.message = "not checked: this run has no USB/CAN discovery to see it"
+            return
+
+        watch = self.ctx.watch_can
+        if expect == "can" and watch is not None and params.get("uuid"):
+            uuid, interface = str(params["uuid"]), str(params.get("interface") or "can0")
+            start = time.monotonic()
+
+            async def answered() -> Optional[str]:
+                left = timeout - (time.monotonic() - start)
+                app = await watch(uuid, interface, "Klipper", max(0.05, min(left, 1.0)))
+                return f"node {uuid} answers on {interface} as Klipper" if app else None
+            detail = await self.poll("return", timeout, answered, rest=False)
+            self.result.board_back = bool(detail)
+            self.result.board_detail = detail
+            if detail:
+                record.message = f"back: {detail}"
+                self.emit("wait_return", f"Board is back: {detail}", kind="output")
             return
 
         seen: List[DeviceSnapshot] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from ..errors import CheckFailed, FlashError, OctoflashError
 from ..events import Progress
@@ -40,6 +40,68 @@ def with_address_from_klipper(profile: Profile, snapshot: Any) -> Profile:
         return dataclasses.replace(profile, canbus_uuid=mcu.canbus_uuid,
                                    canbus_interface=mcu.canbus_interface or "can0")
     return dataclasses.replace(profile, serial=mcu.serial)
+
+
+# What a flash imports on first use (the package imports its parts lazily, so that
+# listing presets stays cheap): imported in a worker thread before the first flash
+# instead of on Moonraker's event loop, where a first flash held it for 30-100 ms.
+_FLASH_MODULES = ("plan", "executor", "checks", "katapult", "dfu", "writer_lock", "results",
+                  "methods.katapult", "methods.dfu", "methods.rp2040_boot")
+_DISCOVERY_MODULES = ("can", "klipper", "serial", "snapshot", "usb", "identity")
+_modules_loaded = False
+
+
+def _import_flash_modules() -> None:
+    import importlib
+    for name in _FLASH_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+    parent = __package__.rsplit(".", 1)[0]
+    for name in _DISCOVERY_MODULES:
+        importlib.import_module(f"{parent}.discovery.{name}")
+
+
+async def _load_flash_modules() -> None:
+    global _modules_loaded
+    if not _modules_loaded:
+        await asyncio.to_thread(_import_flash_modules)
+        _modules_loaded = True
+
+
+def can_watcher(scan_options: Callable[[], Dict[str, Any]],
+                scan: Callable[[], Awaitable[Any]]) -> Callable[..., Awaitable[Optional[str]]]:
+    """A ``FlashContext.watch_can`` on the bus ``scan_options()`` names (its ``can_bustype``):
+    asks for the node every 50 ms (``discovery.can.watch_for_node``).  Where the bus cannot
+    be opened from here, each call is one ``scan()`` instead, as the waits did before."""
+    async def watch(uuid: str, interface: str, application: Optional[str],
+                    timeout: float) -> Optional[str]:
+        import threading
+
+        from ..discovery.can import watch_for_node
+        options = await asyncio.to_thread(scan_options)   # may read files
+        stop = threading.Event()
+        try:
+            node = await asyncio.to_thread(
+                watch_for_node, interface, uuid, timeout=timeout, application=application,
+                bustype=str(options.get("can_bustype") or "socketcan"), stop=stop)
+        except OSError:
+            devices = await scan()
+            found = devices.can_node(uuid, interface) if devices is not None else None
+            if found is not None and (application is None or found.application == application):
+                return str(found.application)
+            await asyncio.sleep(0.1)     # the pace of the waits' scans (poll_delay)
+            return None
+        finally:
+            stop.set()      # a cancelled wait ends the thread's loop too
+        return node.application if node is not None else None
+    return watch
+
+
+def _claimed_by_klipper(status: Optional[Dict[str, Any]]) -> Set[str]:
+    """The CAN uuids of the boards Klipper reports talking to (a version reported)."""
+    if not status:
+        return set()
+    from ..discovery.klipper import klipper_mcus
+    return {m.canbus_uuid for m in klipper_mcus(status) if m.connected and m.canbus_uuid}
 
 
 class CoreFlashPipeline(FlashPipeline):
@@ -82,7 +144,23 @@ class CoreFlashPipeline(FlashPipeline):
         expect = _CAN_EXPECT.get()
         if expect:
             options = dict(options, can_expect=list(expect))
+            if set(expect) <= _claimed_by_klipper(status):
+                # Klipper talks to the node: it has a node id and keeps silent on the
+                # query, and Klipper's own report says where the board is.  Listening
+                # for it would only wait out the whole window.
+                options["can_listen_time"] = 0.0
         return await scan(klipper_status=status, **options)
+
+    async def watch_can(self, uuid: str, interface: str, application: Optional[str],
+                        timeout: float) -> Optional[str]:
+        """Until node ``uuid`` answers on ``interface`` (as ``application``), asking the bus
+        again every 50 ms; the application it answered as, or None after ``timeout``."""
+        watch = can_watcher(self.machine.scan_options, self.scan)
+        token = _CAN_EXPECT.set((uuid,))     # for the fallback's scan
+        try:
+            return await watch(uuid, interface, application, timeout)
+        finally:
+            _CAN_EXPECT.reset(token)
 
     def _scan_for(self, profile: Any) -> Callable[[], Awaitable[Any]]:
         """The scan a flash of ``profile`` plans from and waits on: ``scan`` told (through a
@@ -111,6 +189,7 @@ class CoreFlashPipeline(FlashPipeline):
 
     async def prepare(self, profile: Profile, artifact: Any,
                       options: Dict[str, Any]) -> Any:
+        await _load_flash_modules()
         from .plan import make_plan
         snapshot = await self._scan_for(profile)()
         config = await asyncio.to_thread(self.flash_config)
@@ -134,7 +213,7 @@ class CoreFlashPipeline(FlashPipeline):
             lock = WriterLock(self.writer_lock_path, kind=self.writer_kind,
                               job_id=CURRENT_JOB_ID.get(), profiles=[plan.profile_name])
         ctx = FlashContext(service=self.service, on_progress=on_progress,
-                           discover=self._scan_for(plan.profile),
+                           discover=self._scan_for(plan.profile), watch_can=self.watch_can,
                            klipper_status=klipper_status if self.klipper_status else None,
                            writer_lock=lock)
         try:

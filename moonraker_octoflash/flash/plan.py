@@ -86,6 +86,10 @@ class FlashPlan:
     # The build that comes first when the profile has no current build
     # (``with_build``): shown, never run by the executor.
     build_steps: List[FlashStep] = dataclasses.field(default_factory=list)
+    # The scan the plan was made from; the checks use it again while it is young
+    # (``FlashConfig.plan_scan_reuse``), see ``executor._PlanRun.checks``.
+    devices: Optional[DeviceSnapshot] = dataclasses.field(default=None, repr=False,
+                                                          compare=False)
 
     @property
     def needs_build(self) -> bool:
@@ -300,7 +304,7 @@ def make_plan(profile: Any, artifact: Artifact, *, method: Optional[str] = None,
                      file_name=file_name, address=address, steps=steps,
                      needs_klipper_stop=needs_stop, config=config, warnings=warnings,
                      board_status=status, dfu_serial=dfu_serial,
-                     allow_bootloader_overwrite=allow_bootloader_overwrite)
+                     allow_bootloader_overwrite=allow_bootloader_overwrite, devices=devices)
 
 
 

@@ -30,6 +30,7 @@ class StepRecord:
     message: str = ""
     started: Optional[float] = None
     duration: Optional[float] = None
+    tool_seconds: Optional[float] = None   # of ``duration``, the time its programs ran
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from moonraker.server import Server
 
 JOB_KEY_PREFIX = "job."
+# Seconds between looks at Klipper's connection while a stop or start is awaited,
+# besides the events that end the wait at once.
+EVENT_RECHECK = 1.0
 
 
 class MoonrakerJobStorage(JobStorage):
@@ -51,6 +54,16 @@ class MoonrakerKlipperService(KlipperService):
         self.control = control
         if control is not None:
             self.name = control.name
+        # Moonraker says when it loses Klipper and when it has it again: a wait
+        # for either ends at that event instead of at the next poll.
+        self._changed: Optional[asyncio.Event] = None
+        for event in ("server:klippy_disconnect", "server:klippy_identified",
+                      "server:klippy_started", "server:klippy_ready"):
+            server.register_event_handler(event, self._on_klippy_event)
+
+    async def _on_klippy_event(self, *args: Any) -> None:
+        if self._changed is not None:
+            self._changed.set()
 
     @property
     def _kconn(self) -> Any:
@@ -100,9 +113,21 @@ class MoonrakerKlipperService(KlipperService):
         await self._wait(lambda: self._kconn.is_connected(), self.reconnect_timeout)
 
     async def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Until ``condition()`` holds, woken by Moonraker's Klipper events (see
+        ``__init__``); it is also looked at every ``EVENT_RECHECK`` seconds, should an
+        event come from somewhere this does not listen to."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        changed = self._changed
+        while True:
+            changed.clear()
             if condition():
                 return True
-            await asyncio.sleep(0.2)
-        return condition()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return condition()
+            try:
+                await asyncio.wait_for(changed.wait(), min(remaining, EVENT_RECHECK))
+            except asyncio.TimeoutError:
+                pass

@@ -7,6 +7,7 @@ imports this package itself.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 from typing import Any, Dict, Optional
 
@@ -38,7 +39,10 @@ class SimulatedKlipperControl(KlipperService):
         return os.path.exists(self.socket)
 
     async def _control(self, action: str) -> None:
-        from .klippy import CommandError, control_request
+        # The stand-in's module is large: imported in a thread, not on Moonraker's loop
+        # (the first stop of a flash held it for 30-120 ms).
+        klippy = await asyncio.to_thread(importlib.import_module, f"{__package__}.klippy")
+        CommandError, control_request = klippy.CommandError, klippy.control_request
         try:
             await control_request(self.socket, action)
         except (OSError, CommandError, asyncio.TimeoutError) as exc:

@@ -309,7 +309,10 @@ class KatapultMethod(FlashMethod):
         import asyncio
         if not step.params.get("skip_if_in_bootloader"):
             return False
-        devices = await run.snapshot()
+        # The checks' scan, seconds ago, still tells: stopping Klipper moves no board
+        # into or out of Katapult.  (Wrong either way, the next step finds out: a
+        # request to a node in Katapult is ignored, and the wait for Katapult checks.)
+        devices = run.recent_devices() or await run.snapshot()
         if devices is not None:
             return devices.status_of(run.plan.profile).state == "bootloader"
         wait = run.plan.step("wait_katapult_usb")
@@ -350,25 +353,45 @@ class KatapultMethod(FlashMethod):
         return str(found)
 
     async def _wait_katapult_can(self, run: _PlanRun, step: FlashStep, timeout: float) -> None:
+        import time
+
         from ..results import WriteFailed
         uuid, interface = step.params.get("uuid"), step.params.get("interface")
         cleared = False
+        start = time.monotonic()
+
+        async def clear_and_ask() -> bool:
+            # A node left with a node id (an earlier flashtool -s, a run that died)
+            # ignores the query: flashtool -q clears the ids first, then asks.
+            nonlocal cleared
+            cleared = True
+            found = await self._query_katapult(run, str(interface), max(3.0, min(timeout, 10.0)))
+            return found is not None and found.get(str(uuid)) == "Katapult"
 
         async def probe() -> bool:
-            nonlocal cleared
+            if run.ctx.watch_can is not None:
+                # Ask the bus every few ms: the wait ends as soon as the node is back in
+                # Katapult.  A node silent for ``can_clear_after`` seconds gets the ids
+                # cleared once (a rebooted node has none: it answers long before).
+                waited = time.monotonic() - start
+                until_clear = run.config.can_clear_after - waited
+                window = min(timeout - waited,
+                             until_clear if not cleared and until_clear > 0 else 1.0)
+                if await run.ctx.watch_can(str(uuid), str(interface), "Katapult",
+                                           max(0.05, window)) == "Katapult":
+                    return True
+                if cleared or time.monotonic() - start < run.config.can_clear_after:
+                    return False
+                return await clear_and_ask()
             devices = await run.snapshot()
             node = devices.can_node(uuid, interface) if devices else None
             if node is not None and node.application == "Katapult":
                 return True
             if not cleared or devices is None:
-                # A node left with a node id (an earlier flashtool -s, a run that died)
-                # ignores the query: flashtool -q clears the ids first, then asks.
-                cleared = True
-                found = await self._query_katapult(run, str(interface),
-                                                   max(3.0, min(timeout, 10.0)))
-                return found is not None and found.get(str(uuid)) == "Katapult"
+                return await clear_and_ask()
             return False
-        if not await run.poll("katapult-can", timeout, probe):
+        if not await run.poll("katapult-can", timeout, probe,
+                              rest=run.ctx.watch_can is None):
             raise WriteFailed(
                 f"Node {uuid} did not answer as Katapult on {interface} within {timeout:g} s.",
                 hint="Check that Katapult is installed on the node and that the bus is up; a "
