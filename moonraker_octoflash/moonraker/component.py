@@ -51,8 +51,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("octoflash")
 
 DEVICE_CACHE_SECONDS = 5.0
-# How often the start-up task looks whether Moonraker listens yet.
+# How often the start-up task looks whether Moonraker listens yet, and how
+# long after that it waits before it makes octoflash's parts (unless a request
+# for octoflash comes first): Moonraker's first answers, and the clients'
+# first requests, do not wait for octoflash.
 LISTEN_POLL_SECONDS = 0.02
+START_UP_DELAY = 0.5
 
 
 class OctoFlash:
@@ -74,6 +78,7 @@ class OctoFlash:
         self._config_check: Optional[asyncio.Task] = None
         self._klipper_recovery: Optional[asyncio.Task] = None
         self._start_up_task: Optional[asyncio.Task] = None
+        self._start_now = asyncio.Event()      # a request is waiting: start up at once
         self._closing = False
         self._job_listeners: List[Callable[[Any], None]] = []
         # set by _start_up
@@ -139,6 +144,7 @@ class OctoFlash:
     async def ready(self) -> None:
         """Until the start-up has made the builder, the runner and read the job
         history (what every request and remote method needs); at once after."""
+        self._start_now.set()
         task = self._start_up_task
         if task is None:
             # Asked before component_init (or without it): start up now.
@@ -160,8 +166,20 @@ class OctoFlash:
             # Moonraker sends no event when it starts listening: look at its flag.
             while not self.server.is_running() and not self._closing:  # noqa: ASYNC110
                 await asyncio.sleep(LISTEN_POLL_SECONDS)
+            try:
+                await asyncio.wait_for(self._start_now.wait(), START_UP_DELAY)
+            except asyncio.TimeoutError:
+                pass
         if self._closing:
             return
+        try:
+            await self._make_and_load()
+        except Exception as exc:
+            log.exception("octoflash: the start-up failed")
+            self.warn(f"octoflash could not start: {exc}", "start_up")
+            raise
+
+    async def _make_and_load(self) -> None:
         self._make_parts()
         self.store.builder = self.builder
         # Reading the checkouts' Kconfig takes a child process each: after start.
