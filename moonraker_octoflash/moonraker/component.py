@@ -60,13 +60,17 @@ START_UP_DELAY = 0.5
 
 
 class OctoFlash:
-    def __init__(self, config: ConfigHelper) -> None:
+    def __init__(self, config: ConfigHelper, started: Optional[float] = None) -> None:
         # Only what must be there before Moonraker listens: the settings and
         # moonraker.conf's profiles (their problems are warnings at start),
         # the machine, the endpoints and events.  The builder, the flash
         # pipeline, the job runner with its history and the recovery after a
         # crash come in ``_start_up``, a task that runs once Moonraker
         # listens; every request waits for it (``ready``).
+        # What octoflash costs Moonraker's start, logged once it has started up:
+        # seconds in its import and __init__, in component_init, and after.
+        self.start_costs: Dict[str, float] = {}
+        started = time.perf_counter() if started is None else started
         self.server = config.get_server()
         self.eventloop = self.server.get_event_loop()
         self.data_path = str(self.server.get_app_args().get("data_path", "~/printer_data"))
@@ -120,6 +124,7 @@ class OctoFlash:
             web.register(self)
         except Exception as exc:
             self.warn(f"octoflash: the web page is unavailable: {exc}", "web")
+        self.start_costs["load"] = time.perf_counter() - started
 
     def _attach_updater(self) -> Any:
         """The update-manager entries (``updater.attach``); without ``[update_manager]``
@@ -134,12 +139,14 @@ class OctoFlash:
     # --- life cycle -----------------------------------------------------------
 
     async def component_init(self) -> None:
+        started = time.perf_counter()
         if request_guard.can_guard(self.server):
             # Every component is loaded now, so Moonraker's own routes exist.
             request_guard.guard_moonraker_routes(self.server)
         await self.store.load()
         # The rest once Moonraker listens: it does not wait for octoflash.
         self._start_up_task = self.eventloop.create_task(self._start_up(wait_for_listen=True))
+        self.start_costs["component_init"] = time.perf_counter() - started
 
     async def ready(self) -> None:
         """Until the start-up has made the builder, the runner and read the job
@@ -172,8 +179,15 @@ class OctoFlash:
                 pass
         if self._closing:
             return
+        started = time.perf_counter()
         try:
             await self._make_and_load()
+            costs = self.start_costs
+            costs["start_up"] = time.perf_counter() - started
+            log.info("octoflash: started; %.1f ms in Moonraker's start (import and __init__ "
+                     "%.1f ms, component_init %.1f ms), %.1f ms after it (parts, job history)",
+                     1000 * (costs["load"] + costs["component_init"]), 1000 * costs["load"],
+                     1000 * costs["component_init"], 1000 * costs["start_up"])
         except Exception as exc:
             log.exception("octoflash: the start-up failed")
             self.warn(f"octoflash could not start: {exc}", "start_up")
@@ -486,5 +500,6 @@ def _devices_changed(before: Dict[str, Any], after: Dict[str, Any]) -> bool:
     return strip(before) != strip(after)
 
 
-def load_component(config: ConfigHelper) -> OctoFlash:
-    return OctoFlash(config)
+def load_component(config: ConfigHelper, started: Optional[float] = None) -> OctoFlash:
+    """``started``: when Moonraker began to load the component (before its import)."""
+    return OctoFlash(config, started)
