@@ -17,9 +17,10 @@ discovery and the planner may ask without import cycles.
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
-from .base import FlashMethod, PlanPart
+if TYPE_CHECKING:
+    from .base import FlashMethod, PlanPart
 
 # Registration: the modules of this folder, in the order methods are listed.
 MODULES: Tuple[str, ...] = ("dfu", "katapult", "rp2040_boot")
@@ -122,6 +123,14 @@ def offered_methods(preset: object) -> Tuple[Mapping[str, object], ...]:
 def to_json() -> List[Dict[str, object]]:
     """What the page and the API show of each method."""
     return [m.describe() for m in all_methods()]
+
+
+def __getattr__(name: str) -> Any:
+    """``FlashMethod`` and ``PlanPart`` from ``base``, imported when first asked for."""
+    if name in ("FlashMethod", "PlanPart"):
+        from . import base
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["FlashMethod", "PlanPart", "MODULES", "all_methods", "method_names", "get_method",
