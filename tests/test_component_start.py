@@ -20,7 +20,8 @@ LATER = ("moonraker_octoflash.build", "moonraker_octoflash.jobs",
          "moonraker_octoflash.flash.methods.dfu", "moonraker_octoflash.kconfig_menu",
          "moonraker_octoflash.kconfig", "moonraker_octoflash.discovery.snapshot",
          "moonraker_octoflash.moonraker.console", "moonraker_octoflash.moonraker.services",
-         "moonraker_octoflash.moonraker.updater", "moonraker_octoflash.tools", "jsonschema")
+         "moonraker_octoflash.moonraker.updater", "moonraker_octoflash.tools",
+         "moonraker_octoflash.discovery.klipper", "jsonschema")
 
 
 def _modules_after(code: str, **env: str) -> set:
