@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import hashlib
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from .machine import Machine
     from .settings import Settings
 from .tools import ToolTimeout, find_program, run_tool
+
+# Within one ``build_many``: each checkout's ``source_version``, read once (path -> read).
+_SOURCE_READS: contextvars.ContextVar[Optional[Dict[str, asyncio.Future]]] = \
+    contextvars.ContextVar("octoflash_source_reads", default=None)
 
 # Debian's packages for each cross compiler a build may need.
 CROSS_PACKAGES = {
@@ -429,8 +434,19 @@ class Builder:
 
         The fingerprint covers the content of every modified and untracked
         (not ignored) file, so a second edit of an already dirty tree still
-        counts as a change.
+        counts as a change.  Within one ``build_many`` each checkout is read
+        once (its profiles start from the same state; ``git`` runs once).
         """
+        memo = _SOURCE_READS.get()
+        if memo is None:
+            return await self._read_source_version(target)
+        key = self.checkout(target)
+        read = memo.get(key)
+        if read is None:
+            read = memo[key] = asyncio.ensure_future(self._read_source_version(target))
+        return await asyncio.shield(read)
+
+    async def _read_source_version(self, target: str) -> SourceVersion:
         path = self.checkout(target)
         env = {"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
         git = find_program("git")
@@ -746,6 +762,15 @@ class Builder:
         names = [p.name for p in profiles]  # type: ignore[attr-defined]
         if len(set(names)) != len(names):
             raise ValidationError("A profile is named twice: " + ", ".join(names))
+        reads = _SOURCE_READS.set({})
+        try:
+            return await self._build_many(profiles, names, force, on_progress)
+        finally:
+            _SOURCE_READS.reset(reads)
+
+    async def _build_many(self, profiles: Sequence[object], names: List[str], force: bool,
+                          on_progress: Optional[Callable[[str], ProgressCallback]]
+                          ) -> List[Union[BuildResult, BaseException]]:
         results: List[Union[BuildResult, BaseException, None]] = [None] * len(profiles)
         pending: List[Tuple[int, _Pending]] = []
         async with contextlib.AsyncExitStack() as stack:

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 # "package.module:factory" and an optional argument after a space.
-_SPEC_RE = re.compile(r"(?P<module>[A-Za-z_][A-Za-z0-9_.]*):(?P<factory>[A-Za-z_][A-Za-z0-9_]*)"
-                      r"(?:\s+(?P<argument>\S.*))?")
+_SPEC_RE = (r"(?P<module>[A-Za-z_][A-Za-z0-9_.]*):(?P<factory>[A-Za-z_][A-Za-z0-9_]*)"
+            r"(?:\s+(?P<argument>\S.*))?")     # compiled at first use
 
 # The cross compiler a build needs, by the start of the MCU's name.
 _COMPILERS = (("atmega", "avr-gcc"), ("at90", "avr-gcc"), ("stm32", "arm-none-eabi-gcc"),
@@ -100,7 +100,7 @@ class RealMachine:
 
 def check_machine_spec(spec: str) -> None:
     """Refuse a ``machine`` option that is not ``package.module:factory [ARGUMENT]``."""
-    if spec and not _SPEC_RE.fullmatch(spec.strip()):
+    if spec and not re.fullmatch(_SPEC_RE, spec.strip()):
         raise ValidationError(
             f"[octoflash] machine: {spec!r} is not of the form package.module:factory "
             "[ARGUMENT]; leave it unset to use this computer")
@@ -111,7 +111,7 @@ def load_machine(settings: Settings) -> Machine:
     spec = (settings.machine or "").strip()
     if not spec:
         return RealMachine(settings)
-    m = _SPEC_RE.fullmatch(spec)
+    m = re.fullmatch(_SPEC_RE, spec)
     if m is None:
         check_machine_spec(spec)
         raise AssertionError("unreachable")

@@ -91,15 +91,16 @@ MCUS: Dict[str, McuFacts] = {f.key: f for f in (
 
 ARCH_SYMBOL = {"stm32": "CONFIG_MACH_STM32", "rp2040": "CONFIG_MACH_RPXXXX"}
 
-_STM32_OFFSET_RE = re.compile(r"CONFIG_STM32_FLASH_START_([0-9A-F]+)")
-_STM32_APP_RE = re.compile(r"CONFIG_STM32_APP_START_([0-9A-F]+)")
-_RP_OFFSET_RE = re.compile(r"CONFIG_RPXXXX_FLASH_START_([0-9A-F]+)")
-_STM32_CLOCK_RE = re.compile(r"CONFIG_STM32_CLOCK_REF_[0-9A-Z]+")
-_STM32_IFACE_RE = re.compile(
+# Patterns of symbol names (compiled by ``re`` at their first use, not at import).
+_STM32_OFFSET_RE = r"CONFIG_STM32_FLASH_START_([0-9A-F]+)"
+_STM32_APP_RE = r"CONFIG_STM32_APP_START_([0-9A-F]+)"
+_RP_OFFSET_RE = r"CONFIG_RPXXXX_FLASH_START_([0-9A-F]+)"
+_STM32_CLOCK_RE = r"CONFIG_STM32_CLOCK_REF_[0-9A-Z]+"
+_STM32_IFACE_RE = (
     r"CONFIG_STM32_(USB_PA11_PA12(_REMAP)?|USB_PA25_PA26|SERIAL_[A-Z0-9_]+|CANBUS_PA11_P[AB][0-9]+(_REMAP)?"
     r"|MMENU_CANBUS_[A-Z0-9_]+|USBCANBUS_[A-Z0-9_]+|USB_PB14_PB15)")
-_STM32_BRIDGE_PINS_RE = re.compile(r"CONFIG_STM32_CMENU_CANBUS_[A-Z0-9_]+")
-_RP_IFACE_RE = re.compile(r"CONFIG_RPXXXX_(USB|SERIAL_UART[01]_PINS_[0-9_]+|CANBUS|USBCANBUS)")
+_STM32_BRIDGE_PINS_RE = r"CONFIG_STM32_CMENU_CANBUS_[A-Z0-9_]+"
+_RP_IFACE_RE = r"CONFIG_RPXXXX_(USB|SERIAL_UART[01]_PINS_[0-9_]+|CANBUS|USBCANBUS)"
 
 
 def find_mcu(name: str) -> McuFacts:
@@ -134,8 +135,8 @@ def rom_loader(mcu: Optional[str]) -> Optional[RomLoader]:
         return None
 
 
-def _chosen(symbols: Mapping[str, str], pattern: re.Pattern[str]) -> List[str]:
-    return [k for k, v in symbols.items() if pattern.fullmatch(k) and v.strip() == "y"]
+def _chosen(symbols: Mapping[str, str], pattern: str) -> List[str]:
+    return [k for k, v in symbols.items() if re.fullmatch(pattern, k) and v.strip() == "y"]
 
 
 def missing_choices(facts: McuFacts, target: str, symbols: Mapping[str, str]) -> List[str]:
@@ -184,11 +185,11 @@ def missing_choices(facts: McuFacts, target: str, symbols: Mapping[str, str]) ->
     return missing
 
 
-def _offset(symbols: Mapping[str, str], pattern: re.Pattern[str]) -> Optional[int]:
+def _offset(symbols: Mapping[str, str], pattern: str) -> Optional[int]:
     chosen = _chosen(symbols, pattern)
     if len(chosen) != 1:
         return None
-    m = pattern.fullmatch(chosen[0])
+    m = re.fullmatch(pattern, chosen[0])
     return int(m.group(1), 16) if m else None
 
 
@@ -247,7 +248,7 @@ def preset_for_mcu(mcu: str, target: str, symbols: Mapping[str, str], where: str
     offset = _offset(symbols, offset_re)
     if offset is None:
         raise ValidationError(f"{where}: choose exactly one bootloader offset "
-                              f"({offset_re.pattern.replace('([0-9A-F]+)', '…')}=y)")
+                              f"({offset_re.replace('([0-9A-F]+)', '…')}=y)")
     bootloader_app_start: Optional[int] = None
     deployer = False
     if target == "katapult":

@@ -85,7 +85,8 @@ class Preset:
         return data
 
 
-def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
+def _load_file(path: str) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, McuInfo]]:
+    """The file's presets as ``Preset`` arguments (made when first asked for), and its MCUs."""
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
     check("preset", doc, os.path.basename(path))
@@ -93,7 +94,7 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
                        dfu_layout=v.get("dfu_layout"))
             for k, v in doc["mcus"].items()}
     instructions = doc.get("dfu_instructions", {})
-    presets: Dict[str, Preset] = {}
+    presets: Dict[str, Dict[str, Any]] = {}
     for p in doc["presets"]:
         # The most specific family wins: btt-octopus-f429 over btt-octopus,
         # btt-ebb-sb before btt-ebb.
@@ -101,7 +102,7 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
                      default=None)
         if not any(m["method"] == "dfu" for m in p["flash_methods"]):
             family = None
-        preset = Preset(
+        presets[p["id"]] = dict(
             id=p["id"], title=p["title"], board=p["board"], target=p["target"],
             mcu=p["mcu"], app_address=int(p["app_address"], 16),
             description=p["description"], kconfig=dict(p["kconfig"]),
@@ -112,13 +113,12 @@ def _load_file(path: str) -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
             dfu_instructions=instructions.get(family, "") if family else "",
             sources=dict(p.get("sources", {})),
             klipper_configs=tuple(p.get("klipper_configs", ())))
-        presets[preset.id] = preset
     return presets, mcus
 
 
 @functools.cache
-def _load_all() -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
-    presets: Dict[str, Preset] = {}
+def _load_all() -> Tuple[Dict[str, Dict[str, Any]], Dict[str, McuInfo]]:
+    presets: Dict[str, Dict[str, Any]] = {}
     mcus: Dict[str, McuInfo] = {}
     for path in sorted(glob.glob(os.path.join(PRESET_DIR, "*.json"))):
         p, m = _load_file(path)
@@ -127,18 +127,29 @@ def _load_all() -> Tuple[Dict[str, Preset], Dict[str, McuInfo]]:
     return presets, mcus
 
 
+# Each preset is made at its first use: a Moonraker with two profiles makes two,
+# and asks the flash methods (``Preset.__post_init__``) about those two only.
+_made: Dict[str, Preset] = {}
+
+
+def _preset(preset_id: str) -> Preset:
+    preset = _made.get(preset_id)
+    if preset is None:
+        preset = _made[preset_id] = Preset(**_load_all()[0][preset_id])
+    return preset
+
+
 def load_presets() -> Dict[str, Preset]:
     """All presets, by id, in file order."""
-    return dict(_load_all()[0])
+    return {preset_id: _preset(preset_id) for preset_id in _load_all()[0]}
 
 
 def get_preset(preset_id: str) -> Preset:
     presets = _load_all()[0]
-    try:
-        return presets[preset_id]
-    except KeyError:
+    if preset_id not in presets:
         raise NotFoundError(
             f"Unknown preset '{preset_id}'. Known presets: {', '.join(presets)}") from None
+    return _preset(preset_id)
 
 
 def mcu_info(mcu: str) -> Optional[McuInfo]:
@@ -146,4 +157,4 @@ def mcu_info(mcu: str) -> Optional[McuInfo]:
 
 
 def list_presets() -> List[Preset]:
-    return list(_load_all()[0].values())
+    return list(load_presets().values())

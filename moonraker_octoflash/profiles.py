@@ -28,7 +28,7 @@ SECTION_OPTIONS = (
 # Moonraker's own parser drops that line as a comment before octoflash sees
 # it, so "CONFIG_X=n" (or "CONFIG_X is not set" without the #) is the form
 # to use there.
-_NOT_SET_RE = re.compile(r"(?:#\s*)?(CONFIG_[A-Za-z0-9_]+) is not set")
+_NOT_SET_RE = r"(?:#\s*)?(CONFIG_[A-Za-z0-9_]+) is not set"   # compiled at first use
 _KCONFIG_LINES_MAX = 128
 
 
@@ -179,7 +179,7 @@ def parse_kconfig_lines(text: str, where: str) -> Dict[str, str]:
         raise ValidationError(f"{where}: {len(lines)} kconfig lines; at most "
                               f"{_KCONFIG_LINES_MAX} are allowed")
     for line in lines:
-        m = _NOT_SET_RE.fullmatch(line)
+        m = re.fullmatch(_NOT_SET_RE, line)
         if m:
             symbols[m.group(1)] = "n"
             continue

@@ -19,14 +19,14 @@ from .errors import ValidationError
 # recipes use unquoted) and the build folder (OUT= and KCONFIG_CONFIG=).
 # make expands "$(...)" in them and its recipes hand them to a shell, so
 # they may hold only characters that mean nothing to either.
-_MAKE_SAFE_PATH = re.compile(r"/[A-Za-z0-9_./+@-]*")
+_MAKE_SAFE_PATH = r"/[A-Za-z0-9_./+@-]*"     # patterns compiled at first use
 MAKE_PATH_OPTIONS = ("klipper_path", "katapult_path", "build_path")
-_INTERFACE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_INTERFACE_RE = r"[A-Za-z0-9_.-]{1,15}"
 
 
 def check_make_path(path: str, what: str) -> None:
     """Refuse a path make would misread (spaces, ``$``, quotes, ``;`` ...)."""
-    if not _MAKE_SAFE_PATH.fullmatch(path) or "/../" in path + "/":
+    if not re.fullmatch(_MAKE_SAFE_PATH, path) or "/../" in path + "/":
         bad = sorted({c for c in path if not re.fullmatch(r"[A-Za-z0-9_./+@-]", c)})
         shown = " ".join(repr(c) for c in bad[:8]) or "'..'"
         raise ValidationError(
@@ -112,7 +112,7 @@ class Settings:
         from .machine import check_machine_spec
         check_machine_spec(self.machine)
         for interface in self.can_interfaces:
-            if not _INTERFACE_RE.fullmatch(interface):
+            if not re.fullmatch(_INTERFACE_RE, interface):
                 raise ValidationError(f"[octoflash] can_interfaces: {interface!r} is not a "
                                       "network interface name such as can0")
 

@@ -61,7 +61,7 @@ def test_the_command_line_offers_every_method(capsys):
 
 def test_the_component_request_schemas_take_the_registry():
     from moonraker_octoflash.moonraker import api as component
-    assert component._FLASH_ARGS["properties"]["method"]["enum"] == method_names()
+    assert component._flash_args()["properties"]["method"]["enum"] == method_names()
     source = open(component.__file__, encoding="utf-8").read()
     assert '"dfu", "katapult"' not in source
 
@@ -107,3 +107,27 @@ def test_flash_bases_come_from_the_mcu_facts():
                       encoding="utf-8").read()
         assert "0x08000000" not in source, path
         assert "FLASH_BASE" not in source, path
+
+
+def test_only_the_methods_declared_as_offering_offer_themselves():
+    """Making a preset asks only ``OFFERING``'s modules (the others stay unimported):
+    no other method may offer itself to any chip."""
+    import dataclasses
+
+    from moonraker_octoflash.mcus import MCUS
+    from moonraker_octoflash.presets import list_presets
+    checked = 0
+    for preset in list_presets():
+        for facts in MCUS.values():
+            variant = dataclasses.replace(preset, mcu=facts.mcu, flash_methods=())
+            declared = set(methods.OFFERING.get(facts.arch, ()))
+            for m in all_methods():
+                module = type(m).__module__.rsplit(".", 1)[1]
+                if module not in declared:
+                    assert m.offer(variant) is None, (m.name, facts.mcu, preset.id)
+                else:
+                    checked += 1
+    assert checked     # the declared ones were met, and offer what they offer
+    rp = [p for p in list_presets() if p.mcu.startswith("rp2040")]
+    assert rp and all(p.flash_method("rp2040_boot") for p in rp
+                      if p.target == "katapult"), "the boot ROM is still offered"

@@ -102,6 +102,12 @@ def test_a_failed_write_and_an_interrupted_one_carry_the_same_recovery(printer):
     _kill_moonraker_and_the_hung_writer(printer)
     assert _standin(printer, "running") is False           # left stopped by the dead flash
     printer.start()
+    # The first requests, as soon as Moonraker answers, wait for the history
+    # (read after Moonraker's start): the job is already marked, the list whole.
+    first = _job(printer, job["job_id"])
+    assert first["state"] == "interrupted", first["state"]
+    listed = [j["job_id"] for j in printer.result("GET", "/server/octoflash/jobs")["jobs"]]
+    assert job["job_id"] in listed and failed["job_id"] in listed
     _wait_klipper_connected(printer)                        # started again by the component
     assert _standin(printer, "starts") == starts + 1
     record = printer.wait_for(

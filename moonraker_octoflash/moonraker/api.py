@@ -10,48 +10,56 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from .. import __version__
 from ..errors import ConflictError, NotFoundError, OctoflashError, ValidationError, clip_text
-from ..flash.methods import method_names
-from ..flash.methods import to_json as flash_methods_json
-from ..jobs import Job
-from ..presets import list_presets
-from ..schemas import load_schema, validator_for
 from . import request_guard
-from ..kconfig_menu import KconfigMenus, changes, config_symbols, evaluate
-from ..profiles import profile_from_json
-from .console import add_titles
 
+# The rest (schemas and jsonschema, presets, flash methods, the configurator,
+# the job records) is imported by the handlers that use it: registering the
+# endpoints at Moonraker's start needs none of it.
 if TYPE_CHECKING:
     from moonraker.common import WebRequest
 
+    from ..jobs import Job
+    from ..kconfig_menu import KconfigMenus
     from .component import OctoFlash
 
 log = logging.getLogger("octoflash")
 
-# Request arguments, checked with JSON Schema like profiles are.  Names and
-# profile names reuse the profile schema's own definitions.
-_NAME = load_schema("profile")["properties"]["name"]
+_ARTIFACT_ID = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+MAX_FILE_BYTES = 8 * 1024 * 1024     # a firmware image is far smaller
 
 
 def _request_schema(properties: Dict[str, Any], required: List[str]) -> Dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required}
 
 
-_ARTIFACT_ID = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
-MAX_FILE_BYTES = 8 * 1024 * 1024     # a firmware image is far smaller
+# Request arguments, checked with JSON Schema like profiles are.  Names and
+# profile names reuse the profile schema's own definitions.
+@functools.cache
+def _name_schema() -> Dict[str, Any]:
+    from ..schemas import load_schema
+    return dict(load_schema("profile")["properties"]["name"])
 
-# A flash request's arguments, from the API and from a macro alike.
-_FLASH_ARGS = _request_schema(
-    {"profile": _NAME, "build": {"type": "boolean"}, "force": {"type": "boolean"},
-     "method": {"enum": method_names()},
-     "artifact_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
-    ["profile"])
+
+def _method_enum() -> Dict[str, Any]:
+    from ..flash.methods import method_names
+    return {"enum": method_names()}
+
+
+@functools.cache
+def _flash_args() -> Dict[str, Any]:
+    """A flash request's arguments, from the API and from a macro alike."""
+    return _request_schema(
+        {"profile": _name_schema(), "build": {"type": "boolean"}, "force": {"type": "boolean"},
+         "method": _method_enum(),
+         "artifact_id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
+        ["profile"])
 
 
 def one_line(text: str) -> str:
@@ -84,12 +92,23 @@ class OctoflashApi:
     def __init__(self, component: OctoFlash) -> None:
         self.c = component
         self.server = component.server
-        self.menus = KconfigMenus()
+        self._menus: Optional[KconfigMenus] = None
+
+    @property
+    def menus(self) -> KconfigMenus:
+        if self._menus is None:
+            from ..kconfig_menu import KconfigMenus
+            self._menus = KconfigMenus()
+        return self._menus
 
     async def _remote(self, what: str, call: Callable[[], Awaitable[Optional[Job]]]) -> None:
         try:
+            await self.c.ready()
             job = await call()
         except OctoflashError as exc:
+            if self.c.console is None:
+                log.warning("octoflash: %s refused: %s", what, exc)
+                return
             self.c.console.say(f"!! octoflash: {what} refused: {one_line(str(exc))}")
             return
         except Exception as exc:
@@ -116,7 +135,7 @@ class OctoflashApi:
             args: Dict[str, Any] = {"profile": name}
             if flash_method:
                 args["method"] = flash_method
-            _check_args(_FLASH_ARGS, args)
+            _check_args(_flash_args(), args)
             return await self.c.start_flash(name, build=as_bool(build, "BUILD"),
                                           force=as_bool(force, "FORCE"),
                                           method=args.get("method"), origin="macro")
@@ -132,7 +151,7 @@ class OctoflashApi:
         if not name:
             raise ValidationError("Give the profile: PROFILE=name")
         text = str(name).strip()
-        _check_args(_request_schema({"profile": _NAME}, ["profile"]), {"profile": text})
+        _check_args(_request_schema({"profile": _name_schema()}, ["profile"]), {"profile": text})
         return text
 
     def register(self) -> None:
@@ -177,6 +196,7 @@ class OctoflashApi:
         """OctoflashError -> Moonraker error with the same 4xx/5xx code and a one-line message."""
         async def wrapper(web_request: WebRequest) -> Any:
             try:
+                await self.c.ready()       # the history read, the parts made
                 return await handler(web_request)
             except OctoflashError as exc:
                 raise self.server.error(one_line(str(exc)), exc.status) from None
@@ -196,6 +216,7 @@ class OctoflashApi:
 
     async def _handle_presets_request(self, web_request: WebRequest) -> Dict[str, Any]:
         from ..klipper_configs import checkout_report
+        from ..presets import list_presets
         return {"presets": [p.to_json() for p in list_presets()],
                 "from_klipper": await asyncio.to_thread(checkout_report, self.c.settings.klipper_path)}
 
@@ -206,10 +227,10 @@ class OctoflashApi:
     async def _handle_profile_request(self, web_request: WebRequest) -> Dict[str, Any]:
         action = web_request.get_action()
         if action == "GET":
-            args = self._args(web_request, _request_schema({"name": _NAME}, ["name"]))
+            args = self._args(web_request, _request_schema({"name": _name_schema()}, ["name"]))
             return {"profile": await self.c.describe_profile(self.c.get_profile(args["name"]))}
         if action == "DELETE":
-            args = self._args(web_request, _request_schema({"name": _NAME}, ["name"]))
+            args = self._args(web_request, _request_schema({"name": _name_schema()}, ["name"]))
             return await self.c.delete_profile(args["name"])
         return await self.c.save_profile(web_request.get_args())
 
@@ -223,7 +244,7 @@ class OctoflashApi:
         the profile has no current build (as the flash itself does)."""
         from ..flash.plan import plan_with_build
         args = self._args(web_request, _request_schema(
-            {"profile": _NAME, "method": {"enum": method_names()},
+            {"profile": _name_schema(), "method": _method_enum(),
              "artifact_id": _ARTIFACT_ID}, ["profile"]))
         profile = self.c.get_profile(args["profile"])
         options = {"method": args.get("method")}
@@ -244,12 +265,12 @@ class OctoflashApi:
 
     async def _handle_build_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
-            {"profile": _NAME, "force": {"type": "boolean"}}, ["profile"]), booleans=("force",))
+            {"profile": _name_schema(), "force": {"type": "boolean"}}, ["profile"]), booleans=("force",))
         job = await self.c.start_build(args["profile"], force=bool(args.get("force", False)))
         return {"job": job.to_json()}
 
     async def _handle_flash_request(self, web_request: WebRequest) -> Dict[str, Any]:
-        args = self._args(web_request, _FLASH_ARGS, booleans=("build", "force"))
+        args = self._args(web_request, _flash_args(), booleans=("build", "force"))
         job = await self.c.start_flash(args["profile"], build=bool(args.get("build", True)),
                                      force=bool(args.get("force", False)),
                                      method=args.get("method"),
@@ -271,8 +292,9 @@ class OctoflashApi:
                 limit = int(limit)
             except (TypeError, ValueError):
                 raise ValidationError(f"'limit' must be a number, not {limit!r}") from None
-        _check_args(_request_schema({"profile": _NAME, "limit": {"type": "integer", "minimum": 1}},
+        _check_args(_request_schema({"profile": _name_schema(), "limit": {"type": "integer", "minimum": 1}},
                                     []), dict(args, **({"limit": limit} if limit else {})))
+        from .console import add_titles
         jobs = self.c.runner.jobs(profile=args.get("profile"), limit=limit)
         return {"jobs": [add_titles(j.to_json(full=False)) for j in jobs],
                 "flash_job": self.c.runner.flash_job.id if self.c.runner.flash_job else None}
@@ -280,6 +302,7 @@ class OctoflashApi:
     async def _handle_job_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
             {"job_id": {"type": "string", "maxLength": 64}}, ["job_id"]))
+        from .console import add_titles
         return {"job": add_titles(self.c.runner.get(args["job_id"]).to_json())}
 
     async def _handle_job_cancel_request(self, web_request: WebRequest) -> Dict[str, Any]:
@@ -289,7 +312,7 @@ class OctoflashApi:
         return {"job": job.to_json()}
 
     async def _handle_builds_request(self, web_request: WebRequest) -> Dict[str, Any]:
-        args = self._args(web_request, _request_schema({"profile": _NAME}, ["profile"]))
+        args = self._args(web_request, _request_schema({"profile": _name_schema()}, ["profile"]))
         profile = self.c.get_profile(args["profile"])
         self.c._need_builder()
         assert self.c.builder is not None
@@ -298,7 +321,7 @@ class OctoflashApi:
 
     async def _handle_build_file_request(self, web_request: WebRequest) -> Dict[str, Any]:
         args = self._args(web_request, _request_schema(
-            {"profile": _NAME, "artifact_id": _ARTIFACT_ID,
+            {"profile": _name_schema(), "artifact_id": _ARTIFACT_ID,
              "name": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$"}},
             ["profile", "artifact_id"]))
         profile = self.c.get_profile(args["profile"])
@@ -317,12 +340,14 @@ class OctoflashApi:
     async def _handle_kconfig_request(self, web_request: WebRequest) -> Dict[str, Any]:
         """The configurator: GET the menus of a profile's (or preset's) checkout
         with its values; POST a set of values to see them resolved."""
+        from ..kconfig_menu import changes, config_symbols, evaluate
+        from ..profiles import profile_from_json
         self.c._need_builder()
         builder = self.c.builder
         assert builder is not None
         if web_request.get_action() == "GET":
             args = self._args(web_request, _request_schema(
-                {"profile": _NAME, "preset": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,80}$"}},
+                {"profile": _name_schema(), "preset": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,80}$"}},
                 []))
             if args.get("profile"):
                 profile = self.c.get_profile(args["profile"])
@@ -356,6 +381,7 @@ class OctoflashApi:
                                    config_symbols(state["config"]))}
 
     async def _handle_status_request(self, web_request: WebRequest) -> Dict[str, Any]:
+        from ..flash.methods import to_json as flash_methods_json
         state, filename = await self.c.klipper.print_state()
         flash_job = self.c.runner.flash_job
         s = self.c.settings
@@ -390,6 +416,7 @@ def _read_build_file(path: str, record: Any) -> bytes:
     except OSError as exc:
         raise NotFoundError(f"The build's file {os.path.basename(path)} cannot be read: "
                             f"{exc.strerror or exc}") from None
+    import hashlib
     if len(data) > MAX_FILE_BYTES or hashlib.sha256(data).hexdigest() != record.sha256:
         raise ConflictError(f"{os.path.basename(path)} is not the file this build made (its "
                             "sha256 differs); build the profile again")
@@ -398,6 +425,7 @@ def _read_build_file(path: str, record: Any) -> bytes:
 
 def _check_args(schema: Dict[str, Any], args: Dict[str, Any]) -> None:
     """Check request arguments against a JSON Schema; raise ValidationError naming each problem."""
+    from ..schemas import validator_for
     validator = validator_for(schema)
     errors = sorted(validator.iter_errors(args), key=lambda e: list(map(str, e.absolute_path)))
     if not errors:

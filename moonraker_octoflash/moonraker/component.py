@@ -27,36 +27,50 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from ..build import Builder
 from ..errors import (ConflictError, NotFoundError, OctoflashError, UnavailableError,
                       ValidationError, clip_text)
-from ..flash.pipeline import CoreFlashPipeline
-from ..flash.writer_lock import writer_lock_path
-from ..jobs import Job, JobRunner
 from ..machine import Machine, RealMachine, load_machine
-from ..profiles import Profile
 from ..settings import Settings
-from ..versions import parse_version, update_state
 from . import request_guard, web
 from .api import OctoflashApi, one_line
-from .console import JobConsole
-from .klipper_recovery import after_crash
 from .klipper_state import KlipperState
 from .profile_store import ProfileStore
-from .services import MoonrakerJobStorage, MoonrakerKlipperService
 
 if TYPE_CHECKING:
     from moonraker.confighelper import ConfigHelper
 
+    from ..build import Builder
+    from ..flash.pipeline import CoreFlashPipeline
+    from ..jobs import Job, JobRunner
+    from ..profiles import Profile
+    from .console import JobConsole
+    from .services import MoonrakerKlipperService
+
 log = logging.getLogger("octoflash")
 
 DEVICE_CACHE_SECONDS = 5.0
+# How often the start-up task looks whether Moonraker listens yet, and how
+# long after that it waits before it makes octoflash's parts (unless a request
+# for octoflash comes first): Moonraker's first answers, and the clients'
+# first requests, do not wait for octoflash.
+LISTEN_POLL_SECONDS = 0.02
+START_UP_DELAY = 0.5
 
 
 class OctoFlash:
-    def __init__(self, config: ConfigHelper) -> None:
+    def __init__(self, config: ConfigHelper, started: Optional[float] = None) -> None:
+        # Only what must be there before Moonraker listens: the settings and
+        # moonraker.conf's profiles (their problems are warnings at start),
+        # the machine, the endpoints and events.  The builder, the flash
+        # pipeline, the job runner with its history and the recovery after a
+        # crash come in ``_start_up``, a task that runs once Moonraker
+        # listens; every request waits for it (``ready``).
+        # What octoflash costs Moonraker's start, logged once it has started up:
+        # seconds in its import and __init__, in component_init, and after.
+        self.start_costs: Dict[str, float] = {}
+        started = time.perf_counter() if started is None else started
         self.server = config.get_server()
         self.eventloop = self.server.get_event_loop()
         self.data_path = str(self.server.get_app_args().get("data_path", "~/printer_data"))
@@ -67,27 +81,23 @@ class OctoFlash:
         self._devices_lock = asyncio.Lock()
         self._config_check: Optional[asyncio.Task] = None
         self._klipper_recovery: Optional[asyncio.Task] = None
+        self._start_up_task: Optional[asyncio.Task] = None
+        self._start_now = asyncio.Event()      # a request is waiting: start up at once
+        self._closing = False
+        self._job_listeners: List[Callable[[Any], None]] = []
+        # set by _start_up
+        self.builder: Optional[Builder] = None
+        self.pipeline: CoreFlashPipeline = None  # type: ignore[assignment]
+        self.runner: JobRunner = None  # type: ignore[assignment]
+        self.service: MoonrakerKlipperService = None  # type: ignore[assignment]
+        self.console: JobConsole = None  # type: ignore[assignment]
 
         database = self.server.lookup_component("database")
         self.db = database.register_local_namespace("octoflash")
         self.machine = self._load_machine()
-        self.service = MoonrakerKlipperService(self.server, self.settings.reconnect_timeout,
-                                               control=self.machine.klipper_control())
-        self.builder: Builder = Builder.from_settings(self.settings, self.machine)
         self.klipper = KlipperState(self.server)
-        self.pipeline = CoreFlashPipeline(self.settings, self.service,
-                                          klipper_status=self.klipper.refresh,
-                                          machine=self.machine,
-                                          writer_lock_path=writer_lock_path(self.data_path))
-        self.runner = JobRunner(self.builder, pipeline=self.pipeline,
-                                storage=MoonrakerJobStorage(self.db),
-                                preflight=self._preflight,
-                                find_artifact=self.find_artifact,
-                                history_size=self.settings.job_history)
-        self.store = ProfileStore(self.db, self.warn, self.runner.job_holding, self.builder)
+        self.store = ProfileStore(self.db, self.warn, self._job_holding, None)
         self.store.read_config(config)
-        self.console = JobConsole(self.server, self._after_flash)
-        self.runner.add_listener(self.console.on_job_update)
 
         self.api = OctoflashApi(self)
         self.api.register()
@@ -114,6 +124,7 @@ class OctoFlash:
             web.register(self)
         except Exception as exc:
             self.warn(f"octoflash: the web page is unavailable: {exc}", "web")
+        self.start_costs["load"] = time.perf_counter() - started
 
     def _attach_updater(self) -> Any:
         """The update-manager entries (``updater.attach``); without ``[update_manager]``
@@ -128,28 +139,125 @@ class OctoFlash:
     # --- life cycle -----------------------------------------------------------
 
     async def component_init(self) -> None:
+        started = time.perf_counter()
         if request_guard.can_guard(self.server):
             # Every component is loaded now, so Moonraker's own routes exist.
             request_guard.guard_moonraker_routes(self.server)
         await self.store.load()
-        # Reading the checkouts' Kconfig takes a child process each: not at
-        # Moonraker's start, but right after it.
+        # The rest once Moonraker listens: it does not wait for octoflash.
+        self._start_up_task = self.eventloop.create_task(self._start_up(wait_for_listen=True))
+        self.start_costs["component_init"] = time.perf_counter() - started
+
+    async def ready(self) -> None:
+        """Until the start-up has made the builder, the runner and read the job
+        history (what every request and remote method needs); at once after."""
+        self._start_now.set()
+        task = self._start_up_task
+        if task is None:
+            # Asked before component_init (or without it): start up now.
+            task = self._start_up_task = self.eventloop.create_task(
+                self._start_up(wait_for_listen=False))
+        if not task.done():
+            await asyncio.shield(task)
+        elif task.cancelled():
+            raise UnavailableError("octoflash is shutting down")
+        elif task.exception() is not None:
+            raise UnavailableError(f"octoflash could not start: {task.exception()}")
+        if self.runner is None:
+            raise UnavailableError("octoflash is shutting down")
+
+    async def _start_up(self, wait_for_listen: bool) -> None:
+        """The parts Moonraker need not wait for: made, the history read, a
+        flash interrupted by a crash seen to.  Requests wait for it (``ready``)."""
+        if wait_for_listen:
+            # Moonraker sends no event when it starts listening: look at its flag.
+            while not self.server.is_running() and not self._closing:  # noqa: ASYNC110
+                await asyncio.sleep(LISTEN_POLL_SECONDS)
+            try:
+                await asyncio.wait_for(self._start_now.wait(), START_UP_DELAY)
+            except asyncio.TimeoutError:
+                pass
+        if self._closing:
+            return
+        started = time.perf_counter()
+        try:
+            await self._make_and_load()
+            costs = self.start_costs
+            costs["start_up"] = time.perf_counter() - started
+            log.info("octoflash: started; %.1f ms in Moonraker's start (import and __init__ "
+                     "%.1f ms, component_init %.1f ms), %.1f ms after it (parts, job history)",
+                     1000 * (costs["load"] + costs["component_init"]), 1000 * costs["load"],
+                     1000 * costs["component_init"], 1000 * costs["start_up"])
+        except Exception as exc:
+            log.exception("octoflash: the start-up failed")
+            self.warn(f"octoflash could not start: {exc}", "start_up")
+            raise
+
+    async def _make_and_load(self) -> None:
+        self._make_parts()
+        self.store.builder = self.builder
+        # Reading the checkouts' Kconfig takes a child process each: after start.
         self._config_check = self.eventloop.create_task(self.store.check_config_profiles())
         loaded = await self.runner.load()
         # A flash that died with Moonraker may have left Klipper stopped: see to
-        # it once Moonraker runs (starting Klipper waits for it to connect).
+        # it now (starting Klipper waits for it to connect; requests need not).
+        from .klipper_recovery import after_crash
         interrupted = [j for j in self.runner.interrupted_on_load if j in
                        {job.id for job in loaded if job.kind == "flash"}]
         self._klipper_recovery = self.eventloop.create_task(after_crash(self, interrupted))
         await self.machine.open()
 
+    def _make_parts(self) -> None:
+        """The builder, the flash pipeline, the job runner, Klipper's service, the console."""
+        from ..build import Builder
+        from ..flash.pipeline import CoreFlashPipeline
+        from ..flash.writer_lock import writer_lock_path
+        from ..jobs import JobRunner
+        from .console import JobConsole
+        from .services import MoonrakerJobStorage, MoonrakerKlipperService
+        self.service = MoonrakerKlipperService(self.server, self.settings.reconnect_timeout,
+                                               control=self.machine.klipper_control())
+        self.builder = Builder.from_settings(self.settings, self.machine)
+        self.pipeline = CoreFlashPipeline(self.settings, self.service,
+                                          klipper_status=self.klipper.refresh,
+                                          machine=self.machine,
+                                          writer_lock_path=writer_lock_path(self.data_path))
+        runner = JobRunner(self.builder, pipeline=self.pipeline,
+                           storage=MoonrakerJobStorage(self.db),
+                           preflight=self._preflight,
+                           find_artifact=self.find_artifact,
+                           history_size=self.settings.job_history)
+        self.console = JobConsole(self.server, self._after_flash)
+        runner.add_listener(self.console.on_job_update)
+        for listener in self._job_listeners:
+            runner.add_listener(listener)
+        self.runner = runner
+
+    def add_job_listener(self, listener: Callable[[Any], None]) -> None:
+        """A listener of every job's updates, from now or from the start-up on."""
+        self._job_listeners.append(listener)
+        if self.runner is not None:
+            self.runner.add_listener(listener)
+
+    def _job_holding(self, name: str) -> Optional[Job]:
+        return self.runner.job_holding(name) if self.runner is not None else None
+
     async def on_exit(self) -> None:
+        self._closing = True
         self.klipper.close()
+        start_up = self._start_up_task
+        if start_up is not None and not start_up.done():
+            start_up.cancel()
+            try:
+                await start_up
+            except BaseException:
+                pass
         for task in (self._config_check, self._klipper_recovery):
             if task is not None:
                 task.cancel()
         # before the database closes: running jobs are recorded as interrupted
-        await self.runner.close()
+        if self.runner is not None:
+            await self.runner.close()
         await self.machine.close()
 
     async def _on_klippy_started(self, state: Any = None) -> None:
@@ -274,6 +382,7 @@ class OctoFlash:
 
     async def profile_status(self, profile: Profile) -> Dict[str, Any]:
         """What the clients show per profile: running version, latest build, out of date."""
+        from ..versions import parse_version, update_state
         mcu = self.klipper.mcu_of(profile, self.klipper.mcus())
         artifact = await self.latest_artifact(profile)
         running = mcu.mcu_version if mcu is not None else None
@@ -391,5 +500,6 @@ def _devices_changed(before: Dict[str, Any], after: Dict[str, Any]) -> bool:
     return strip(before) != strip(after)
 
 
-def load_component(config: ConfigHelper) -> OctoFlash:
-    return OctoFlash(config)
+def load_component(config: ConfigHelper, started: Optional[float] = None) -> OctoFlash:
+    """``started``: when Moonraker began to load the component (before its import)."""
+    return OctoFlash(config, started)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Protocol, Tuple
 
 from ..errors import OctoflashError
 from ..versions import parse_version
@@ -66,6 +66,12 @@ class OctoflashComponent(Protocol):
 
     async def start_flash(self, name: str, *, build: bool = True, origin: str = "api") -> Job: ...
 
+    async def ready(self) -> None:
+        """Until the component has started up (its builder, runner and job history)."""
+
+    def add_job_listener(self, listener: Callable[[Any], None]) -> None:
+        """Every job's updates, from the start-up on."""
+
 
 class ComponentHost:
     """What the entries use of the octoflash component, in one place."""
@@ -80,6 +86,9 @@ class ComponentHost:
 
     def firmware_profiles(self) -> Dict[str, Profile]:
         return {n: p for n, p in self.profiles().items() if p.target == "klipper"}
+
+    async def ready(self) -> None:
+        await self.component.ready()
 
     @property
     def runner(self) -> JobRunner:

@@ -15,11 +15,11 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Protocol, Tuple
 
-from ..discovery.identity import normalize_uuid
-from ..discovery.klipper import KlipperMcu, find_mcu, is_mcu_section, klipper_mcus
-
+# discovery's readers are imported when Klipper is first read (after Moonraker's start).
 if TYPE_CHECKING:
     from moonraker.server import Server
+
+    from ..discovery.klipper import KlipperMcu
 
     from ..profiles import Profile
 
@@ -87,6 +87,7 @@ class KlipperState:
             self.eventloop.create_task(self.refresh())
 
     def mcus(self) -> List[KlipperMcu]:
+        from ..discovery.klipper import klipper_mcus
         return klipper_mcus(self.status)
 
     def state_name(self) -> str:
@@ -124,6 +125,7 @@ class KlipperState:
         """
         if not self.klippy.is_connected():
             return self.status
+        from ..discovery.klipper import is_mcu_section
         ready = self.klippy.is_ready()
         try:
             objects = await asyncio.wait_for(self.klippy_apis.get_object_list(default=[]),
@@ -175,9 +177,11 @@ class KlipperState:
     def mcu_of(profile: Profile, mcus: List[KlipperMcu]) -> Optional[KlipperMcu]:
         """The MCU that is this profile's board: by its name (any case), else uuid or serial."""
         if profile.klipper_mcu:
+            from ..discovery.klipper import find_mcu
             found = find_mcu(mcus, profile.klipper_mcu)
             if found is not None:
                 return found
+        from ..discovery.identity import normalize_uuid
         uuid = normalize_uuid(profile.canbus_uuid)
         for candidate in mcus:
             if uuid and candidate.canbus_uuid == uuid:

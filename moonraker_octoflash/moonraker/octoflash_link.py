@@ -6,6 +6,7 @@
 # so updating that package updates the component without relinking.
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 
 def load_component(config: ConfigHelper) -> Any:
+    started = time.perf_counter()     # the import counts in what Moonraker's start pays
     try:
         from moonraker_octoflash.moonraker.component import load_component as _load
     except ImportError as exc:
@@ -21,4 +23,4 @@ def load_component(config: ConfigHelper) -> Any:
             "moonraker-octoflash is not installed in the Python environment that "
             f"runs Moonraker ({exc}). Install it there (pip install "
             "moonraker-octoflash) or remove the [octoflash] sections.") from exc
-    return _load(config)
+    return _load(config, started)

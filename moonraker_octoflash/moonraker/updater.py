@@ -283,7 +283,7 @@ class FirmwareUpdates:
         on(KLIPPER_MCUS_EVENT, self._on_klipper_mcus)
         on(FLASH_FINISHED_EVENT, self._on_flash_finished)
         on(PROFILES_CHANGED_EVENT, self._on_profiles_changed)
-        self.host.runner.add_listener(self._on_job_update)
+        component.add_job_listener(self._on_job_update)
 
     # --- entries -----------------------------------------------------------
 
@@ -364,6 +364,7 @@ class FirmwareUpdates:
         targets = list(self.entries.values()) if entries is None else \
             [e for e in entries if e.name in self.entries]
         if targets:
+            await self.host.ready()     # the builder and the job history
             await self._read_source_repos()
             connected, status = await self.host.read_klipper_status()
             for entry in targets:
@@ -542,6 +543,7 @@ class FirmwareUpdates:
 
     async def _flash(self, entry: FirmwareUpdater, profile: Profile) -> None:
         """Build and flash through the job runner, streaming its progress; raise on failure."""
+        await self.host.ready()
         problem = await self.host.board_problem(profile)
         if problem:
             raise self.server.error(plain_error(f"Update refused: {problem}"), 503)
@@ -627,6 +629,7 @@ class FirmwareUpdates:
             # After Klipper's update it restarts; its MCUs tell what they run
             # once it is back.  Waited for outside the lock.
             await self._wait_for_klipper()
+            await self.host.ready()
             async with self.internals.request_lock:
                 await self._deferred_flashes()
         except Exception:

@@ -17,12 +17,18 @@ discovery and the planner may ask without import cycles.
 from __future__ import annotations
 
 import importlib
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
-from .base import FlashMethod, PlanPart
+if TYPE_CHECKING:
+    from .base import FlashMethod, PlanPart
 
 # Registration: the modules of this folder, in the order methods are listed.
 MODULES: Tuple[str, ...] = ("dfu", "katapult", "rp2040_boot")
+# The modules whose method offers itself to presets that do not list it
+# (``FlashMethod.offer``), by the architecture of the preset's chip
+# (``mcus.McuFacts.arch``).  Making a preset asks (and imports) only these;
+# tests/test_flash_methods.py checks that no other method offers.
+OFFERING: Dict[str, Tuple[str, ...]] = {"rp2040": ("rp2040_boot",)}
 
 _REGISTRY: Dict[str, FlashMethod] = {}
 
@@ -96,9 +102,16 @@ def write_kinds() -> frozenset:
 
 def offered_methods(preset: object) -> Tuple[Mapping[str, object], ...]:
     """Entries the methods offer a preset on their own (e.g. the RP2040 boot ROM)."""
+    from ...errors import ValidationError
+    from ...mcus import find_mcu
+    try:
+        modules = OFFERING.get(find_mcu(str(getattr(preset, "mcu", ""))).arch, ())
+    except ValidationError:
+        return ()
     listed = {m.get("method") for m in getattr(preset, "flash_methods", ())}
     offered = []
-    for m in all_methods():
+    for module in modules:
+        m: FlashMethod = importlib.import_module(f"{__name__}.{module}").METHOD
         if m.name in listed:
             continue
         entry = m.offer(preset)
@@ -110,6 +123,14 @@ def offered_methods(preset: object) -> Tuple[Mapping[str, object], ...]:
 def to_json() -> List[Dict[str, object]]:
     """What the page and the API show of each method."""
     return [m.describe() for m in all_methods()]
+
+
+def __getattr__(name: str) -> Any:
+    """``FlashMethod`` and ``PlanPart`` from ``base``, imported when first asked for."""
+    if name in ("FlashMethod", "PlanPart"):
+        from . import base
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["FlashMethod", "PlanPart", "MODULES", "all_methods", "method_names", "get_method",
