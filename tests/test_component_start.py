@@ -53,3 +53,24 @@ def test_reading_stm32_profiles_asks_no_flash_method_module(tmp_path):
     methods = sorted(m for m in loaded if m.startswith("moonraker_octoflash.flash.methods."))
     assert methods == []
     assert "moonraker_octoflash.profiles" in loaded
+
+
+def test_the_start_up_task_imports_its_parts_off_the_loop():
+    """Every module the start-up task imports while making the parts is imported
+    first in a thread (``_import_parts``): none is left to load on Moonraker's loop."""
+    import ast
+    import inspect
+
+    from moonraker_octoflash.moonraker import component
+    named = set()
+    for function in (component.OctoFlash._make_parts, component.OctoFlash._make_and_load):
+        for node in ast.walk(ast.parse(inspect.getsource(function).strip().replace(
+                "\n    ", "\n"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = component.__name__.rsplit(".", node.level)[0]
+                named.add(f"{base}.{node.module}" if node.module else base)
+    assert "moonraker_octoflash.build" in named and "moonraker_octoflash.jobs" in named
+    assert sorted(named - set(component.PART_MODULES)) == []
+    loaded = _modules_after("from moonraker_octoflash.moonraker import component\n"
+                            "component._import_parts()")
+    assert set(component.PART_MODULES) <= loaded

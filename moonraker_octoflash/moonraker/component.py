@@ -194,6 +194,9 @@ class OctoFlash:
             raise
 
     async def _make_and_load(self) -> None:
+        # Importing the parts takes tens of milliseconds (more on a Pi): in a
+        # thread, so that Moonraker's loop goes on answering meanwhile.
+        await asyncio.to_thread(_import_parts)
         self._make_parts()
         self.store.builder = self.builder
         # Reading the checkouts' Kconfig takes a child process each: after start.
@@ -207,7 +210,7 @@ class OctoFlash:
         self._klipper_recovery = self.eventloop.create_task(after_crash(self, interrupted))
         await self.machine.open()
 
-    def _make_parts(self) -> None:
+    def _make_parts(self) -> None:  # its imports are made by _import_parts first
         """The builder, the flash pipeline, the job runner, Klipper's service, the console."""
         from ..build import Builder
         from ..flash.pipeline import CoreFlashPipeline
@@ -490,6 +493,21 @@ class OctoFlash:
             self.last_devices = data
             self._devices_at = time.monotonic()
             return data
+
+
+# The modules the start-up task makes the component's parts from
+# (_make_parts, _make_and_load): imported in a thread by _import_parts.
+PART_MODULES = ("moonraker_octoflash.build", "moonraker_octoflash.flash.pipeline",
+                "moonraker_octoflash.flash.writer_lock", "moonraker_octoflash.jobs",
+                "moonraker_octoflash.moonraker.console",
+                "moonraker_octoflash.moonraker.services",
+                "moonraker_octoflash.moonraker.klipper_recovery")
+
+
+def _import_parts() -> None:
+    import importlib
+    for name in PART_MODULES:
+        importlib.import_module(name)
 
 
 def _devices_changed(before: Dict[str, Any], after: Dict[str, Any]) -> bool:
