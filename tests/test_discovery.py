@@ -123,12 +123,16 @@ def test_bootloader_request_sends_a_bridge_to_katapult_on_usb(machine, can_nodes
     octo = machine.add_board("octopus", "stm32f446xx", firmware={"version": "v0.12.0", "bridge": True})
     assert machine.can_interfaces_up() == ["can0"]
     send_bootloader_request("can0", octo.canbus_uuid, bustype="virtual")
-    deadline = time.time() + 2
-    while octo.mode != "katapult" and time.time() < deadline:
+    katapult_port = f"usb-katapult_stm32f446xx_{octo.chip_id}-if00"
+    # The board reboots into Katapult; its by-id link appears once it has
+    # enumerated (the simulation's udev, a thread of its own): wait for both.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (
+            octo.mode == "katapult" and os.listdir(machine.by_id_dir) == [katapult_port]):
         time.sleep(0.02)
     assert octo.mode == "katapult"
     assert machine.can_interfaces_up() == []          # the bridge took can0 with it
-    assert os.listdir(machine.by_id_dir) == [f"usb-katapult_stm32f446xx_{octo.chip_id}-if00"]
+    assert os.listdir(machine.by_id_dir) == [katapult_port]
 
 
 def test_query_answers_are_parsed_like_klipper_does():
@@ -143,7 +147,9 @@ def test_query_on_an_empty_bus_finds_nothing_within_the_window():
     start = time.monotonic()
     nodes, warnings = query_interface("empty-bus", bustype="virtual", listen_time=0.15)
     assert nodes == [] and warnings == []
-    assert 0.14 < time.monotonic() - start < 1.0
+    # it listened the whole window, and then ended (the upper bound only
+    # catches a query that never ends; speed is bench_discovery.py's)
+    assert 0.14 < time.monotonic() - start < 10.0
 
 
 def test_query_on_a_missing_socketcan_interface_is_a_warning():
@@ -269,12 +275,13 @@ async def test_scan_never_blocks_the_event_loop(machine, can_nodes):
             ticks.append(time.monotonic())
             await asyncio.sleep(0.01)
     task = asyncio.create_task(ticker())
-    await scan(**machine.scan_options(listen_time=0.3))
+    await scan(**machine.scan_options(listen_time=1.0))
     task.cancel()
-    # Blocking work in the loop would show as one gap as long as the 0.3 s
-    # CAN window; speed itself is measured by bench/bench_discovery.py.
+    # Blocking work in the loop would show as one gap as long as the 1 s CAN
+    # window, far above what a busy machine's scheduling makes of a 10 ms
+    # sleep; speed itself is measured by bench/bench_discovery.py.
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-    assert len(ticks) > 10 and max(gaps) < 0.15
+    assert len(ticks) > 10 and max(gaps) < 0.5
 
 
 async def test_scan_of_this_machine_with_the_real_backends_says_what_it_lacks(tmp_path):
