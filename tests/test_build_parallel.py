@@ -100,8 +100,13 @@ async def test_the_jobserver_never_runs_more_jobs_than_it_has(tmp_path):
     """
     counter = tmp_path / "count"
     counter.write_text("0 0 0\n")
+    # Job k blocks reading the FIFO gate-k until job k+1 opens it to write:
+    # a wait on the next job's start itself, not a poll.
+    for k in range(1, 8):
+        os.mkfifo(tmp_path / f"gate-{k}")
     job = textwrap.dedent(f"""\
-        import fcntl, sys, time
+        import fcntl, os, signal
+        signal.alarm(60)          # a jobserver that never starts the next job: fail
         def bump(step, start=0):
             with open({str(counter)!r}, "r+") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
@@ -110,16 +115,12 @@ async def test_the_jobserver_never_runs_more_jobs_than_it_has(tmp_path):
                 started += start
                 f.seek(0); f.truncate(); f.write(f"{{now}} {{max(now, peak)}} {{started}}\\n")
                 return started
-        def started():
-            with open({str(counter)!r}) as f:
-                fcntl.flock(f, fcntl.LOCK_SH)
-                return int(f.read().split()[2])
         mine = bump(1, start=1)
-        deadline = time.monotonic() + 60
-        while started() < min(mine + 1, 8):
-            if time.monotonic() > deadline:
-                sys.exit(f"job {{mine}}: the next job never started")
-            time.sleep(0.005)
+        if mine > 1:
+            open(os.path.join({str(tmp_path)!r}, f"gate-{{mine - 1}}"), "w").close()
+        if mine < 8:
+            with open(os.path.join({str(tmp_path)!r}, f"gate-{{mine}}")) as gate:
+                gate.read()
         bump(-1)
         """)
     (tmp_path / "job.py").write_text(job)
