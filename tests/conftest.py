@@ -20,6 +20,14 @@ os.environ.setdefault("OCTOFLASH_SIMCC_ROUNDS", "0")
 # the memory of valid documents is tested on its own (test_schema_memo.py).
 os.environ.setdefault("OCTOFLASH_SCHEMA_CACHE", "0")
 
+# The suite starts thousands of Python processes (Moonraker, the tool
+# doubles, the Kconfig helpers, the simulated compiler): they read this
+# project's modules from bytecode as an installed package would, instead of
+# compiling every module again in every process (a shell that sets
+# PYTHONDONTWRITEBYTECODE would make each of them do so).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 _WORKER_CASES = {"count": 0}
 
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import urllib.request
 from typing import Any, Dict, List, Optional
 
@@ -20,31 +22,86 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--remote-debugging-port=0"]
 
 
-class Browser:
-    """One headless Chromium and its first tab, over the DevTools protocol."""
+class _Chromium:
+    """The test process's one headless Chromium, started at first use.
 
-    def __init__(self, profile_dir: str) -> None:
-        self.profile_dir = profile_dir
-        self.proc: Optional[subprocess.Popen] = None
+    Starting Chromium costs about a second of CPU; each test's ``Browser`` is
+    a browser context of its own in it instead (its own cookies, storage and
+    cache, like a separate profile), closed with the test.
+    """
+
+    proc: Optional[subprocess.Popen] = None
+    profile_dir: Optional[str] = None
+    port: str = ""
+
+    @classmethod
+    async def devtools_port(cls) -> str:
+        if cls.proc is not None and cls.proc.poll() is None:
+            return cls.port
+        cls.profile_dir = tempfile.mkdtemp(prefix="octoflash-chromium-")
+        cls.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={cls.profile_dir}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        atexit.register(cls.stop)
+        port_file = os.path.join(cls.profile_dir, "DevToolsActivePort")
+        await wait_until(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
+                         30, what="Chromium's DevTools port")
+        cls.port = open(port_file).read().split()[0]
+        return cls.port
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.proc is not None and cls.proc.poll() is None:
+            cls.proc.terminate()
+            try:
+                cls.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                cls.proc.kill()
+        if cls.profile_dir is not None:
+            shutil.rmtree(cls.profile_dir, ignore_errors=True)
+        cls.proc = None
+
+
+class Browser:
+    """A fresh browser context in the shared headless Chromium and its one
+    tab, over the DevTools protocol."""
+
+    def __init__(self) -> None:
         self.conn: Any = None
+        self._browser_conn: Any = None
+        self._context_id: Optional[str] = None
         self._ids = itertools.count(1)
         self._waiting: Dict[int, asyncio.Future] = {}
         self.exceptions: List[str] = []
         self.console_errors: List[str] = []
         self._reader: Optional[asyncio.Task] = None
 
+    async def _browser_call(self, method: str, **params: Any) -> Dict[str, Any]:
+        """A command to the browser itself (not a tab); its events are not needed."""
+        msg_id = next(self._ids)
+        await self._browser_conn.write_message(json.dumps({"id": msg_id, "method": method,
+                                                           "params": params}))
+        while True:
+            text = await asyncio.wait_for(self._browser_conn.read_message(), 30)
+            if text is None:
+                raise RuntimeError(f"{method}: Chromium closed its DevTools connection")
+            msg = json.loads(text)
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
     async def start(self) -> Browser:
-        self.proc = subprocess.Popen(
-            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile_dir}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        port_file = os.path.join(self.profile_dir, "DevToolsActivePort")
-        await wait_until(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
-                         30, what="Chromium's DevTools port")
-        port = open(port_file).read().split()[0]
-        targets = await asyncio.to_thread(self._json, f"http://127.0.0.1:{port}/json/list")
-        page = next(t for t in targets if t["type"] == "page")
-        self.conn = await websocket_connect(page["webSocketDebuggerUrl"],
-                                            max_message_size=50 * 1024 * 1024)
+        port = await _Chromium.devtools_port()
+        version = await asyncio.to_thread(self._json, f"http://127.0.0.1:{port}/json/version")
+        self._browser_conn = await websocket_connect(version["webSocketDebuggerUrl"])
+        self._context_id = (await self._browser_call("Target.createBrowserContext"))[
+            "browserContextId"]
+        target = await self._browser_call("Target.createTarget", url="about:blank",
+                                          browserContextId=self._context_id)
+        self.conn = await websocket_connect(
+            f"ws://127.0.0.1:{port}/devtools/page/{target['targetId']}",
+            max_message_size=50 * 1024 * 1024)
         self._reader = asyncio.get_running_loop().create_task(self._read())
         await self.send("Runtime.enable")
         await self.send("Page.enable")
@@ -103,9 +160,8 @@ class Browser:
             self._reader.cancel()
         if self.conn is not None:
             self.conn.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self._browser_conn is not None:
+            if self._context_id is not None:
+                await self._browser_call("Target.disposeBrowserContext",
+                                         browserContextId=self._context_id)
+            self._browser_conn.close()

@@ -62,8 +62,8 @@ def new(printer: SimulatedPrinter) -> str:
 
 
 @pytest.fixture
-async def browser(tmp_path: Any, printer: SimulatedPrinter) -> Any:
-    b = await Browser(str(tmp_path / "chromium")).start()
+async def browser(printer: SimulatedPrinter) -> Any:
+    b = await Browser().start()
     await b.open(printer.base_url + PAGE_PATH)
     await b.wait_js("document.querySelectorAll('#boards [data-profile]').length >= 3",
                     what="the boards")

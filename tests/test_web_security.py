@@ -75,8 +75,8 @@ def moonraker(tmp_path_factory: Any, linked_component: str) -> Any:
 
 
 @pytest.fixture
-async def browser(tmp_path: Any, moonraker: MoonrakerProcess) -> Any:
-    b = await Browser(str(tmp_path / "chromium")).start()
+async def browser(moonraker: MoonrakerProcess) -> Any:
+    b = await Browser().start()
     yield b
     errors = b.exceptions + b.console_errors
     await b.close()
