@@ -28,6 +28,23 @@ os.environ.setdefault("OCTOFLASH_SCHEMA_CACHE", "0")
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
+# The test files that take longest start first, so that the parallel workers
+# (pytest-xdist, one file whole per worker) end together instead of one long
+# file running alone at the end.  Only the order of files changes: the order
+# of tests inside each file, and of the other files, stays as collected
+# (shuffled by pytest-randomly where it runs).
+LONGEST_FILES = ["test_build.py", "test_web.py", "test_updater.py", "test_install.py",
+                 "test_toolhead_presets_build.py", "test_moonraker_jobs.py",
+                 "test_presets_build.py", "test_cross_site.py", "test_moonraker_crash.py",
+                 "test_flash_katapult.py", "test_flash_cancel.py", "test_cli.py"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 _WORKER_CASES = {"count": 0}
 
 
