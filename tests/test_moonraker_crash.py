@@ -122,6 +122,23 @@ def test_a_failed_write_and_an_interrupted_one_carry_the_same_recovery(printer):
                             (True, {}), 10, "the writer lock released and cleared")
 
 
+def test_a_flash_asked_for_as_moonraker_starts_klipper_again_waits_for_it(printer):
+    """After a crash, the start-up's check holds the writer lock while it starts
+    Klipper again: a flash asked for meanwhile waits for it, and is not told that
+    another flash runs."""
+    interrupted = _flash_until_writing(printer)
+    _kill_moonraker_and_the_hung_writer(printer)
+    assert _standin(printer, "running") is False           # left stopped by the dead flash
+    printer.start()
+    status, payload = printer.post("/server/octoflash/flash",
+                                   {"profile": "toolhead", "build": False})
+    assert status == 200, payload
+    assert "started it again" in _job(printer, interrupted["job_id"])["error"]
+    job = printer.wait_job(payload["result"]["job"]["job_id"], 90)
+    assert job["state"] == "done", job
+    _wait_klipper_connected(printer)
+
+
 def test_after_a_crash_klipper_is_not_started_under_another_writer(printer):
     _wait_klipper_connected(printer)
     starts = _standin(printer, "starts")

@@ -354,6 +354,13 @@ class OctoFlash:
             raise ConflictError(
                 f"Klipper is {state}{what}: flashing '{profile.name}' would stop Klipper and end "
                 "the print. Flash when the print has finished or has been cancelled.")
+        recovery = self._klipper_recovery
+        if recovery is not None and not recovery.done():
+            # Moonraker has just started, and the check of what a crashed flash
+            # left holds the writer lock (while it starts Klipper again, for
+            # seconds): this flash waits for it rather than being told that
+            # another flash runs.
+            await asyncio.shield(recovery)
         other = await self.pipeline.other_writer()
         if other:
             raise ConflictError(other)
