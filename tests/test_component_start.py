@@ -57,7 +57,7 @@ def test_reading_stm32_profiles_asks_no_flash_method_module(tmp_path):
 
 def test_the_start_up_task_imports_its_parts_off_the_loop():
     """Every module the start-up task imports while making the parts is imported
-    first in a thread (``_import_parts``): none is left to load on Moonraker's loop."""
+    first in a thread (``PART_MODULES``): none is left to load on Moonraker's loop."""
     import ast
     import inspect
 
@@ -72,5 +72,6 @@ def test_the_start_up_task_imports_its_parts_off_the_loop():
     assert "moonraker_octoflash.build" in named and "moonraker_octoflash.jobs" in named
     assert sorted(named - set(component.PART_MODULES)) == []
     loaded = _modules_after("from moonraker_octoflash.moonraker import component\n"
-                            "component._import_parts()")
+                            "from moonraker_octoflash.imports import import_all\n"
+                            "import_all(component.PART_MODULES)")
     assert set(component.PART_MODULES) <= loaded

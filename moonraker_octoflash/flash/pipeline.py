@@ -12,6 +12,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from ..errors import CheckFailed, FlashError, OctoflashError
+from ..imports import import_in_thread
 from ..events import Progress
 from ..job_records import CURRENT_JOB_ID
 from ..jobs import FlashPipeline
@@ -45,25 +46,22 @@ def with_address_from_klipper(profile: Profile, snapshot: Any) -> Profile:
 # What a flash imports on first use (the package imports its parts lazily, so that
 # listing presets stays cheap): imported in a worker thread before the first flash
 # instead of on Moonraker's event loop, where a first flash held it for 30-100 ms.
-_FLASH_MODULES = ("plan", "executor", "checks", "katapult", "dfu", "writer_lock", "results",
-                  "methods.katapult", "methods.dfu", "methods.rp2040_boot")
-_DISCOVERY_MODULES = ("can", "klipper", "serial", "snapshot", "usb", "identity")
+# What a flash uses beyond this module: imported in a thread before the first
+# one (imports.py).
+_PARENT = __package__.rsplit(".", 1)[0]
+FLASH_MODULES = tuple(
+    [f"{__package__}.{name}" for name in (
+        "plan", "executor", "checks", "katapult", "dfu", "writer_lock", "results",
+        "methods.katapult", "methods.dfu", "methods.rp2040_boot")]
+    + [f"{_PARENT}.discovery.{name}" for name in (
+        "can", "klipper", "serial", "snapshot", "usb", "identity")])
 _modules_loaded = False
-
-
-def _import_flash_modules() -> None:
-    import importlib
-    for name in _FLASH_MODULES:
-        importlib.import_module(f"{__package__}.{name}")
-    parent = __package__.rsplit(".", 1)[0]
-    for name in _DISCOVERY_MODULES:
-        importlib.import_module(f"{parent}.discovery.{name}")
 
 
 async def _load_flash_modules() -> None:
     global _modules_loaded
     if not _modules_loaded:
-        await asyncio.to_thread(_import_flash_modules)
+        await import_in_thread(FLASH_MODULES)
         _modules_loaded = True
 
 

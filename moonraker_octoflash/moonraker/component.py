@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from ..errors import (ConflictError, NotFoundError, OctoflashError, UnavailableError,
                       ValidationError, clip_text)
+from ..imports import import_in_thread
 from ..machine import Machine, RealMachine, load_machine
 from ..settings import Settings
 from . import request_guard, web
@@ -196,7 +197,7 @@ class OctoFlash:
     async def _make_and_load(self) -> None:
         # Importing the parts takes tens of milliseconds (more on a Pi): in a
         # thread, so that Moonraker's loop goes on answering meanwhile.
-        await asyncio.to_thread(_import_parts)
+        await import_in_thread(PART_MODULES)
         self._make_parts()
         self.store.builder = self.builder
         # Reading the checkouts' Kconfig takes a child process each: after start.
@@ -210,7 +211,7 @@ class OctoFlash:
         self._klipper_recovery = self.eventloop.create_task(after_crash(self, interrupted))
         await self.machine.open()
 
-    def _make_parts(self) -> None:  # its imports are made by _import_parts first
+    def _make_parts(self) -> None:  # its modules are imported first (PART_MODULES)
         """The builder, the flash pipeline, the job runner, Klipper's service, the console."""
         from ..build import Builder
         from ..flash.pipeline import CoreFlashPipeline
@@ -503,18 +504,12 @@ class OctoFlash:
 
 
 # The modules the start-up task makes the component's parts from
-# (_make_parts, _make_and_load): imported in a thread by _import_parts.
+# (_make_parts, _make_and_load): imported in a thread first (imports.py).
 PART_MODULES = ("moonraker_octoflash.build", "moonraker_octoflash.flash.pipeline",
                 "moonraker_octoflash.flash.writer_lock", "moonraker_octoflash.jobs",
                 "moonraker_octoflash.moonraker.console",
                 "moonraker_octoflash.moonraker.services",
                 "moonraker_octoflash.moonraker.klipper_recovery")
-
-
-def _import_parts() -> None:
-    import importlib
-    for name in PART_MODULES:
-        importlib.import_module(name)
 
 
 def _devices_changed(before: Dict[str, Any], after: Dict[str, Any]) -> bool:
