@@ -46,6 +46,9 @@ with open(os.environ.get("FAKE_PIP_LOG", os.devnull), "a") as log:
 site = sysconfig.get_paths()["purelib"]
 pth = os.path.join(site, "__editable__.moonraker_octoflash.pth")
 script = os.path.join(sys.prefix, "bin", "octoflash")
+if "--config-settings" in args and os.environ.get("FAKE_PIP_OLD"):
+    sys.stderr.write("no such option: --config-settings\\n")     # pip 20.3, as on Bullseye
+    sys.exit(2)
 if args[:1] == ["install"] and "-e" in args:
     with open(pth, "w") as f:
         f.write(args[args.index("-e") + 1] + "\\n")
@@ -407,6 +410,17 @@ def test_dry_run_says_what_and_changes_nothing(one):
 
 # --- one instance ----------------------------------------------------------------
 
+def test_an_old_pip_gets_the_default_editable_install(one, monkeypatch):
+    """Bullseye's pip 20.3 knows no --config-settings: the plain ``pip install -e`` follows."""
+    monkeypatch.setenv("FAKE_PIP_OLD", "1")
+    proc = one.install("--yes")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    calls = [line for line in one.pip_log.read_text().splitlines() if line.startswith("install")]
+    assert calls == [f"install -q -e {one.source} --config-settings editable_mode=compat",
+                     f"install -q -e {one.source}"]
+    assert one.link.is_symlink()
+
+
 def test_one_instance_install_again_and_uninstall(one):
     data = one.data[""]
     conf = data / "config" / "moonraker.conf"
@@ -418,7 +432,9 @@ def test_one_instance_install_again_and_uninstall(one):
     assert one.link.is_symlink()
     assert one.moonraker_pristine()
     assert "/moonraker/components/octoflash.py" in (one.checkout / ".git" / "info" / "exclude").read_text()
-    assert f"install -q -e {one.source}" in one.pip_log.read_text()
+    # one path line on sys.path (pip's "compat" editable mode), not an import finder
+    assert f"install -q -e {one.source} --config-settings editable_mode=compat" in \
+        one.pip_log.read_text()
     # moonraker.conf: backed up, then both sections
     text = conf.read_text()
     assert text.count("[octoflash]") == 1 and "[update_manager octoflash]" in text
