@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
 from typing import Iterable, Sequence
 
 
@@ -19,6 +20,15 @@ def import_all(names: Iterable[str]) -> None:
         importlib.import_module(name)
 
 
+def _loaded(name: str) -> bool:
+    """Imported to the end (a module another thread is still importing is in
+    ``sys.modules`` already, with its spec marked as initializing)."""
+    module = sys.modules.get(name)
+    return module is not None and not getattr(getattr(module, "__spec__", None),
+                                              "_initializing", False)
+
+
 async def import_in_thread(names: Sequence[str]) -> None:
-    """``import_all(names)`` in a worker thread."""
-    await asyncio.to_thread(import_all, tuple(names))
+    """``import_all(names)`` in a worker thread; nothing to do once they are loaded."""
+    if not all(_loaded(name) for name in names):
+        await asyncio.to_thread(import_all, tuple(names))

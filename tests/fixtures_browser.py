@@ -42,7 +42,6 @@ class _Chromium:
         cls.proc = subprocess.Popen(
             [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={cls.profile_dir}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        atexit.register(cls.stop)
         port_file = os.path.join(cls.profile_dir, "DevToolsActivePort")
         await wait_until(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
                          30, what="Chromium's DevTools port")
@@ -60,6 +59,9 @@ class _Chromium:
         if cls.profile_dir is not None:
             shutil.rmtree(cls.profile_dir, ignore_errors=True)
         cls.proc = None
+
+
+atexit.register(_Chromium.stop)
 
 
 class Browser:

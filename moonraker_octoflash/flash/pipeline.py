@@ -12,8 +12,8 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Set, Tuple
 
 from ..errors import CheckFailed, FlashError, OctoflashError
-from ..imports import import_in_thread
 from ..events import Progress
+from ..imports import import_in_thread
 from ..job_records import CURRENT_JOB_ID
 from ..jobs import FlashPipeline
 
@@ -45,9 +45,7 @@ def with_address_from_klipper(profile: Profile, snapshot: Any) -> Profile:
 
 # What a flash imports on first use (the package imports its parts lazily, so that
 # listing presets stays cheap): imported in a worker thread before the first flash
-# instead of on Moonraker's event loop, where a first flash held it for 30-100 ms.
-# What a flash uses beyond this module: imported in a thread before the first
-# one (imports.py).
+# (imports.py) instead of on Moonraker's event loop, where it held the loop 30-100 ms.
 _PARENT = __package__.rsplit(".", 1)[0]
 FLASH_MODULES = tuple(
     [f"{__package__}.{name}" for name in (
@@ -55,14 +53,6 @@ FLASH_MODULES = tuple(
         "methods.katapult", "methods.dfu", "methods.rp2040_boot")]
     + [f"{_PARENT}.discovery.{name}" for name in (
         "can", "klipper", "serial", "snapshot", "usb", "identity")])
-_modules_loaded = False
-
-
-async def _load_flash_modules() -> None:
-    global _modules_loaded
-    if not _modules_loaded:
-        await import_in_thread(FLASH_MODULES)
-        _modules_loaded = True
 
 
 def can_watcher(scan_options: Callable[[], Dict[str, Any]],
@@ -187,7 +177,7 @@ class CoreFlashPipeline(FlashPipeline):
 
     async def prepare(self, profile: Profile, artifact: Any,
                       options: Dict[str, Any]) -> Any:
-        await _load_flash_modules()
+        await import_in_thread(FLASH_MODULES)
         from .plan import make_plan
         snapshot = await self._scan_for(profile)()
         config = await asyncio.to_thread(self.flash_config)
