@@ -1,12 +1,17 @@
 """Shared pytest set-up.  Each area keeps its fixtures in its own module."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import pytest
+
+from moonraker_octoflash.sim.trees import PYCACHE_ENV
 
 pytest_plugins = ["fixtures_build", "fixtures_flash", "fixtures_moonraker"]
 
@@ -27,6 +32,14 @@ os.environ.setdefault("OCTOFLASH_SCHEMA_CACHE", "0")
 # PYTHONDONTWRITEBYTECODE would make each of them do so).
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
+
+# The simulated checkouts of this test process share one bytecode folder for
+# their stand-in tools (sim/trees.py): a build's scripts then no longer compile
+# the standard library's modules they import again in every new output folder.
+if not os.environ.get(PYCACHE_ENV):
+    _sim_pycache = tempfile.mkdtemp(prefix="octoflash-sim-pycache-")
+    os.environ[PYCACHE_ENV] = _sim_pycache
+    atexit.register(shutil.rmtree, _sim_pycache, True)
 
 # The test files that take longest start first, so that the parallel workers
 # (pytest-xdist, one file whole per worker) end together instead of one long

@@ -9,6 +9,7 @@ dates and authors, so the same call always gives the same commit ids.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,14 +48,23 @@ def _git(repo: Path, *args: str, when: Optional[int] = None) -> str:
     return result.stdout.decode().strip()
 
 
+# A folder for the stand-in tools' bytecode shared by every checkout made here
+# (the tests name one per run).  Without it each build's output folder gets its
+# own, and every build compiles the standard-library modules of its scripts again.
+PYCACHE_ENV = "OCTOFLASH_SIM_PYCACHE"
+_MAKE_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
+
+
 def install_tree(kind: str, dest: Union[str, Path], tag: Optional[str] = None,
-                 commits: int = 3, python: Optional[str] = None) -> Path:
+                 commits: int = 3, python: Optional[str] = None,
+                 pycache: Optional[str] = None) -> Path:
     """Copy the ``kind`` tree ("klipper" or "katapult") to ``dest`` as a git checkout.
 
     The checkout gets the release ``tag`` (v0.13.0 for Klipper, v0.0.1 for
     Katapult by default) followed by ``commits`` more commits, and records
     ``python`` (default: this interpreter, which has kconfiglib) for its
-    Makefile.
+    Makefile, and ``pycache`` (default: ``$OCTOFLASH_SIM_PYCACHE``; unset:
+    each build's output folder) as the folder of its tools' bytecode.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown tree kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -67,7 +77,14 @@ def install_tree(kind: str, dest: Union[str, Path], tag: Optional[str] = None,
     shutil.copytree(TREES_DIR / "common", dest, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (dest / ".gitignore").write_text(GITIGNORE)
-    (dest / "sim-python.mk").write_text(f"PYTHON := {python or sys.executable}\n")
+    settings = f"PYTHON := {python or sys.executable}\n"
+    pycache = pycache or os.environ.get(PYCACHE_ENV)
+    if pycache:
+        if not _MAKE_SAFE_PATH.match(pycache):
+            raise ValueError(f"{PYCACHE_ENV}: {pycache!r} is not an absolute path of "
+                             "letters, digits and ._+-/")
+        settings += f"SIM_PYCACHE := {pycache}\n"
+    (dest / "sim-python.mk").write_text(settings)
     _git(dest, "init", "-q", "-b", "master")
     _git(dest, "add", "-A")
     _git(dest, "commit", "-q", "-m", f"Simulated {kind} {tag}", when=_BASE_TIME)
