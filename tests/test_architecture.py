@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import os
 from typing import Iterator, List, Tuple
 
@@ -24,15 +25,27 @@ EDGES: set = set()      # every module outside sim/ is product; the demo lives i
 LINK_FILE = os.path.join("moonraker", "octoflash_link.py")
 
 
-def modules() -> Iterator[Tuple[str, ast.Module]]:
+def module_files() -> List[str]:
+    """The package's modules, relative to it (a listing: collecting the tests
+    parses nothing, so every test process does not pay for it)."""
+    found = []
     for base, dirs, files in os.walk(PKG):
         dirs[:] = sorted(d for d in dirs if d not in ("trees", "__pycache__"))
-        for name in sorted(files):
-            if name.endswith(".py"):
-                path = os.path.join(base, name)
-                rel = os.path.relpath(path, PKG)
-                with open(path, encoding="utf-8") as f:
-                    yield rel, ast.parse(f.read(), path)
+        found += [os.path.relpath(os.path.join(base, name), PKG)
+                  for name in sorted(files) if name.endswith(".py")]
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def parsed(rel: str) -> ast.Module:
+    path = os.path.join(PKG, rel)
+    with open(path, encoding="utf-8") as f:
+        return ast.parse(f.read(), path)
+
+
+def modules() -> Iterator[Tuple[str, ast.Module]]:
+    for rel in module_files():
+        yield rel, parsed(rel)
 
 
 def imported(rel: str, tree: ast.Module) -> List[Tuple[int, str]]:
@@ -60,23 +73,22 @@ def test_the_contract_reads_every_module():
     assert len(names) > 40
 
 
-@pytest.mark.parametrize("rel, tree", [pytest.param(*m, id=m[0]) for m in modules()
-                                       if not m[0].startswith("sim" + os.sep)
-                                       and m[0] not in EDGES])
-def test_no_product_module_imports_the_simulation(rel, tree):
-    bad = [(line, name) for line, name in imported(rel, tree)
+@pytest.mark.parametrize("rel", [rel for rel in module_files()
+                                 if not rel.startswith("sim" + os.sep) and rel not in EDGES])
+def test_no_product_module_imports_the_simulation(rel):
+    bad = [(line, name) for line, name in imported(rel, parsed(rel))
            if name == "moonraker_octoflash.sim" or name.startswith("moonraker_octoflash.sim.")]
     assert not bad, f"{rel} imports the simulation: {bad}"
 
 
-@pytest.mark.parametrize("rel, tree", [pytest.param(*m, id=m[0]) for m in modules()
-                                       if not m[0].startswith(("moonraker" + os.sep, "sim" + os.sep))
-                                       and m[0] not in EDGES])
-def test_the_core_imports_nothing_of_moonraker(rel, tree):
+@pytest.mark.parametrize("rel", [rel for rel in module_files()
+                                 if not rel.startswith(("moonraker" + os.sep, "sim" + os.sep))
+                                 and rel not in EDGES])
+def test_the_core_imports_nothing_of_moonraker(rel):
     # The installer and the command line set the component up (link it, find
     # Moonraker's layout): they may use the adapter's helpers, never Moonraker.
     installs = rel in ("installer.py", "cli.py")
-    bad = [(line, name) for line, name in imported(rel, tree)
+    bad = [(line, name) for line, name in imported(rel, parsed(rel))
            if name == "moonraker" or name.startswith("moonraker.")
            or (name.startswith("moonraker_octoflash.moonraker") and not installs)]
     assert not bad, f"{rel} (core) imports Moonraker or the adapter: {bad}"
