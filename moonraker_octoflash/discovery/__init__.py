@@ -12,7 +12,8 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
-from .serial import DEFAULT_BY_ID_DIR
+# the serial reader is imported when scan() runs
+from .identity import DEFAULT_BY_ID_DIR
 
 if TYPE_CHECKING:
     from .can import CanInterface, CanNode, InterfaceSource

@@ -17,6 +17,9 @@ USB_ID_KLIPPER = (0x1D50, 0x614E)      # Klipper, USB serial
 USB_ID_CANBRIDGE = (0x1D50, 0x606F)    # Klipper USB-CAN bridge (gs_usb)
 USB_ID_KATAPULT = (0x1D50, 0x6177)     # Katapult, USB serial
 
+# Where udev names each USB serial port after its vendor, product and serial.
+DEFAULT_BY_ID_DIR = "/dev/serial/by-id"
+
 _MASK64 = (1 << 64) - 1
 _FASTHASH_M = 0x880355F21E6D1965
 _KLIPPER_UUID_SEED = 0xA16231A7

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-DEFAULT_BY_ID_DIR = "/dev/serial/by-id"
+from .identity import DEFAULT_BY_ID_DIR
 
 _BY_ID_RE = re.compile(r"^usb-(?P<vendor>[^_]+)_(?P<product>.+)_(?P<serial>[^_]+)-if(?P<intf>\d+)$")
 

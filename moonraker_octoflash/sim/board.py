@@ -31,13 +31,14 @@ import random
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 from ..discovery.identity import (USB_ID_CANBRIDGE, USB_ID_DFU, USB_ID_KATAPULT,
                                   USB_ID_KLIPPER, canbus_uuid_from_chip_id, normalize_uuid)
-from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
-from ..discovery.usb import DfuLayout, parse_dfu_layout
 from .images import FLASH_BASE, classify_image, default_app_start
+
+if TYPE_CHECKING:
+    from ..discovery.usb import DfuLayout
 
 MODES = ("dfu", "katapult", "klipper", "klipper-canbridge", "off", "bootsel")
 ENV_DIR = "OCTOFLASH_SIM_DIR"
@@ -554,6 +555,9 @@ class SimulatedBoard:
     def by_id_name(self) -> Optional[str]:
         if self.transport != "usb":
             return None
+        # imported here: a flashtool double on CAN starts without the serial
+        # and USB readers (and the dataclasses they bring)
+        from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
         mode = self.mode
         if mode == "katapult":
             return katapult_by_id_name(self.mcu, self.chip_id)
@@ -608,6 +612,7 @@ class SimulatedBoard:
 
     # --- flash -----------------------------------------------------------------
     def layout(self) -> DfuLayout:
+        from ..discovery.usb import parse_dfu_layout
         layout = parse_dfu_layout(self.dfu_layout)
         assert layout is not None, "simulated MCU without a flash layout"
         return layout

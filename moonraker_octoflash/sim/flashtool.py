@@ -22,11 +22,9 @@ does.  Failure switches: see ``board.FAULTS``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import time
-import traceback
 from typing import Optional, Sequence, TextIO
 
 from .board import SimulatedBoard, SimulatedMachine
@@ -184,6 +182,7 @@ class _Tool:
         for _ in range(50):
             self.put("#")
             time.sleep(delay / 100)
+        import hashlib
         expected = hashlib.sha1(padded).hexdigest().upper()
         readback = hashlib.sha1(board.read_flash(start, len(padded))).hexdigest().upper()
         if board.has_fault("katapult_verify_error"):
@@ -349,7 +348,9 @@ def _parser(legacy: bool, old: bool = False) -> argparse.ArgumentParser:
 def _traceback(err: TextIO, legacy: bool, exc: FlashError) -> None:
     """What ``logging.exception`` prints for the real tool's FlashError: Python's
     own traceback, with a chained error ("During handling of the above
-    exception…", "The above exception was the direct cause…") as it is."""
+    exception…", "The above exception was the direct cause…") as it is.
+    (traceback is imported here, as hashlib in flash(): most runs need neither.)"""
+    import traceback
     err.write(f"ERROR:root:{'Flash Error' if legacy else 'Flash Tool Error'}\n"
               + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     err.flush()
