@@ -85,7 +85,9 @@ def install_tree(kind: str, dest: Union[str, Path], tag: Optional[str] = None,
                              "letters, digits and ._+-/")
         settings += f"SIM_PYCACHE := {pycache}\n"
     (dest / "sim-python.mk").write_text(settings)
-    _git(dest, "init", "-q", "-b", "master")
+    # no template: git's sample hooks are a dozen files that every copy of a
+    # checkout would copy again
+    _git(dest, "init", "-q", "--template=", "-b", "master")
     _git(dest, "add", "-A")
     _git(dest, "commit", "-q", "-m", f"Simulated {kind} {tag}", when=_BASE_TIME)
     _git(dest, "tag", "-a", tag, "-m", f"Release {tag}", when=_BASE_TIME)
@@ -96,6 +98,8 @@ def install_tree(kind: str, dest: Union[str, Path], tag: Optional[str] = None,
             f.write(f"- change {number} after {tag}\n")
         _git(dest, "add", "-A")
         _git(dest, "commit", "-q", "-m", f"docs: change {number}", when=_BASE_TIME + 60 * number)
+    # one pack instead of a file per object, as a cloned checkout has
+    _git(dest, "repack", "-a", "-d", "-q")
     return dest
 
 
