@@ -105,9 +105,14 @@ def addable(uuid: str) -> str:
 
 
 async def click_scan(browser: Any) -> None:
-    """Press Scan once no scan is running (the button is disabled meanwhile)."""
+    """Press Scan once no scan is running, and wait for its result: the button is
+    disabled from the click until the list shows what this scan found (reading
+    the list before would read the previous scan's)."""
     await browser.wait_js("!document.getElementById('scan').disabled", what="Scan enabled")
-    await browser.js("document.getElementById('scan').click()")
+    assert await browser.js("document.getElementById('scan').click(); "
+                            "document.getElementById('scan').disabled")
+    await browser.wait_js("!document.getElementById('scan').disabled", 30,
+                          what="the scan's result")
 
 
 def card(name: str, part: str = "") -> str:
@@ -214,9 +219,12 @@ async def test_flash_from_the_page_shows_the_plan_then_real_progress(scene, brow
     write = next(s for s in record["steps"] if s["stage"] == "write")
     assert write["percent"] == 100.0 and write["message"] == "write 100%", write
     assert write["title"].startswith("Writing ") and write["title"].endswith(" KB")
-    # The board's card follows: Klipper restarted with the new firmware.
-    await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date'", 30)
-    assert await browser.js(row_text("octopus", "running")) == head
+    # The board's card follows: Klipper restarted with the new firmware.  (Both at
+    # once: until the update manager's next refresh the card may still say "up to
+    # date" about the version the board ran before, if an earlier test left it so.)
+    await browser.wait_js(f"{row_text('octopus', 'state')} === 'up to date' && "
+                          f"{row_text('octopus', 'running')} === {json.dumps(head)}", 30,
+                          what=f"the card saying up to date with {head}")
     assert not await browser.js("document.getElementById('result').hidden")
     await browser.js("document.getElementById('result-dismiss').click()")
     assert await browser.js("document.getElementById('result').hidden")
