@@ -112,6 +112,52 @@ def _breakdown(job: Dict[str, Any], boot_delay: float, total: float) -> Dict[str
     return {k: round(v, 4) for k, v in parts.items()}
 
 
+class _JobEnds:
+    """Moonraker's websocket, on which the page and Mainsail follow a job: the
+    bench learns that a flash ended from its last ``notify_octoflash_job_update``
+    and then reads the job's record once.  (Asking for the whole record every
+    0.1 s, as it did, put a request on Moonraker's event loop in the middle of
+    each step, and its time showed up as octoflash's.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: int) -> None:
+        self.loop = loop
+        self.url = f"ws://127.0.0.1:{port}/websocket"
+        self.ended: Dict[str, str] = {}
+        self.changed = threading.Condition()
+        self.conn: Any = None
+
+    def connect(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._connect(), self.loop).result(30)
+
+    async def _connect(self) -> None:
+        from tornado.websocket import websocket_connect
+        self.conn = await websocket_connect(self.url, max_message_size=50 * 1024 * 1024)
+        self.loop.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.conn.read_message()
+            if message is None:
+                return
+            data = json.loads(message)
+            if data.get("method") != "notify_octoflash_job_update":
+                continue
+            for update in data.get("params") or []:
+                if isinstance(update, dict) and update.get("final"):
+                    with self.changed:
+                        self.ended[str(update.get("job_id"))] = str(update.get("state"))
+                        self.changed.notify_all()
+
+    def wait(self, job_id: str, timeout: float = 300.0) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: job_id in self.ended, timeout):
+                raise SystemExit(f"job {job_id} did not end in {timeout:g} s")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.loop.call_soon_threadsafe(self.conn.close)
+
+
 def _step_seconds(job: Dict[str, Any]) -> Dict[str, float]:
     """Each step of the flash's own record (the executor's), in seconds."""
     result = job.get("result") or {}
@@ -146,6 +192,7 @@ def main() -> int:
         demo.machine.tool_delay = args.tool_delay
         asyncio.run_coroutine_threadsafe(demo.start(), loop).result(120)
         base = f"http://127.0.0.1:{port}"
+        ends = _JobEnds(loop, port)
         print(f"load average at start: {os.getloadavg()[0]:.2f}; board reboot "
               f"{args.boot_delay:g} s, tool delay {args.tool_delay:g} s", flush=True)
         try:
@@ -153,12 +200,14 @@ def main() -> int:
                 time.sleep(0.2)
             built = _call(base, "POST", "/server/octoflash/build", {"profile": args.profile})
             _wait_job(base, built["job"]["job_id"])
+            ends.connect()
             for n in range(1, args.rounds + 1):
                 while _call(base, "GET", "/server/info")["klippy_state"] != "ready":
                     time.sleep(0.1)
                 job = _call(base, "POST", "/server/octoflash/flash",
                             {"profile": args.profile, "build": False})["job"]
-                done = _wait_job(base, job["job_id"])
+                ends.wait(job["job_id"])
+                done = _call(base, "GET", f"/server/octoflash/job?job_id={job['job_id']}")["job"]
                 if done["state"] != "done":
                     raise SystemExit(f"the flash ended {done['state']}: {done.get('error')}")
                 steps = _step_seconds(done)
@@ -179,6 +228,7 @@ def main() -> int:
                 print("   added: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
                       flush=True)
         finally:
+            ends.close()
             asyncio.run_coroutine_threadsafe(demo.stop(), loop).result(60)
             loop.call_soon_threadsafe(loop.stop)
 

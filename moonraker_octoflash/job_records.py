@@ -8,6 +8,7 @@ notification, the database or ``/server/info``.
 from __future__ import annotations
 
 import contextvars
+import copy
 import dataclasses
 import json
 import time
@@ -63,7 +64,11 @@ class JobStep:
     result: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        # not dataclasses.asdict: a job's record is made at every step change and
+        # API read, and asdict's recursive copy cost more than the rest of it
+        return {"stage": self.stage, "message": self.message, "state": self.state,
+                "started": self.started, "finished": self.finished, "percent": self.percent,
+                "result": copy.deepcopy(self.result)}
 
 
 @dataclasses.dataclass

@@ -364,3 +364,18 @@ async def test_the_history_is_bounded_in_bytes():
     assert total <= 2 * 1024 * 1024
     assert ids[-1] in storage.records and ids[0] not in storage.records   # oldest dropped
     assert {j.id for j in runner.jobs()} == set(storage.records)
+
+
+def test_a_job_record_carries_every_field_of_its_steps_and_copies_their_results():
+    import dataclasses
+
+    from moonraker_octoflash.job_records import Job, JobStep
+    step = JobStep(stage="write", message="write 50%", percent=50.0,
+                   result={"tool": {"lines": ["a"]}})
+    job = Job(id="j1", kind="flash", profile="octopus", steps=[step])
+    record = job.to_json()["steps"][0]
+    assert set(record) == {f.name for f in dataclasses.fields(JobStep)}
+    assert record["result"] == {"tool": {"lines": ["a"]}} and record["percent"] == 50.0
+    record["result"]["tool"]["lines"].append("b")      # a reader changing its copy
+    assert step.result == {"tool": {"lines": ["a"]}}
+    assert Job.from_json(job.to_json()).steps[0] == step

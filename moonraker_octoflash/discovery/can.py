@@ -158,7 +158,7 @@ def query_interface(interface: str, *, bustype: str = "socketcan",
 
 def watch_for_node(interface: str, uuid: str, *, timeout: float,
                    application: Optional[str] = None, bustype: str = "socketcan",
-                   requery: float = 0.05, stop: Any = None) -> Optional[CanNode]:
+                   requery: float = 0.02, stop: Any = None) -> Optional[CanNode]:
     """Blocking: ask the bus every ``requery`` seconds until node ``uuid`` answers.
 
     For the end of a wait on a rebooting node: a node answers a query only

@@ -58,7 +58,7 @@ FLASH_MODULES = tuple(
 def can_watcher(scan_options: Callable[[], Dict[str, Any]],
                 scan: Callable[[], Awaitable[Any]]) -> Callable[..., Awaitable[Optional[str]]]:
     """A ``FlashContext.watch_can`` on the bus ``scan_options()`` names (its ``can_bustype``):
-    asks for the node every 50 ms (``discovery.can.watch_for_node``).  Where the bus cannot
+    asks for the node every 20 ms (``discovery.can.watch_for_node``).  Where the bus cannot
     be opened from here, each call is one ``scan()`` instead, as the waits did before."""
     async def watch(uuid: str, interface: str, application: Optional[str],
                     timeout: float) -> Optional[str]:
@@ -142,7 +142,7 @@ class CoreFlashPipeline(FlashPipeline):
     async def watch_can(self, uuid: str, interface: str, application: Optional[str],
                         timeout: float) -> Optional[str]:
         """Until node ``uuid`` answers on ``interface`` (as ``application``), asking the bus
-        again every 50 ms; the application it answered as, or None after ``timeout``."""
+        again every 20 ms; the application it answered as, or None after ``timeout``."""
         watch = can_watcher(self.machine.scan_options, self.scan)
         token = _CAN_EXPECT.set((uuid,))     # for the fallback's scan
         try:
@@ -179,8 +179,9 @@ class CoreFlashPipeline(FlashPipeline):
                       options: Dict[str, Any]) -> Any:
         await import_in_thread(FLASH_MODULES)
         from .plan import make_plan
-        snapshot = await self._scan_for(profile)()
-        config = await asyncio.to_thread(self.flash_config)
+        # the configuration (settings, tool paths: files) is read while the scan runs
+        snapshot, config = await asyncio.gather(self._scan_for(profile)(),
+                                                asyncio.to_thread(self.flash_config))
         profile = with_address_from_klipper(profile, snapshot)
         return make_plan(profile, artifact, method=options.get("method"), devices=snapshot,
                          config=config)
