@@ -36,7 +36,7 @@ def module_files() -> List[str]:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parsed(rel: str) -> ast.Module:
     path = os.path.join(PKG, rel)
     with open(path, encoding="utf-8") as f:
