@@ -65,10 +65,11 @@ class JobStep:
 
     def to_json(self) -> Dict[str, Any]:
         # not dataclasses.asdict: a job's record is made at every step change and
-        # API read, and asdict's recursive copy cost more than the rest of it
-        return {"stage": self.stage, "message": self.message, "state": self.state,
-                "started": self.started, "finished": self.finished, "percent": self.percent,
-                "result": copy.deepcopy(self.result)}
+        # API read, and asdict's recursive copy cost more than the rest of it; only
+        # ``result`` holds anything to copy
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["result"] = copy.deepcopy(self.result)
+        return data
 
 
 @dataclasses.dataclass
