@@ -101,6 +101,15 @@ async def test_checkout_config_and_out_are_untouched(builder, make_profile, klip
     assert tree_state(klipper_checkout) == before
 
 
+def test_a_bytecode_folder_that_make_could_misread_is_refused(tmp_path):
+    from moonraker_octoflash.sim.trees import install_tree
+    with pytest.raises(ValueError, match="not an absolute path"):
+        install_tree("klipper", tmp_path / "klipper", pycache="/tmp/x $(shell id)")
+    assert not (tmp_path / "klipper").exists()        # refused before anything is copied
+    made = install_tree("klipper", tmp_path / "good", pycache=str(tmp_path / "pyc"))
+    assert f"SIM_PYCACHE := {tmp_path / 'pyc'}" in (made / "sim-python.mk").read_text()
+
+
 # --- the cache --------------------------------------------------------------------------
 
 async def test_no_change_skips_the_build(builder, make_profile, build_root, progress):

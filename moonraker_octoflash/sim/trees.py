@@ -68,6 +68,10 @@ def install_tree(kind: str, dest: Union[str, Path], tag: Optional[str] = None,
     """
     if kind not in KINDS:
         raise ValueError(f"unknown tree kind {kind!r}; expected one of {', '.join(KINDS)}")
+    pycache = pycache or os.environ.get(PYCACHE_ENV)
+    if pycache and not _MAKE_SAFE_PATH.match(pycache):
+        raise ValueError(f"{PYCACHE_ENV}: {pycache!r} is not an absolute path of "
+                         "letters, digits and ._+-/")
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
@@ -78,11 +82,7 @@ def install_tree(kind: str, dest: Union[str, Path], tag: Optional[str] = None,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (dest / ".gitignore").write_text(GITIGNORE)
     settings = f"PYTHON := {python or sys.executable}\n"
-    pycache = pycache or os.environ.get(PYCACHE_ENV)
     if pycache:
-        if not _MAKE_SAFE_PATH.match(pycache):
-            raise ValueError(f"{PYCACHE_ENV}: {pycache!r} is not an absolute path of "
-                             "letters, digits and ._+-/")
         settings += f"SIM_PYCACHE := {pycache}\n"
     (dest / "sim-python.mk").write_text(settings)
     # no template: git's sample hooks are a dozen files that every copy of a
