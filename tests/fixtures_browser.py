@@ -47,7 +47,9 @@ class _Chromium:
         cls.proc = subprocess.Popen(
             [*guard, CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={cls.profile_dir}",
              "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            # its own temporary files go with its profile (it left a folder in TMPDIR)
+            env={**os.environ, "TMPDIR": cls.profile_dir})
         port_file = os.path.join(cls.profile_dir, "DevToolsActivePort")
         await wait_until(lambda: os.path.exists(port_file) and open(port_file).read().strip(),
                          30, what="Chromium's DevTools port")
