@@ -46,10 +46,11 @@ if not os.environ.get(PYCACHE_ENV):
 # file running alone at the end.  Only the order of files changes: the order
 # of tests inside each file, and of the other files, stays as collected
 # (shuffled by pytest-randomly where it runs).
-LONGEST_FILES = ["test_build.py", "test_web.py", "test_updater.py", "test_install.py",
-                 "test_toolhead_presets_build.py", "test_moonraker_jobs.py",
-                 "test_presets_build.py", "test_cross_site.py", "test_moonraker_crash.py",
-                 "test_flash_katapult.py", "test_flash_cancel.py", "test_cli.py"]
+LONGEST_FILES = ["test_updater.py", "test_web.py", "test_install.py", "test_build.py",
+                 "test_moonraker_crash.py", "test_moonraker_jobs.py", "test_cross_site.py",
+                 "test_toolhead_presets_build.py", "test_presets_build.py",
+                 "test_flash_katapult.py", "test_hostile_input.py", "test_flash_cancel.py",
+                 "test_cli.py", "test_build_parallel.py"]
 
 
 @pytest.hookimpl(trylast=True)

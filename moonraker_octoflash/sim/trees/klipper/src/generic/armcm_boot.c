@@ -1,9 +1,11 @@
 // generic/armcm_boot.c: part of the simulated Klipper tree (moonraker-octoflash tests)
 //
 // Not real firmware: scripts/simcc.py 'compiles' it.
+// It also stands for generic/armcm_reset.c (one compile instead of 2).
 
 #include "generic/armcm_boot.h"
 #include "generic/irq.h"
+#include "command.h"
 
 void
 reset_handler_stage_two(void)
@@ -21,3 +23,12 @@ armcm_main(void)
     irq_enable();
 }
 
+void
+try_request_canboot(void)
+{
+    // try request canboot
+    irq_disable();
+    irq_enable();
+}
+
+DECL_COMMAND(command_reset, "reset");
