@@ -30,7 +30,12 @@ socket every 0.25 s), ``version_check`` (until Klipper reports the
 board's new version) and ``other``
 (the rest: the job's own bookkeeping, the print guard, the writer lock).
 
-    python3 bench/bench_flash_overhead.py [--rounds 5] [--boot-delay 0.5]
+    python3 bench/bench_flash_overhead.py [--rounds 5] [--boot-delay 0.5] [--slow-sync-ms 20]
+
+``--slow-sync-ms N`` plays a slow disk, as an SD card is: every ``fsync``
+and ``fdatasync`` of the demo's processes (Moonraker's database commits
+above all) waits N ms more.  It builds a small preload library with the
+system's C compiler (``cc``) and runs the demo with ``LD_PRELOAD``.
 
 The last line is one JSON object; ``added_ratio`` is added / tool
 (median of the rounds; the target is <= 0.05).
@@ -158,6 +163,49 @@ class _JobEnds:
             self.loop.call_soon_threadsafe(self.conn.close)
 
 
+_SLOW_SYNC_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+/* every fsync/fdatasync waits OCTOFLASH_BENCH_SYNC_MS more: a slow disk */
+static void slow(void) {
+    const char *text = getenv("OCTOFLASH_BENCH_SYNC_MS");
+    long ms = text ? atol(text) : 0;
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    if (ms > 0) nanosleep(&t, NULL);
+}
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    slow();
+    return real(fd);
+}
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    slow();
+    return real(fd);
+}
+"""
+
+
+def _slow_sync_library(folder: str) -> str:
+    """The preload library of ``--slow-sync-ms``, built in ``folder``."""
+    import shutil
+    import subprocess
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("--slow-sync-ms needs a C compiler (cc)")
+    source = os.path.join(folder, "slow_sync.c")
+    library = os.path.join(folder, "slow_sync.so")
+    with open(source, "w", encoding="utf-8") as f:
+        f.write(_SLOW_SYNC_C)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", library, source, "-ldl"],
+                   check=True, timeout=120)
+    return library
+
+
 def _step_seconds(job: Dict[str, Any]) -> Dict[str, float]:
     """Each step of the flash's own record (the executor's), in seconds."""
     result = job.get("result") or {}
@@ -176,6 +224,9 @@ def main() -> int:
     parser.add_argument("--tool-delay", type=float, default=0.05,
                         help="the simulated flashtool's time per block (its write speed)")
     parser.add_argument("--profile", default="toolhead")
+    parser.add_argument("--slow-sync-ms", type=int, default=0,
+                        help="make each fsync of the demo's processes this much slower "
+                             "(an SD card); 0: the disk as it is")
     args = parser.parse_args()
 
     loop = asyncio.new_event_loop()
@@ -183,6 +234,9 @@ def main() -> int:
     thread.start()
     rounds: List[Dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="octoflash-bench-") as data:
+        if args.slow_sync_ms > 0:
+            os.environ["LD_PRELOAD"] = _slow_sync_library(data)
+            os.environ["OCTOFLASH_BENCH_SYNC_MS"] = str(args.slow_sync_ms)
         port = _free_port()
         demo = Demo(data, port)
         demo.prepare()
@@ -251,6 +305,7 @@ def main() -> int:
         "added_breakdown_seconds": {k: round(med(f"added.{k}"), 3) for k in part_names},
         "steps_seconds": {k: round(med(k), 3) for k in kinds},
         "load_average": round(os.getloadavg()[0], 2),
+        "slow_sync_ms": args.slow_sync_ms,
     }
     print(f"median: total {figures['total_seconds']} s = tool {figures['tool_seconds']} s + "
           f"reboots {figures['reboots_seconds']} s + octoflash {figures['added_seconds']} s "

@@ -126,7 +126,9 @@ class JobRunner:
         self._flash_job: Optional[Job] = None
         self._build_lock = asyncio.Lock()
         self._closing = False
-        self._pending_saves: set = set()
+        # the job records on disk (_store_soon): one write per job at a time
+        self._writers: Dict[str, asyncio.Future] = {}
+        self._dirty: set = set()            # jobs whose record changed since its last write
         self.interrupted_on_load: List[str] = []  # jobs load() found running: the process had died
 
     # --- listeners and history ------------------------------------------
@@ -362,7 +364,6 @@ class JobRunner:
         return job
 
     async def _launch(self, job: Job, body: Awaitable[None]) -> None:
-        await self._save(job)
         self._emit(job, "state", "queued")
         task = asyncio.get_running_loop().create_task(self._guard(job, body))
         self._tasks[job.id] = task
@@ -422,7 +423,8 @@ class JobRunner:
                 step.state = step_state
                 step.finished = job.finished
         job.message = self._final_message(job)
-        await self._save(job)
+        self._store_soon(job)
+        await self._stored(job)
         self._emit(job, "state", job.message)
 
     @staticmethod
@@ -441,8 +443,45 @@ class JobRunner:
     async def _start(self, job: Job) -> None:
         job.state = RUNNING
         job.started = time.time()
-        await self._save(job)
+        # Queued and started are in memory (the API and the notifications say
+        # them); the record is first written at a build's first step, and a
+        # flash writes it with its plan before it touches Klipper or a board.
         self._emit(job, "state", "started")
+
+    # --- the job records on disk --------------------------------------------
+    #
+    # A record write is a database commit, which waits for the disk: a few ms
+    # on this machine, tens of ms on an SD card, and Moonraker's database does
+    # its writes one after another for every component.  So a job has at most
+    # one write under way; the changes made meanwhile are written by the next
+    # one (the record is taken when it is written, so it is always the latest),
+    # instead of a queue of writes that each one after it waits behind.  The
+    # moments that matter are waited for: a flash's record with its plan
+    # before Klipper or a board is touched (so a Moonraker that dies in the
+    # middle shows it as interrupted), the final state before it is announced.
+    # Nothing is written before then: with an SD card's commit of 60-70 ms, a
+    # record written at the start was still being written when the plan was
+    # ready, and the flash waited for two writes instead of one.
+
+    def _store_soon(self, job: Job) -> None:
+        """Have the job's record written (now, or after the write under way); no waiting."""
+        self._dirty.add(job.id)
+        if job.id not in self._writers:
+            self._writers[job.id] = asyncio.ensure_future(self._write_records(job))
+
+    async def _write_records(self, job: Job) -> None:
+        try:
+            while job.id in self._dirty:
+                self._dirty.discard(job.id)
+                await self._save(job)
+        finally:
+            self._writers.pop(job.id, None)
+
+    async def _stored(self, job: Job) -> None:
+        """Until the job's record as it is now is written."""
+        writer = self._writers.get(job.id)
+        if writer is not None:     # a cancelled flash stops waiting; the write still ends
+            await asyncio.shield(writer)
 
     def _progress_handler(self, job: Job) -> Callable[[Progress], None]:
         def on_progress(event: Progress) -> None:
@@ -464,7 +503,7 @@ class JobRunner:
             job.percent = event.percent
             step.percent = event.percent
             self._emit(job, "step", event.message)
-            self._save_soon(job)
+            self._store_soon(job)
             self._to_parent(job)
             return
         # a percentage change within the current step: the step's record
@@ -539,17 +578,6 @@ class JobRunner:
                     asyncio.get_running_loop().create_task(result)
             except Exception:
                 log.exception("octoflash: job listener failed")
-
-    def _save_soon(self, job: Job) -> None:
-        """Record a step change without waiting (the record is taken when it is written)."""
-        if job.id in self._pending_saves:
-            return
-        self._pending_saves.add(job.id)
-
-        async def save() -> None:
-            self._pending_saves.discard(job.id)
-            await self._save(job)
-        asyncio.get_running_loop().create_task(save())
 
     async def _save(self, job: Job) -> None:
         record = job.to_json()
@@ -650,10 +678,12 @@ class JobRunner:
         plan = await self.pipeline.prepare(profile, artifact, job.options)
         job.plan = plan.to_json() if hasattr(plan, "to_json") else dict(plan)
         self._end_step(job, message=_plan_summary(job.plan))
-        await self._save(job)
+        self._store_soon(job)
         # The print may have started while we were building: ask again.
         if self.preflight is not None:
             await self.preflight(profile, plan)
+        # the job and its plan are on disk before Klipper or a board is touched
+        await self._stored(job)
         CURRENT_JOB_ID.set(job.id)
         result = await self.pipeline.execute(plan, self._progress_handler(job))
         for step in job.steps:
@@ -721,6 +751,7 @@ class JobRunner:
 
     async def _run_update_all(self, job: Job, profiles: Sequence[Profile]) -> None:
         await self._start(job)
+        self._store_soon(job)       # its children's records name it
         build_failed = await self._build_first(job, profiles)
         results: Dict[str, str] = {}
         for index, profile in enumerate(profiles):
@@ -731,7 +762,7 @@ class JobRunner:
                                     f"({index + 1} of {len(profiles)})")
             job.percent = round(100.0 * index / len(profiles), 1)
             self._emit(job, "step", job.message)
-            await self._save(child)
+            self._store_soon(child)
             self._emit(child, "state", "queued")
             await self._start(child)
             if profile.name in build_failed:

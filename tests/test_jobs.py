@@ -156,6 +156,51 @@ async def test_cancelling_before_the_write_stops_the_job(tmp_path):
     assert runner.flash_job is None            # the flash slot is free again
 
 
+async def test_the_record_is_on_disk_before_klipper_is_stopped_but_the_plan_does_not_wait(
+        tmp_path):
+    """A database write waits for the disk: the plan goes on meanwhile, the write does not."""
+    disk = asyncio.Event()          # closed: every record write hangs, as on a slow SD card
+
+    class SlowDisk(MemoryJobStorage):
+        async def save(self, job):
+            await disk.wait()
+            await super().save(job)
+
+    seen: Dict[str, Any] = {}
+
+    class Watching(GatedPipeline):
+        async def prepare(self, profile, artifact, options):
+            seen["records_at_plan"] = dict(storage.records)
+            return await super().prepare(profile, artifact, options)
+
+        async def execute(self, plan, on_progress):
+            seen["record_at_execute"] = dict(storage.records.get(job.id) or {})
+            return await super().execute(plan, on_progress)
+
+    storage = SlowDisk()
+    pipeline = Watching()
+    runner = JobRunner(None, pipeline=pipeline, storage=storage,
+                       find_artifact=lambda p, _id: make_artifact(p.name, tmp_path))
+    job = await runner.start_flash(make_profile("octopus"), build=False)
+    # the plan is made although nothing is stored yet ...
+    for _ in range(200):
+        if job.plan:
+            break
+        await asyncio.sleep(0.01)
+    assert job.plan and seen["records_at_plan"] == {}
+    # ... but Klipper is not stopped (execute) until the job and its plan are stored
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert "record_at_execute" not in seen and not pipeline.writing.is_set()
+    disk.set()
+    await asyncio.wait_for(pipeline.writing.wait(), 5)
+    stored = seen["record_at_execute"]
+    assert stored["state"] == "running" and stored["plan"]["summary"].startswith("write ")
+    pipeline.gate.set()
+    await runner.wait(job.id, 5)
+    assert job.state == "done" and storage.records[job.id]["state"] == "done"
+
+
 async def test_preflight_refuses_before_a_job_exists_and_again_before_writing(tmp_path):
     printing = {"now": True}
 
