@@ -319,7 +319,10 @@ class JobRunner:
                 job.state = INTERRUPTED
                 job.finished = time.time()
                 job.error = "Moonraker stopped while this job was running"
-                await self._save(job)
+                self._store_soon(job)
+        writers = list(self._writers.values())
+        if writers:         # every record as it is now, before the loop ends
+            await asyncio.wait(writers, timeout=timeout)
 
     # --- checks ------------------------------------------------------------
 

@@ -201,6 +201,29 @@ async def test_the_record_is_on_disk_before_klipper_is_stopped_but_the_plan_does
     assert job.state == "done" and storage.records[job.id]["state"] == "done"
 
 
+async def test_closing_stores_a_running_flash_as_interrupted(tmp_path):
+    """Moonraker stopping: the flash is cancelled and its record says so before close ends."""
+    writes: List[str] = []
+
+    class SlowDisk(MemoryJobStorage):
+        async def save(self, job):
+            await asyncio.sleep(0.05)       # each commit takes a while
+            writes.append(job["state"])
+            await super().save(job)
+
+    storage = SlowDisk()
+    pipeline = GatedPipeline()
+    runner = JobRunner(None, pipeline=pipeline, storage=storage,
+                       find_artifact=lambda p, _id: make_artifact(p.name, tmp_path))
+    job = await runner.start_flash(make_profile("octopus"), build=False)
+    await asyncio.wait_for(pipeline.writing.wait(), 5)
+    await runner.close()
+    stored = storage.records[job.id]
+    assert stored["state"] == "interrupted", writes
+    assert "Moonraker stopped while this job was running" in stored["error"]
+    assert writes[-1] == "interrupted"
+
+
 async def test_preflight_refuses_before_a_job_exists_and_again_before_writing(tmp_path):
     printing = {"now": True}
 
