@@ -156,16 +156,36 @@ async def test_cancelling_before_the_write_stops_the_job(tmp_path):
     assert runner.flash_job is None            # the flash slot is free again
 
 
+class GatedDisk(MemoryJobStorage):
+    """Job storage whose writes hang while ``open`` is clear, as on a slow SD card.
+
+    ``asked`` is the state of each record whose write was asked for, in order.
+    Make it in the test (on Python 3.9 an asyncio.Event belongs to the loop
+    current when it is made).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+        self.asked: List[str] = []
+        self._changed = asyncio.Event()
+
+    async def save(self, job: Dict[str, Any]) -> None:
+        self.asked.append(job["state"])
+        self._changed.set()
+        await self.open.wait()
+        await super().save(job)
+
+    async def asked_for(self, predicate: Callable[[List[str]], bool]) -> None:
+        """Until the writes asked for so far satisfy ``predicate``."""
+        while not predicate(self.asked):
+            self._changed.clear()
+            await asyncio.wait_for(self._changed.wait(), 5)
+
+
 async def test_the_record_is_on_disk_before_klipper_is_stopped_but_the_plan_does_not_wait(
         tmp_path):
     """A database write waits for the disk: the plan goes on meanwhile, the write does not."""
-    disk = asyncio.Event()          # closed: every record write hangs, as on a slow SD card
-
-    class SlowDisk(MemoryJobStorage):
-        async def save(self, job):
-            await disk.wait()
-            await super().save(job)
-
     seen: Dict[str, Any] = {}
 
     class Watching(GatedPipeline):
@@ -177,22 +197,18 @@ async def test_the_record_is_on_disk_before_klipper_is_stopped_but_the_plan_does
             seen["record_at_execute"] = dict(storage.records.get(job.id) or {})
             return await super().execute(plan, on_progress)
 
-    storage = SlowDisk()
+    storage = GatedDisk()           # closed: every record write hangs
     pipeline = Watching()
     runner = JobRunner(None, pipeline=pipeline, storage=storage,
                        find_artifact=lambda p, _id: make_artifact(p.name, tmp_path))
     job = await runner.start_flash(make_profile("octopus"), build=False)
-    # the plan is made although nothing is stored yet ...
-    for _ in range(200):
-        if job.plan:
-            break
-        await asyncio.sleep(0.01)
+    # the first write asked for is the one with the plan: the plan was made
+    # although nothing is stored yet ...
+    await storage.asked_for(lambda asked: bool(asked))
     assert job.plan and seen["records_at_plan"] == {}
-    # ... but Klipper is not stopped (execute) until the job and its plan are stored
-    for _ in range(20):
-        await asyncio.sleep(0)
+    # ... and the flash now waits for that write: Klipper is not stopped (execute)
     assert "record_at_execute" not in seen and not pipeline.writing.is_set()
-    disk.set()
+    storage.open.set()
     await asyncio.wait_for(pipeline.writing.wait(), 5)
     stored = seen["record_at_execute"]
     assert stored["state"] == "running" and stored["plan"]["summary"].startswith("write ")
@@ -203,25 +219,23 @@ async def test_the_record_is_on_disk_before_klipper_is_stopped_but_the_plan_does
 
 async def test_closing_stores_a_running_flash_as_interrupted(tmp_path):
     """Moonraker stopping: the flash is cancelled and its record says so before close ends."""
-    writes: List[str] = []
-
-    class SlowDisk(MemoryJobStorage):
-        async def save(self, job):
-            await asyncio.sleep(0.05)       # each commit takes a while
-            writes.append(job["state"])
-            await super().save(job)
-
-    storage = SlowDisk()
+    storage = GatedDisk()
+    storage.open.set()
     pipeline = GatedPipeline()
     runner = JobRunner(None, pipeline=pipeline, storage=storage,
                        find_artifact=lambda p, _id: make_artifact(p.name, tmp_path))
     job = await runner.start_flash(make_profile("octopus"), build=False)
     await asyncio.wait_for(pipeline.writing.wait(), 5)
-    await runner.close()
+    storage.open.clear()            # from now on each commit hangs until the test lets it go
+    closing = asyncio.ensure_future(runner.close())
+    await storage.asked_for(lambda asked: "interrupted" in asked)
+    assert not closing.done()       # close waits for that write
+    storage.open.set()
+    await asyncio.wait_for(closing, 10)
     stored = storage.records[job.id]
-    assert stored["state"] == "interrupted", writes
+    assert stored["state"] == "interrupted", storage.asked
     assert "Moonraker stopped while this job was running" in stored["error"]
-    assert writes[-1] == "interrupted"
+    assert storage.asked[-1] == "interrupted"
 
 
 async def test_preflight_refuses_before_a_job_exists_and_again_before_writing(tmp_path):
