@@ -293,3 +293,19 @@ def test_the_current_flashtool_lines_are_in_katapults_flashtool():
     # flashtool builds a few of its lines from two string literals
     assert [m for m in missing if m[0] not in ("mcu_mismatch",)] == []
     assert "logging.exception(\"Flash Tool Error\")" in source
+
+
+def test_the_tool_doubles_start_without_the_products_tables():
+    """A test run starts the flashtool.py and dfu-util doubles several hundred times:
+    they read a board's MCU facts from its state (written when the board was made)
+    instead of importing the product's MCU tables, device readers and typing."""
+    heavy = ("typing", "dataclasses", "hashlib", "random", "moonraker_octoflash.mcus",
+             "moonraker_octoflash.presets", "moonraker_octoflash.discovery.serial",
+             "moonraker_octoflash.discovery.usb")
+    probe = ("import sys\n"
+             "import moonraker_octoflash.sim.dfu_util, moonraker_octoflash.sim.flashtool\n"
+             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == []

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Tuple
 
 # the serial reader is imported when scan() runs
 from .identity import DEFAULT_BY_ID_DIR
 
+TYPE_CHECKING = False   # typing is imported only by type checkers (see sim/board.py)
 if TYPE_CHECKING:
+    from typing import Any, List, Mapping, Optional, Tuple
+
     from .can import CanInterface, CanNode, InterfaceSource
     from .klipper import KlipperMcu
     from .serial import SerialPort

@@ -10,7 +10,9 @@ Katapult serial port and a CAN uuid are one board.
 from __future__ import annotations
 
 import re
-from typing import Optional
+TYPE_CHECKING = False   # typing is imported only by type checkers (see sim/board.py)
+if TYPE_CHECKING:
+    from typing import Optional
 
 USB_ID_DFU = (0x0483, 0xDF11)          # STM32 ROM bootloader in DFU mode
 USB_ID_KLIPPER = (0x1D50, 0x614E)      # Klipper, USB serial

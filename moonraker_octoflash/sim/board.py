@@ -24,20 +24,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import random
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 from ..discovery.identity import (USB_ID_CANBRIDGE, USB_ID_DFU, USB_ID_KATAPULT,
                                   USB_ID_KLIPPER, canbus_uuid_from_chip_id, normalize_uuid)
 from .images import FLASH_BASE, classify_image, default_app_start
 
+# The tool doubles are processes started hundreds of times in a test run: the
+# modules they import at start are kept few (typing, hashlib, random only where
+# used).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
     from ..discovery.usb import DfuLayout
 
 MODES = ("dfu", "katapult", "klipper", "klipper-canbridge", "off", "bootsel")
@@ -117,15 +120,49 @@ def _rom_dfu_serial(chip_id: str) -> Optional[str]:
 
 
 def mcu_facts(mcu: str) -> Dict[str, Any]:
-    """Flash size and DFU layout of an MCU (presets first, then the extras)."""
+    """Flash base, size and DFU layout of an MCU (presets first, then the extras).
+
+    A board keeps them in its state when it is made, so the tool doubles (a
+    process each) never import the product's MCU tables."""
+    from ..mcus import flash_base
     from ..presets import mcu_info
+    base = flash_base(mcu) or FLASH_BASE
     info = mcu_info(mcu)
     if info is not None:
         layout = info.dfu_layout or _EXTRA_MCUS.get(mcu, {}).get("dfu_layout")
-        return {"flash_size": info.flash_size, "dfu_layout": layout}
+        return {"flash_base": base, "flash_size": info.flash_size, "dfu_layout": layout}
     if mcu in _EXTRA_MCUS:
-        return dict(_EXTRA_MCUS[mcu])
-    return {"flash_size": 0x80000, "dfu_layout": "@Internal Flash  /0x08000000/256*002Kg"}
+        return {"flash_base": base, **_EXTRA_MCUS[mcu]}
+    return {"flash_base": base, "flash_size": 0x80000,
+            "dfu_layout": "@Internal Flash  /0x08000000/256*002Kg"}
+
+
+def _derived_facts(state: Dict[str, Any]) -> Dict[str, Any]:
+    """What a board's MCU and chip id fix for good, worked out by the product's own
+    readers when the board is made and kept in its state: the tool doubles then
+    never import those readers (and the dataclasses they bring)."""
+    from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
+    from ..discovery.usb import parse_dfu_layout
+    mcu, chip = state["mcu"], state["chip_id"]
+    layout = parse_dfu_layout(state["dfu_layout"])
+    assert layout is not None, "simulated MCU without a flash layout"
+    runs: List[List[int]] = []        # [first sector, size, count]: a short list
+    for start, size in layout.sectors:
+        if runs and runs[-1][1] == size and runs[-1][0] + size * runs[-1][2] == start:
+            runs[-1][2] += 1
+        else:
+            runs.append([start, size, 1])
+    names = None
+    if state["transport"] == "usb":
+        names = {"katapult": katapult_by_id_name(mcu, chip),
+                 "klipper": klipper_by_id_name(mcu, chip)}
+    return {"flash_base": mcu_facts(mcu)["flash_base"], "sector_runs": runs,
+            "by_id_names": names}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
 
 
 def _atomic_write_json(path: str, data: Any) -> None:
@@ -264,6 +301,7 @@ class SimulatedMachine:
         if transport not in ("usb", "can"):
             raise ValueError("transport is 'usb' or 'can'")
         index = self._allocate("next_index")
+        import random
         chip = (chip_id or "".join(random.choice("0123456789ABCDEF") for _ in range(24))).upper()
         facts = mcu_facts(mcu)
         state: Dict[str, Any] = {
@@ -277,6 +315,7 @@ class SimulatedMachine:
             "usb_address": 0, "node_assigned": False, "faults": [], "regions": [],
             "history": [],
         }
+        state.update(_derived_facts(state))
         board_dir = os.path.join(self.boards_dir, name)
         if os.path.exists(board_dir):
             raise ValueError(f"a board named {name!r} already exists")
@@ -526,11 +565,17 @@ class SimulatedBoard:
     usb_address = property(lambda self: self._get("usb_address"))
     node_assigned = property(lambda self: bool(self._get("node_assigned")))
 
+    def _fact(self, key: str) -> Any:
+        """A fact fixed when the board was made (see ``_derived_facts``)."""
+        state = self.state
+        if key not in state:        # a board folder made before the state kept it
+            state.update(_derived_facts(state))
+        return state[key]
+
     @property
     def flash_base(self) -> int:
-        """Where the chip's flash starts (its MCU facts; the STM32's by default)."""
-        from ..mcus import flash_base
-        return flash_base(str(self.mcu)) or FLASH_BASE
+        """Where the chip's flash starts (from its MCU facts)."""
+        return int(self._fact("flash_base"))
 
     @property
     def mode(self) -> str:
@@ -553,17 +598,8 @@ class SimulatedBoard:
         return os.path.join(self.machine.dev_dir, f"ttyACM{self._get('index')}")
 
     def by_id_name(self) -> Optional[str]:
-        if self.transport != "usb":
-            return None
-        # imported here: a flashtool double on CAN starts without the serial
-        # and USB readers (and the dataclasses they bring)
-        from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
-        mode = self.mode
-        if mode == "katapult":
-            return katapult_by_id_name(self.mcu, self.chip_id)
-        if mode == "klipper":
-            return klipper_by_id_name(self.mcu, self.chip_id)
-        return None
+        names = self._fact("by_id_names")
+        return names.get(self.mode) if names else None
 
     def by_id_path(self) -> Optional[str]:
         name = self.by_id_name()
@@ -652,8 +688,17 @@ class SimulatedBoard:
         with self.machine.lock():
             self._erase_locked(address, length)
 
+    def _sectors_touching(self, address: int, length: int) -> List[Tuple[int, int]]:
+        end = address + max(length, 1)
+        found = []
+        for first, size, count in self._fact("sector_runs"):
+            for start in range(first, first + size * count, size):
+                if start < end and start + size > address:
+                    found.append((start, size))
+        return found
+
     def _erase_locked(self, address: int, length: int) -> None:
-        sectors = self.layout().sectors_touching(address, max(length, 1))
+        sectors = self._sectors_touching(address, length)
         with open(self.flash_path, "r+b") as f:
             for start, size in sectors:
                 f.seek(start - self.flash_base)
@@ -685,7 +730,7 @@ class SimulatedBoard:
                     info = {"kind": "data"}
                 info.update({"address": address, "size": len(data),
                              "name": os.path.basename(name),
-                             "sha256": hashlib.sha256(data).hexdigest()})
+                             "sha256": _sha256(data)})
                 state["regions"] = [r for r in state.get("regions", [])
                                     if not (r["address"] < end and r["address"] + r["size"] > address)]
                 state["regions"].append(info)
@@ -817,7 +862,7 @@ def make_klipper_image(mcu: str, version: str, *, bridge: bool = False,
     dictionary = zlib.compress(json.dumps(
         {"app": "Klipper", "version": version, "config": config,
          "build_versions": "gcc: (sim) binutils: (sim)"}).encode())
-    seed = hashlib.sha256(f"{mcu}{version}{bridge}".encode()).digest()
+    seed = bytes.fromhex(_sha256(f"{mcu}{version}{bridge}".encode()))
     code = (seed * (size // len(seed) + 1))[:size // 2]
     image = code + dictionary
     return image + bytes((i * 7) & 0xFF for i in range(max(0, size - len(image))))

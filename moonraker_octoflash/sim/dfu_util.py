@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import List, Optional, Sequence, TextIO
 
 from .board import DFU_EXTRA_ALTS, SimulatedBoard, SimulatedMachine
+
+TYPE_CHECKING = False   # typing is imported only by type checkers (see sim/board.py)
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, TextIO
 
 EX_USAGE = 64
 EX_NOINPUT = 66

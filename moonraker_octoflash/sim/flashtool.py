@@ -25,10 +25,13 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional, Sequence, TextIO
 
 from .board import SimulatedBoard, SimulatedMachine
 from .images import find_data_dictionary
+
+TYPE_CHECKING = False   # typing is imported only by type checkers (see sim/board.py)
+if TYPE_CHECKING:
+    from typing import Optional, Sequence, TextIO
 
 PROG = "flashtool.py"
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from typing import Any, Dict, Optional
+TYPE_CHECKING = False   # typing is imported only by type checkers (see sim/board.py)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
 
 FLASH_BASE = 0x08000000
 _APP_START_RE = re.compile(rb"OCTOFLASH-SIM:app_start=(0x[0-9A-Fa-f]+)")

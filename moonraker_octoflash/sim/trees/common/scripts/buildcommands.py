@@ -7,14 +7,14 @@ zlib-compressed JSON with the app name, the version (``git describe``, with
 a build time and host name appended for a dirty tree, as Klipper does) and
 the constants such as MCU and CLOCK_FREQ; ``-d`` also writes the plain
 JSON (Klipper's ``klipper.dict``).
+
+It runs once per build, started by make with ``python -S``: it imports what a
+build needs and no more (the tests build several hundred times a run).
 """
-import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,19 +31,38 @@ def git_version():
         return "?"
     version = out.stdout.decode().strip() or "?"
     if version.endswith("-dirty"):
+        import socket
+        import time
         stamp = time.strftime("%Y%m%d_%H%M%S")
         version = f"{version}-{stamp}-{socket.gethostname()}"
     return version
 
 
+class Args:
+    """The command line: --app NAME --autoconf FILE [-d DICT] -o OUT OBJECT..."""
+    OPTIONS = {"--app": "app", "--autoconf": "autoconf", "-d": "dict_out", "-o": "out"}
+
+    def __init__(self, argv):
+        self.app = self.autoconf = self.dict_out = self.out = None
+        self.objects = []
+        words = iter(argv)
+        for word in words:
+            if word in self.OPTIONS:
+                value = next(words, None)
+                if value is None:
+                    sys.exit(f"buildcommands.py: {word} needs a value")
+                setattr(self, self.OPTIONS[word], value)
+            elif word.startswith("-"):
+                sys.exit(f"buildcommands.py: unknown option {word}")
+            else:
+                self.objects.append(word)
+        for option in ("--app", "--autoconf", "-o"):
+            if getattr(self, self.OPTIONS[option]) is None:
+                sys.exit(f"buildcommands.py: {option} is required")
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--app", required=True)
-    parser.add_argument("--autoconf", required=True)
-    parser.add_argument("-d", dest="dict_out")
-    parser.add_argument("-o", dest="out", required=True)
-    parser.add_argument("objects", nargs="*")
-    args = parser.parse_args()
+    args = Args(sys.argv[1:])
 
     config = simcc.read_autoconf(args.autoconf)
     constants, commands, responses, enumerations = {}, [], [], {}
