@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import urllib.request
@@ -64,6 +65,13 @@ class _Chromium:
                 cls.proc.wait(10)
             except subprocess.TimeoutExpired:
                 cls.proc.kill()
+        if cls.proc is not None:
+            # its helpers (the network service) outlive it a moment and wrote into the
+            # profile after it was removed, leaving a folder in TMPDIR: end them too
+            try:
+                os.killpg(cls.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if cls.profile_dir is not None:
             shutil.rmtree(cls.profile_dir, ignore_errors=True)
         cls.proc = None

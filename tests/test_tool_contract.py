@@ -309,3 +309,25 @@ def test_the_tool_doubles_start_without_the_products_tables():
                           timeout=60, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == []
+
+
+def test_a_board_folder_from_before_the_kept_facts_still_flashes(tmp_path):
+    """A demo's data folder (``--data-dir``) made by an earlier version has boards whose
+    state lacks the facts kept at creation: they are worked out again when read."""
+    machine = SimulatedMachine(str(tmp_path / "machine"))
+    machine.add_board("octopus", "stm32f446xx", bootloader="katapult",
+                      firmware={"version": "v0.12.0-1-gabc"})
+    board = machine.board("octopus")
+    by_id = board.by_id_name()
+    assert [r["address"] for r in board.regions()] == [0x08000000, 0x08008000]
+    state_path = Path(board.state_path)
+    state = json.loads(state_path.read_text())
+    for key in ("flash_base", "sector_runs", "by_id_names"):
+        del state[key]
+    state_path.write_text(json.dumps(state))
+
+    assert board.flash_base == 0x08000000
+    assert board.by_id_name() == by_id and by_id.startswith("usb-Klipper_stm32f446xx_")
+    board.erase(0x08008000, 1)          # the F446's 16 KiB sector at 0x08008000
+    assert [r["address"] for r in board.regions()] == [0x08000000]
+    assert board.read_flash(0x08008000, 0x4000) == b"\xff" * 0x4000
