@@ -14,7 +14,9 @@ import os
 # the serial reader is imported when scan() runs
 from .identity import DEFAULT_BY_ID_DIR
 
-TYPE_CHECKING = False   # typing is imported only by type checkers (see sim/board.py)
+# typing only for type checkers: the simulated tools, a process each and hundreds
+# of them in a test run, import this module at their start
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, List, Mapping, Optional, Tuple
 

@@ -10,7 +10,10 @@ Katapult serial port and a CAN uuid are one board.
 from __future__ import annotations
 
 import re
-TYPE_CHECKING = False   # typing is imported only by type checkers (see sim/board.py)
+
+# typing only for type checkers: the simulated tools, a process each and hundreds
+# of them in a test run, import this module at their start
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Optional
 
