@@ -120,21 +120,15 @@ def _rom_dfu_serial(chip_id: str) -> Optional[str]:
 
 
 def mcu_facts(mcu: str) -> Dict[str, Any]:
-    """Flash base, size and DFU layout of an MCU (presets first, then the extras).
-
-    A board keeps them in its state when it is made, so the tool doubles (a
-    process each) never import the product's MCU tables."""
-    from ..mcus import flash_base
+    """Flash size and DFU layout of an MCU (presets first, then the extras)."""
     from ..presets import mcu_info
-    base = flash_base(mcu) or FLASH_BASE
     info = mcu_info(mcu)
     if info is not None:
         layout = info.dfu_layout or _EXTRA_MCUS.get(mcu, {}).get("dfu_layout")
-        return {"flash_base": base, "flash_size": info.flash_size, "dfu_layout": layout}
+        return {"flash_size": info.flash_size, "dfu_layout": layout}
     if mcu in _EXTRA_MCUS:
-        return {"flash_base": base, **_EXTRA_MCUS[mcu]}
-    return {"flash_base": base, "flash_size": 0x80000,
-            "dfu_layout": "@Internal Flash  /0x08000000/256*002Kg"}
+        return dict(_EXTRA_MCUS[mcu])
+    return {"flash_size": 0x80000, "dfu_layout": "@Internal Flash  /0x08000000/256*002Kg"}
 
 
 def _derived_facts(state: Dict[str, Any]) -> Dict[str, Any]:
@@ -143,6 +137,7 @@ def _derived_facts(state: Dict[str, Any]) -> Dict[str, Any]:
     never import those readers (and the dataclasses they bring)."""
     from ..discovery.serial import katapult_by_id_name, klipper_by_id_name
     from ..discovery.usb import parse_dfu_layout
+    from ..mcus import flash_base
     mcu, chip = state["mcu"], state["chip_id"]
     layout = parse_dfu_layout(state["dfu_layout"])
     assert layout is not None, "simulated MCU without a flash layout"
@@ -156,7 +151,7 @@ def _derived_facts(state: Dict[str, Any]) -> Dict[str, Any]:
     if state["transport"] == "usb":
         names = {"katapult": katapult_by_id_name(mcu, chip),
                  "klipper": klipper_by_id_name(mcu, chip)}
-    return {"flash_base": mcu_facts(mcu)["flash_base"], "sector_runs": runs,
+    return {"flash_base": flash_base(mcu) or FLASH_BASE, "sector_runs": runs,
             "by_id_names": names}
 
 
