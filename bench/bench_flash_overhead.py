@@ -24,11 +24,17 @@ The breakdown of ``added`` is printed and in the JSON line: ``plan`` and
 ``checks`` (the job's steps of those names), ``stop_klipper``, each step's
 time beyond its tool run (``in_steps``), each wait beyond the reboot
 (``waits``),
-``klipper_back`` (from Klipper's start until Moonraker has it again: the
-service start and Moonraker's reconnection, which looks for Klipper's
-socket every 0.25 s), ``version_check`` (until Klipper reports the
-board's new version) and ``other``
-(the rest: the job's own bookkeeping, the print guard, the writer lock).
+``klipper_back`` (from Klipper's start until it answers on its own socket:
+the service start, and octoflash looking for the socket every 20 ms),
+``version_check`` (until Klipper reports the board's new version, asked
+on that socket) and ``other`` (the rest: the job's own bookkeeping, the
+print guard, the writer lock).
+
+``moonraker_ready_after_end_seconds`` is not octoflash's time: how long
+after the job's end Moonraker tells its clients (Mainsail, Fluidd) that
+Klipper is ready (``notify_klippy_ready``).  Moonraker looks for Klipper's
+socket every 0.25 s and waits 0.25 s more before its first question; the
+job no longer waits for that.
 
     python3 bench/bench_flash_overhead.py [--rounds 5] [--boot-delay 0.5] [--slow-sync-ms 20]
 
@@ -128,6 +134,7 @@ class _JobEnds:
         self.loop = loop
         self.url = f"ws://127.0.0.1:{port}/websocket"
         self.ended: Dict[str, str] = {}
+        self.ready_at: List[float] = []      # each notify_klippy_ready, as received
         self.changed = threading.Condition()
         self.conn: Any = None
 
@@ -145,6 +152,10 @@ class _JobEnds:
             if message is None:
                 return
             data = json.loads(message)
+            if data.get("method") == "notify_klippy_ready":
+                with self.changed:
+                    self.ready_at.append(time.time())
+                    self.changed.notify_all()
             if data.get("method") != "notify_octoflash_job_update":
                 continue
             for update in data.get("params") or []:
@@ -157,6 +168,13 @@ class _JobEnds:
         with self.changed:
             if not self.changed.wait_for(lambda: job_id in self.ended, timeout):
                 raise SystemExit(f"job {job_id} did not end in {timeout:g} s")
+
+    def ready_after(self, since: float, timeout: float = 60.0) -> float:
+        """When Moonraker next said Klipper is ready (as Mainsail learns it) after ``since``."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: any(t > since for t in self.ready_at), timeout):
+                raise SystemExit(f"Moonraker did not report Klipper ready in {timeout:g} s")
+            return min(t for t in self.ready_at if t > since)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -273,13 +291,17 @@ def main() -> int:
                 reboot = _reboot_waited(done, args.boot_delay)
                 added = total - tool - reboot
                 parts = _breakdown(done, args.boot_delay, total)
+                klipper_started = min(float(st["started"]) for st in done["steps"]
+                                      if st.get("stage") == "start_klipper")
+                moonraker_lag = ends.ready_after(klipper_started) - float(done["finished"])
                 rounds.append({"total": total, "tool": tool, "write": write, "reboot": reboot,
-                               "added": added, **steps,
+                               "added": added, "moonraker_lag": moonraker_lag, **steps,
                                **{f"added.{k}": v for k, v in parts.items()}})
                 print(f"round {n}: total {total:6.3f} s, tool {tool:6.3f} s (write "
                       f"{write:.3f}), reboots {reboot:g} s, added {added:6.3f} s  | " +
                       ", ".join(f"{k} {v:.3f}" for k, v in steps.items()), flush=True)
-                print("   added: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()),
+                print("   added: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()) +
+                      f"; Moonraker has Klipper ready {moonraker_lag:+.3f} s after the end",
                       flush=True)
         finally:
             ends.close()
@@ -289,7 +311,7 @@ def main() -> int:
     def med(key: str) -> float:
         return statistics.median(r.get(key, 0.0) for r in rounds)
     kinds = sorted({k for r in rounds for k in r if "." not in k} -
-                   {"total", "tool", "write", "added", "reboot"})
+                   {"total", "tool", "write", "added", "reboot", "moonraker_lag"})
     part_names = [k.split(".", 1)[1] for k in rounds[0] if k.startswith("added.")]
     figures = {
         "bench": "flash_overhead",
@@ -303,6 +325,7 @@ def main() -> int:
         "added_ratio": round(med("added") / med("tool"), 3) if med("tool") else None,
         "added_ratio_of_write": round(med("added") / med("write"), 3) if med("write") else None,
         "added_breakdown_seconds": {k: round(med(f"added.{k}"), 3) for k in part_names},
+        "moonraker_ready_after_end_seconds": round(med("moonraker_lag"), 3),
         "steps_seconds": {k: round(med(k), 3) for k in kinds},
         "load_average": round(os.getloadavg()[0], 2),
         "slow_sync_ms": args.slow_sync_ms,

@@ -9,7 +9,6 @@ machine component, and boards Klipper does not use get ``NullService``.
 from __future__ import annotations
 
 import abc
-import asyncio
 import os
 import shutil
 from typing import List, Optional
@@ -92,19 +91,8 @@ class SystemctlService(KlipperService):
         return found and os.path.isdir(self.systemd_dir)
 
     async def _api_socket_answers(self) -> bool:
-        if not self.api_socket or not os.path.exists(self.api_socket):
-            return False
-        try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.api_socket), min(self.timeout, 5.0))
-        except (OSError, asyncio.TimeoutError):
-            return False
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
-        return True
+        from .klipper_socket import answers
+        return await answers(self.api_socket, min(self.timeout, 5.0))
 
     def _argv(self, action: str) -> List[str]:
         argv = [self.systemctl, action, self.unit]

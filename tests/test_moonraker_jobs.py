@@ -181,6 +181,35 @@ async def test_a_flash_stops_klipper_writes_the_board_and_starts_klipper(idle, w
     assert any(line.endswith(" 100 %") and ": Verifying " in line for line in console), console
 
 
+async def test_a_flash_asked_for_as_the_last_one_ends_stops_klipper_again(idle, ws_factory):
+    # A flash ends when Klipper itself reports the new version, which is often
+    # before Moonraker has connected to it again (it looks every 0.25 s).  A
+    # flash started right then must still find Klipper running and stop it.
+    demo = idle
+    ws = await ws_factory(demo)
+    built = demo.result("POST", "/server/octoflash/build", body={"profile": "toolhead"})["job"]
+    assert demo.wait_job(built["job_id"])["state"] == "done"
+    demo.wait_klippy_ready()
+    starts_before = demo.call(lambda: demo.standin.starts)
+    first = (await ws.call("server.octoflash.flash",
+                           {"profile": "toolhead", "build": False}))["job"]["job_id"]
+    await ws.wait_notification("notify_octoflash_job_update",
+                               lambda u: u["job_id"] == first and u["final"], 90)
+    second = (await ws.call("server.octoflash.flash",
+                            {"profile": "toolhead", "build": False}))["job"]["job_id"]
+    final = await ws.wait_notification("notify_octoflash_job_update",
+                                       lambda u: u["job_id"] == second and u["final"], 90)
+    assert final["state"] == "done", final
+    for job_id in (first, second):
+        job = _job(demo, job_id)
+        steps = {s["stage"]: s for s in job["steps"]}
+        assert steps["stop_klipper"]["state"] == "done", steps["stop_klipper"]
+        assert steps["start_klipper"]["state"] == "done", steps["start_klipper"]
+        assert job["result"]["version_matches"] is True
+    assert demo.call(lambda: demo.standin.starts) == starts_before + 2
+    demo.wait_klippy_ready()
+
+
 def test_a_second_flash_is_refused_while_one_runs(idle):
     demo = idle
     first = demo.result("POST", "/server/octoflash/flash",

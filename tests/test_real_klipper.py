@@ -697,6 +697,43 @@ def test_standin_refuses_bad_arguments_like_klipper(klippy, standin):
         fake.close()
 
 
+class _MoonrakerNotConnected:
+    """Moonraker's klippy_connection in the moment after Klipper's start, before it
+    connects again: octoflash reads Klipper on its socket then."""
+
+    def __init__(self, uds_address: str) -> None:
+        self.uds_address = Path(uds_address)
+        self.klippy_info: Dict[str, Any] = {}
+
+    def is_connected(self) -> bool:
+        return False
+
+
+async def test_octoflash_reads_real_klipper_on_its_socket(printer, klippy):
+    from types import SimpleNamespace
+
+    from moonraker_octoflash.klipper_socket import Connection, KlipperSocketError
+    from moonraker_octoflash.moonraker.klipper_state import KlipperState
+    _mr, klipper = printer
+    async with Connection(klipper.socket_path, 10) as conn:
+        info = await conn.request("info")
+        with pytest.raises(KlipperSocketError) as caught:
+            await conn.request("no/such/endpoint")
+    assert info["state"] == "ready" and info["software_version"]
+    real_error = klippy.call("no/such/endpoint")["error"]["message"]
+    assert str(caught.value) == f"Klipper answered no/such/endpoint with an error: {real_error}"
+
+    kconn = _MoonrakerNotConnected(klipper.socket_path)
+    server = SimpleNamespace(lookup_component=lambda name: kconn, get_event_loop=lambda: None)
+    state = KlipperState(server)  # type: ignore[arg-type]
+    status = await state.read()
+    assert status[f"mcu {TOOLHEAD}"]["mcu_version"] == info["software_version"]
+    assert status["mcu"]["mcu_constants"]["MCU"] == "linux"
+    assert status["webhooks"]["state"] == "ready"
+    assert status["configfile"]["config"][f"mcu {TOOLHEAD}"]["serial"] == klipper.toolhead_serial
+    assert await state.print_state() == ("standby", "")
+
+
 # --- Klipper up, one board unreachable (as after a failed flash) --------------
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ class OctoFlash:
                                                control=self.machine.klipper_control())
         self.builder = Builder.from_settings(self.settings, self.machine)
         self.pipeline = CoreFlashPipeline(self.settings, self.service,
-                                          klipper_status=self.klipper.refresh,
+                                          klipper_status=self.klipper.read,
                                           machine=self.machine,
                                           writer_lock_path=writer_lock_path(self.data_path))
         runner = JobRunner(self.builder, pipeline=self.pipeline,

@@ -117,6 +117,32 @@ class KlipperState:
         self.status = {k: v for k, v in self.status.items()
                                if k == "configfile"}
 
+    @property
+    def api_socket(self) -> Optional[str]:
+        """Klipper's own socket, as Moonraker's ``[server] klippy_uds_address`` names it."""
+        path = getattr(self.klippy, "uds_address", None)
+        return str(path) if path else None
+
+    @staticmethod
+    def _wanted(objects: List[str]) -> Dict[str, Any]:
+        from ..discovery.klipper import is_mcu_section
+        query: Dict[str, Any] = {name: None for name in objects if is_mcu_section(name)}
+        # settings: typed, with defaults, but keyed in lower case;
+        # config: the section names as printer.cfg writes them
+        query["configfile"] = ["settings", "config"]
+        query["webhooks"] = None
+        query["print_stats"] = ["state", "filename"]
+        return query
+
+    @staticmethod
+    def _mcu_sections_only(status: Dict[str, Any]) -> Dict[str, Any]:
+        from ..discovery.klipper import is_mcu_section
+        configfile = status.get("configfile") or {}
+        status["configfile"] = {
+            part: {k: v for k, v in (configfile.get(part) or {}).items() if is_mcu_section(k)}
+            for part in ("settings", "config")}
+        return status
+
     async def refresh(self) -> Dict[str, Any]:
         """Read the MCUs, their config sections and the host version from Klipper.
 
@@ -125,27 +151,18 @@ class KlipperState:
         """
         if not self.klippy.is_connected():
             return self.status
-        from ..discovery.klipper import is_mcu_section
         ready = self.klippy.is_ready()
         try:
             objects = await asyncio.wait_for(self.klippy_apis.get_object_list(default=[]),
                                              KLIPPER_QUERY_TIMEOUT)
-            query: Dict[str, Any] = {name: None for name in objects if is_mcu_section(name)}
-            # settings: typed, with defaults, but keyed in lower case;
-            # config: the section names as printer.cfg writes them
-            query["configfile"] = ["settings", "config"]
-            query["webhooks"] = None
-            query["print_stats"] = ["state", "filename"]
-            status = await asyncio.wait_for(self.klippy_apis.query_objects(query, default={}),
-                                            KLIPPER_QUERY_TIMEOUT)
+            status = await asyncio.wait_for(
+                self.klippy_apis.query_objects(self._wanted(objects), default={}),
+                KLIPPER_QUERY_TIMEOUT)
         except (asyncio.TimeoutError, Exception) as exc:
             log.info("octoflash: could not read Klipper's MCUs: %s", exc)
             return self.status
         if status:
-            configfile = status.get("configfile") or {}
-            status["configfile"] = {
-                part: {k: v for k, v in (configfile.get(part) or {}).items() if is_mcu_section(k)}
-                for part in ("settings", "config")}
+            self._mcu_sections_only(status)
             changed = status != self.status
             self.status = status
             info = self.klippy.klippy_info or {}
@@ -154,10 +171,38 @@ class KlipperState:
                 self.server.send_event("octoflash:klipper_mcus", dict(self.status))
         return self.status
 
+    async def read(self) -> Dict[str, Any]:
+        """Klipper's MCUs as they are now, for a flash's plan and its version check.
+
+        Through Moonraker when it has Klipper (``refresh``); otherwise from
+        Klipper's own socket, as a Klipper that was just started answers there
+        before Moonraker connects to it again.  That read is returned and not
+        kept: Moonraker's ready event refreshes ``status`` as always.  With no
+        Klipper answering, the last known ``status``.
+        """
+        if self.klippy.is_connected():
+            return await self.refresh()
+        path = self.api_socket
+        if not path or not os.path.exists(path):
+            return self.status
+        from ..klipper_socket import Connection, KlipperSocketError
+        try:
+            async with Connection(path, KLIPPER_QUERY_TIMEOUT) as klipper:
+                objects = (await klipper.request("objects/list")).get("objects") or []
+                result = await klipper.request("objects/query",
+                                               {"objects": self._wanted(list(objects))})
+        except KlipperSocketError:
+            return self.status
+        status = result.get("status")
+        if not isinstance(status, dict) or not status:
+            return self.status
+        return self._mcu_sections_only(status)
+
     async def print_state(self) -> Tuple[str, str]:
-        """(state, filename) of ``print_stats``, asked from Klipper when it is there."""
+        """(state, filename) of ``print_stats``, asked from Klipper when it is there
+        (from its own socket while Moonraker is not connected to it)."""
         if not self.klippy.is_connected():
-            return "disconnected", ""
+            return await self._print_state_from_socket()
         try:
             status = await asyncio.wait_for(
                 self.klippy_apis.query_objects({"print_stats": ["state", "filename"]}, default={}),
@@ -165,6 +210,19 @@ class KlipperState:
             stats = status.get("print_stats") or {}
         except (asyncio.TimeoutError, Exception):
             stats = self.server.lookup_component("job_state").get_last_stats()
+        return str(stats.get("state") or "unknown"), str(stats.get("filename") or "")
+
+    async def _print_state_from_socket(self) -> Tuple[str, str]:
+        path = self.api_socket
+        if not path or not os.path.exists(path):
+            return "disconnected", ""
+        from ..klipper_socket import KlipperSocketError, query
+        try:
+            status = await query(path, {"print_stats": ["state", "filename"]},
+                                 KLIPPER_QUERY_TIMEOUT)
+        except KlipperSocketError:
+            return "disconnected", ""
+        stats = status.get("print_stats") or {}
         return str(stats.get("state") or "unknown"), str(stats.get("filename") or "")
 
     def uses(self, profile: Profile) -> bool:

@@ -40,7 +40,8 @@ announcements component:                      "Firmware update for NAME" in the 
   url, priority, feed),
   remove_announcement(entry_id)
 klippy_connection component: is_connected(),  is Klipper there, printing, past its      0.10, 0.11
-  is_printing(), state (an enum with name)    start-up
+  is_printing(), state (an enum with name),   start-up; where Klipper's own socket is
+  uds_address (the configured socket path)    (without it, octoflash waits for Moonraker)
 events server:klippy_started,                 refresh the entries when Klipper comes    0.10, 0.11
   server:klippy_disconnect                    or goes
 

@@ -16,6 +16,9 @@ JOB_KEY_PREFIX = "job."
 # Seconds between looks at Klipper's connection while a stop or start is awaited,
 # besides the events that end the wait at once.
 EVENT_RECHECK = 1.0
+# Seconds between looks at Klipper's own socket while a start is awaited: a
+# started Klipper answers there before Moonraker connects to it again.
+SOCKET_RECHECK = 0.02
 
 
 class MoonrakerJobStorage(JobStorage):
@@ -82,8 +85,19 @@ class MoonrakerKlipperService(KlipperService):
                     "yourself (sudo systemctl stop klipper) and flash again.")
         return None
 
+    @property
+    def api_socket(self) -> Optional[str]:
+        """Klipper's own socket, as Moonraker's ``[server] klippy_uds_address`` names it."""
+        path = getattr(self._kconn, "uds_address", None)
+        return str(path) if path else None
+
     async def is_active(self) -> bool:
-        return bool(self._kconn.is_connected())
+        """Moonraker has Klipper, or Klipper answers on its socket: after a start,
+        Moonraker connects again up to 0.5 s later, and meanwhile Klipper runs."""
+        if self._kconn.is_connected():
+            return True
+        from ..klipper_socket import answers
+        return await answers(self.api_socket)
 
     async def stop(self) -> None:
         problem = self.control_problem()
@@ -110,7 +124,23 @@ class MoonrakerKlipperService(KlipperService):
                 raise UnavailableError(
                     f"Moonraker could not start Klipper again: {exc}. Start it with "
                     "'sudo systemctl start klipper'.") from None
-        await self._wait(lambda: self._kconn.is_connected(), self.reconnect_timeout)
+        await self._wait_started(self.reconnect_timeout)
+
+    async def _wait_started(self, timeout: float) -> bool:
+        """Until Klipper runs again: Moonraker has it, or it answers on its own socket
+        (looked at every ``SOCKET_RECHECK`` s), whichever comes first."""
+        path = self.api_socket
+        if not path:
+            return await self._wait(lambda: self._kconn.is_connected(), timeout)
+        from ..klipper_socket import answers
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._kconn.is_connected() or await answers(path):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await self._wait(lambda: self._kconn.is_connected(), min(remaining, SOCKET_RECHECK))
 
     async def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Until ``condition()`` holds, woken by Moonraker's Klipper events (see
