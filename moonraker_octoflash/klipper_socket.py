@@ -6,9 +6,9 @@ and each answer carries the request's ``id`` with either a ``result`` or
 an ``error``.  octoflash asks it itself at two moments when Moonraker
 may not be connected to Klipper yet:
 
-* whether Klipper runs: a Klipper that was just started is running well
-  before Moonraker, which looks for the socket every 0.25 s, connects to
-  it again;
+* whether Klipper runs: a Klipper that was just started answers here
+  before Moonraker (which looks for the socket every 0.25 s) has connected
+  to it again;
 * after a flash, what Klipper reports of the boards: the job ends when
   Klipper itself has the new firmware's version, not when Moonraker's
   reconnection (up to 0.25 s to find the socket, then 0.25 s before its
@@ -107,8 +107,10 @@ class Connection:
         while True:         # anything else on the connection is not this answer
             try:
                 data = await self._reader.readuntil(END)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ConnectionError) as exc:
+            except asyncio.LimitOverrunError:
+                raise KlipperSocketError(f"Klipper's answer to {method} is longer than "
+                                         f"{READ_LIMIT} bytes") from None
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 raise KlipperSocketError(
                     f"Klipper's socket closed while asked {method}: {exc}") from None
             try:

@@ -42,7 +42,8 @@ class MoonrakerJobStorage(JobStorage):
 
 
 class MoonrakerKlipperService(KlipperService):
-    """Stops and starts Klipper, and waits until Moonraker sees it go and come back.
+    """Stops and starts Klipper: a stop waits until Moonraker sees Klipper go, a start
+    until Klipper runs again (Moonraker has it, or it answers on its own socket).
 
     By default through Moonraker's machine component (systemd); a ``Machine``
     may hand its own ``control`` (how Klipper is stopped and started there).
