@@ -24,17 +24,17 @@ The breakdown of ``added`` is printed and in the JSON line: ``plan`` and
 ``checks`` (the job's steps of those names), ``stop_klipper``, each step's
 time beyond its tool run (``in_steps``), each wait beyond the reboot
 (``waits``),
-``klipper_back`` (from Klipper's start until it answers on its own socket:
-the service start, and octoflash looking for the socket every 20 ms),
-``version_check`` (until Klipper reports the board's new version, asked
-on that socket) and ``other`` (the rest: the job's own bookkeeping, the
-print guard, the writer lock).
+``klipper_back`` (from Klipper's start until Moonraker has it again: the
+service start and Moonraker's reconnection, which looks for Klipper's
+socket every 0.25 s and asks its first question 0.25 s after connecting),
+``version_check`` (until Klipper reports the board's new version) and
+``other`` (the rest: the job's own bookkeeping, the print guard, the
+writer lock).
 
-``moonraker_ready_after_end_seconds`` is not octoflash's time: how long
-after the job's end Moonraker tells its clients (Mainsail, Fluidd) that
-Klipper is ready (``notify_klippy_ready``).  Moonraker looks for Klipper's
-socket every 0.25 s and waits 0.25 s more before its first question; the
-job no longer waits for that.
+``moonraker_ready_after_end_seconds``: how long after the job's end the
+bench's websocket hears Moonraker tell its clients (Mainsail, Fluidd) that
+Klipper is ready (``notify_klippy_ready``); about zero when the job ends
+with Klipper back in Moonraker, as it should.
 
     python3 bench/bench_flash_overhead.py [--rounds 5] [--boot-delay 0.5] [--slow-sync-ms 20]
 

@@ -3,16 +3,17 @@
 Moonraker talks to Klipper through this socket, and so can any other
 local program: each request is a JSON object ending in the byte 0x03,
 and each answer carries the request's ``id`` with either a ``result`` or
-an ``error``.  octoflash asks it itself at two moments when Moonraker
-may not be connected to Klipper yet:
+an ``error``.  The component asks it itself while Moonraker is not
+connected to a Klipper that runs, which happens for up to 0.25 s
+after every start of Klipper (Moonraker looks for the socket every
+0.25 s):
 
-* whether Klipper runs: a Klipper that was just started answers here
-  before Moonraker (which looks for the socket every 0.25 s) has connected
-  to it again;
-* after a flash, what Klipper reports of the boards: the job ends when
-  Klipper itself has the new firmware's version, not when Moonraker's
-  reconnection (up to 0.25 s to find the socket, then 0.25 s before its
-  first question) gets there.
+* whether Klipper runs: a flash asked for right then must still stop it;
+* what its boards and its print are: the plan and the print guard read
+  them there until Moonraker has Klipper again.
+
+A start after a flash is not over at Klipper's first answer here: it waits
+until Moonraker has Klipper back (``services.MoonrakerKlipperService``).
 """
 from __future__ import annotations
 

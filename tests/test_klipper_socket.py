@@ -1,14 +1,14 @@
 """octoflash asking Klipper on its own socket, while Moonraker is not connected to it.
 
-After a flash Klipper is started again and answers on its socket at once;
-Moonraker finds the socket up to 0.25 s later and asks its first question
-0.25 s after that.  In that gap octoflash must still see a running Klipper
-(a flash started then stops it, a print blocks a flash) and may read the
-board's new version from Klipper itself.  Klipper here is the stand-in
-(``sim/klippy.py``); ``test_real_klipper.py`` asks a real Klippy the same
-way.  Moonraker's side is a connection that is not (yet) connected: the
-only state of it these tests need, and one a real Moonraker holds for
-less than half a second.
+After every start Klipper answers on its socket at once, and Moonraker
+finds the socket up to 0.25 s later.  In that gap octoflash must still see
+a running Klipper (a flash started then stops it, a print blocks a flash)
+and reads Klipper's boards from Klipper itself.  Klipper here is the
+stand-in (``sim/klippy.py``); ``test_real_klipper.py`` asks a real Klippy
+the same way.  Moonraker's side is a connection that is not (yet)
+connected: the only state of it these tests need, and one a real Moonraker
+holds for less than half a second (``test_moonraker_jobs.py`` flashes
+right after a start through a real one).
 """
 from __future__ import annotations
 
@@ -169,15 +169,7 @@ async def test_a_klipper_moonraker_has_not_reconnected_to_yet_is_running(klipper
     assert await service.is_active() is False
 
 
-async def test_a_start_ends_when_klipper_answers_not_when_moonraker_reconnects(klipper, sock_path):
-    service = MoonrakerKlipperService(_Server(_NotConnected(sock_path)), 60.0,
-                                      control=_StartsTheStandIn(klipper))
-    # Moonraker never connects here: the start returns all the same, on Klipper's answer
-    await asyncio.wait_for(service.start(), 30)
-    assert klipper.running and await klipper_socket.answers(sock_path)
-
-
-async def test_the_print_guard_and_the_version_check_read_klipper_itself_meanwhile(klipper, sock_path):
+async def test_the_print_guard_and_the_plan_read_klipper_itself_meanwhile(klipper, sock_path):
     state = KlipperState(_Server(_NotConnected(sock_path)))
     assert await state.print_state() == ("disconnected", "")
     assert await state.read() == {}              # nothing known, nothing running

@@ -181,31 +181,46 @@ async def test_a_flash_stops_klipper_writes_the_board_and_starts_klipper(idle, w
     assert any(line.endswith(" 100 %") and ": Verifying " in line for line in console), console
 
 
-async def test_a_flash_asked_for_as_the_last_one_ends_stops_klipper_again(idle, ws_factory):
-    # A flash ends when Klipper itself reports the new version, which is often
-    # before Moonraker has connected to it again (it looks every 0.25 s).  A
-    # flash started right then must still find Klipper running and stop it.
+async def test_when_a_flash_ends_klipper_is_back_in_moonraker(idle, ws_factory):
+    # Klipper answers on its socket well before Moonraker has connected to it again
+    # (Moonraker looks every 0.25 s, then waits 0.25 s more): the job ends when
+    # Moonraker has it, so what comes next through Moonraker reaches Klipper.
     demo = idle
     ws = await ws_factory(demo)
     built = demo.result("POST", "/server/octoflash/build", body={"profile": "toolhead"})["job"]
     assert demo.wait_job(built["job_id"])["state"] == "done"
     demo.wait_klippy_ready()
-    starts_before = demo.call(lambda: demo.standin.starts)
-    first = (await ws.call("server.octoflash.flash",
-                           {"profile": "toolhead", "build": False}))["job"]["job_id"]
-    await ws.wait_notification("notify_octoflash_job_update",
-                               lambda u: u["job_id"] == first and u["final"], 90)
-    second = (await ws.call("server.octoflash.flash",
+    job_id = (await ws.call("server.octoflash.flash",
                             {"profile": "toolhead", "build": False}))["job"]["job_id"]
     final = await ws.wait_notification("notify_octoflash_job_update",
-                                       lambda u: u["job_id"] == second and u["final"], 90)
+                                       lambda u: u["job_id"] == job_id and u["final"], 90)
     assert final["state"] == "done", final
-    for job_id in (first, second):
-        job = _job(demo, job_id)
-        steps = {s["stage"]: s for s in job["steps"]}
-        assert steps["stop_klipper"]["state"] == "done", steps["stop_klipper"]
-        assert steps["start_klipper"]["state"] == "done", steps["start_klipper"]
-        assert job["result"]["version_matches"] is True
+    assert demo.result("GET", "/server/info")["klippy_state"] == "ready"
+    status, answer = demo.post("/printer/gcode/script", {"script": "M115"})
+    assert status == 200, answer
+    assert _job(demo, job_id)["result"]["version_matches"] is True
+
+
+async def test_a_flash_asked_for_right_after_klipper_was_started_stops_it(idle, ws_factory):
+    # Right after a start Klipper runs, but Moonraker has not connected to it yet:
+    # Klipper still counts as running, so the flash stops it first.
+    demo = idle
+    ws = await ws_factory(demo)
+    built = demo.result("POST", "/server/octoflash/build", body={"profile": "toolhead"})["job"]
+    assert demo.wait_job(built["job_id"])["state"] == "done"
+    demo.call(demo.standin.stop)
+    demo.wait_for(lambda: demo.result("GET", "/server/info")["klippy_state"] == "disconnected",
+                  20, "Moonraker to see Klipper stopped")
+    starts_before = demo.call(lambda: demo.standin.starts)
+    demo.call(demo.standin.start)               # as "sudo systemctl start klipper" does
+    job_id = (await ws.call("server.octoflash.flash",
+                            {"profile": "toolhead", "build": False}))["job"]["job_id"]
+    final = await ws.wait_notification("notify_octoflash_job_update",
+                                       lambda u: u["job_id"] == job_id and u["final"], 90)
+    assert final["state"] == "done", final
+    steps = {s["stage"]: s for s in _job(demo, job_id)["steps"]}
+    assert steps["stop_klipper"]["state"] == "done", steps["stop_klipper"]
+    assert steps["start_klipper"]["state"] == "done", steps["start_klipper"]
     assert demo.call(lambda: demo.standin.starts) == starts_before + 2
     demo.wait_klippy_ready()
 

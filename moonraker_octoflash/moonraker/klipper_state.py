@@ -176,9 +176,9 @@ class KlipperState:
 
         Through Moonraker when it has Klipper (``refresh``); otherwise from
         Klipper's own socket, as a Klipper that was just started answers there
-        before Moonraker connects to it again.  That read is returned and not
-        kept: Moonraker's ready event refreshes ``status`` as always.  With no
-        Klipper answering, the last known ``status``.
+        up to 0.25 s before Moonraker connects to it again.  That read
+        is returned and not kept: Moonraker's ready event refreshes ``status``
+        as always.  With no Klipper answering, the last known ``status``.
         """
         if self.klippy.is_connected():
             return await self.refresh()

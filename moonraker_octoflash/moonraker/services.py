@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
@@ -16,9 +17,6 @@ JOB_KEY_PREFIX = "job."
 # Seconds between looks at Klipper's connection while a stop or start is awaited,
 # besides the events that end the wait at once.
 EVENT_RECHECK = 1.0
-# Seconds between looks at Klipper's own socket while a start is awaited: a
-# started Klipper answers there before Moonraker connects to it again.
-SOCKET_RECHECK = 0.02
 
 
 class MoonrakerJobStorage(JobStorage):
@@ -43,7 +41,8 @@ class MoonrakerJobStorage(JobStorage):
 
 class MoonrakerKlipperService(KlipperService):
     """Stops and starts Klipper: a stop waits until Moonraker sees Klipper go, a start
-    until Klipper runs again (Moonraker has it, or it answers on its own socket).
+    until Moonraker has Klipper back.  Klipper counts as running when Moonraker has
+    it or it answers on its own socket (for up to 0.25 s after a start, only there).
 
     By default through Moonraker's machine component (systemd); a ``Machine``
     may hand its own ``control`` (how Klipper is stopped and started there).
@@ -61,11 +60,14 @@ class MoonrakerKlipperService(KlipperService):
         # Moonraker says when it loses Klipper and when it has it again: a wait
         # for either ends at that event instead of at the next poll.
         self._changed: Optional[asyncio.Event] = None
+        # The last of these events: how far Moonraker has got with Klipper.
+        self.moonraker_view = "disconnected"
         for event in ("server:klippy_disconnect", "server:klippy_identified",
                       "server:klippy_started", "server:klippy_ready"):
-            server.register_event_handler(event, self._on_klippy_event)
+            server.register_event_handler(event, functools.partial(self._on_klippy_event, event))
 
-    async def _on_klippy_event(self, *args: Any) -> None:
+    async def _on_klippy_event(self, event: str, *args: Any) -> None:
+        self.moonraker_view = event.rsplit("_", 1)[1]
         if self._changed is not None:
             self._changed.set()
 
@@ -94,7 +96,7 @@ class MoonrakerKlipperService(KlipperService):
 
     async def is_active(self) -> bool:
         """Moonraker has Klipper, or Klipper answers on its socket: after a start,
-        Moonraker connects again up to 0.5 s later, and meanwhile Klipper runs."""
+        Moonraker connects again up to 0.25 s later, and meanwhile Klipper runs."""
         if self._kconn.is_connected():
             return True
         from ..klipper_socket import answers
@@ -125,23 +127,26 @@ class MoonrakerKlipperService(KlipperService):
                 raise UnavailableError(
                     f"Moonraker could not start Klipper again: {exc}. Start it with "
                     "'sudo systemctl start klipper'.") from None
-        await self._wait_started(self.reconnect_timeout)
+        await self._wait(self._moonraker_has_klipper, self.reconnect_timeout)
 
-    async def _wait_started(self, timeout: float) -> bool:
-        """Until Klipper runs again: Moonraker has it, or it answers on its own socket
-        (looked at every ``SOCKET_RECHECK`` s), whichever comes first."""
-        path = self.api_socket
-        if not path:
-            return await self._wait(lambda: self._kconn.is_connected(), timeout)
-        from ..klipper_socket import answers
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._kconn.is_connected() or await answers(path):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            await self._wait(lambda: self._kconn.is_connected(), min(remaining, SOCKET_RECHECK))
+    def _moonraker_has_klipper(self) -> bool:
+        """Has Moonraker got as far with Klipper as Klipper has got itself?  Its clients
+        (Mainsail, macros calling octoflash, scripts) use Klipper through it, so a start
+        ends here and not when Klipper first answers on its own socket, 0.25-0.5 s before.
+
+        Moonraker asks a connected Klipper for its state 0.25 s after connecting
+        (``klippy_identified``); from a Klipper that is ready it then subscribes,
+        registers the macros' remote methods and says ``klippy_ready``, from one in
+        error or shutdown ``klippy_started``.  A Klipper still in startup (a board it
+        cannot reach yet) stays so for as long as it takes: then identified is as far
+        as Moonraker goes, and the version check that follows waits for the board.
+        """
+        if not self._kconn.is_connected():
+            return False
+        if self.moonraker_view in ("started", "ready"):
+            return True
+        info = getattr(self._kconn, "klippy_info", None) or {}
+        return self.moonraker_view == "identified" and info.get("state") == "startup"
 
     async def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Until ``condition()`` holds, woken by Moonraker's Klipper events (see
