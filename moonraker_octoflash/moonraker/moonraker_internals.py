@@ -41,9 +41,14 @@ announcements component:                      "Firmware update for NAME" in the 
   remove_announcement(entry_id)
 klippy_connection component: is_connected(),  is Klipper there, printing, past its      0.10, 0.11
   is_printing(), state (an enum with name),   start-up; where Klipper's own socket is
-  uds_address (the configured socket path)    (without it, octoflash waits for Moonraker)
+  klippy_info (Klipper's last info answer),   (without it, a Klipper that Moonraker has
+  uds_address (the configured socket path)    not connected to yet counts as stopped)
 events server:klippy_started,                 refresh the entries when Klipper comes    0.10, 0.11
   server:klippy_disconnect                    or goes
+events server:klippy_identified,              a start after a flash ends when Moonraker  0.10, 0.11
+  klippy_started, klippy_ready (in that       has Klipper back (services.py); ready
+  order, ready after the remote methods are   comes only from a ready Klipper
+  registered)
 
 "checked on": read in the ``moonraker`` packages on PyPI, 0.11.0 (the tests
 on Python >= 3.10) and 0.10.0 (the Python 3.9 run); their update managers

@@ -39,6 +39,11 @@ class MoonrakerJobStorage(JobStorage):
             pass
 
 
+# Moonraker's events about Klipper, and how far each says Moonraker has got with it.
+_VIEWS = {"server:klippy_disconnect": "disconnected", "server:klippy_identified": "identified",
+          "server:klippy_started": "started", "server:klippy_ready": "ready"}
+
+
 class MoonrakerKlipperService(KlipperService):
     """Stops and starts Klipper: a stop waits until Moonraker sees Klipper go, a start
     until Moonraker has Klipper back.  Klipper counts as running when Moonraker has
@@ -62,12 +67,11 @@ class MoonrakerKlipperService(KlipperService):
         self._changed: Optional[asyncio.Event] = None
         # The last of these events: how far Moonraker has got with Klipper.
         self.moonraker_view = "disconnected"
-        for event in ("server:klippy_disconnect", "server:klippy_identified",
-                      "server:klippy_started", "server:klippy_ready"):
+        for event in _VIEWS:
             server.register_event_handler(event, functools.partial(self._on_klippy_event, event))
 
     async def _on_klippy_event(self, event: str, *args: Any) -> None:
-        self.moonraker_view = event.rsplit("_", 1)[1]
+        self.moonraker_view = _VIEWS[event]
         if self._changed is not None:
             self._changed.set()
 
@@ -135,18 +139,23 @@ class MoonrakerKlipperService(KlipperService):
         ends here and not when Klipper first answers on its own socket, 0.25-0.5 s before.
 
         Moonraker asks a connected Klipper for its state 0.25 s after connecting
-        (``klippy_identified``); from a Klipper that is ready it then subscribes,
-        registers the macros' remote methods and says ``klippy_ready``, from one in
-        error or shutdown ``klippy_started``.  A Klipper still in startup (a board it
-        cannot reach yet) stays so for as long as it takes: then identified is as far
-        as Moonraker goes, and the version check that follows waits for the board.
+        (``klippy_identified``).  Once Klipper has left startup Moonraker says
+        ``klippy_started``; for a Klipper that is ready it then registers the
+        macros' remote methods and says ``klippy_ready``, while one in error or
+        shutdown is as far as it gets at started.  A Klipper still in startup (a board
+        it cannot reach yet) stays so for as long as it takes: then identified is as
+        far as Moonraker goes, and the version check that follows waits for the board.
         """
-        if not self._kconn.is_connected():
+        kconn = self._kconn
+        if not kconn.is_connected():
             return False
-        if self.moonraker_view in ("started", "ready"):
+        view = self.moonraker_view
+        if view == "ready":
             return True
-        info = getattr(self._kconn, "klippy_info", None) or {}
-        return self.moonraker_view == "identified" and info.get("state") == "startup"
+        if view == "started":
+            return str(getattr(kconn.state, "name", kconn.state)).lower() != "ready"
+        info = getattr(kconn, "klippy_info", None) or {}
+        return view == "identified" and info.get("state") == "startup"
 
     async def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Until ``condition()`` holds, woken by Moonraker's Klipper events (see
