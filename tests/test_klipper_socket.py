@@ -21,6 +21,7 @@ from typing import Any, Dict, List
 import pytest
 
 from moonraker_octoflash import klipper_socket
+from moonraker_octoflash.errors import UnavailableError
 from moonraker_octoflash.klipper_socket import Connection, KlipperSocketError
 from moonraker_octoflash.moonraker.klipper_state import KlipperState
 from moonraker_octoflash.moonraker.services import MoonrakerKlipperService
@@ -68,15 +69,20 @@ class _NotConnected:
 class _Server:
     error = Exception
 
-    def __init__(self, kconn: _NotConnected) -> None:
+    def __init__(self, kconn: Any) -> None:
         self.kconn = kconn
+        self.handlers: Dict[str, List[Any]] = {}
 
     def lookup_component(self, name: str) -> Any:
         assert name == "klippy_connection", name     # nothing may go through Moonraker here
         return self.kconn
 
     def register_event_handler(self, event: str, callback: Any) -> None:
-        pass
+        self.handlers.setdefault(event, []).append(callback)
+
+    async def send_event(self, event: str) -> None:
+        for callback in self.handlers.get(event, []):
+            await callback()
 
     def get_event_loop(self) -> Any:
         return asyncio.get_running_loop()
@@ -182,3 +188,94 @@ async def test_the_print_guard_and_the_plan_read_klipper_itself_meanwhile(klippe
     assert status["configfile"]["config"]["mcu Toolhead"] == {"canbus_uuid": "112233445566"}
     # read, not kept: Moonraker's ready event refreshes what the component shows
     assert state.status == {}
+
+
+class _Reconnecting(_NotConnected):
+    """Moonraker's klippy_connection as it gets Klipper back, step by step."""
+
+    def __init__(self, uds_address: str) -> None:
+        super().__init__(uds_address)
+        self.connected = False
+
+    def is_connected(self) -> bool:
+        return self.connected
+
+
+class _State:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+async def test_a_start_moonraker_never_gets_back_says_so(klipper, sock_path):
+    service = MoonrakerKlipperService(_Server(_NotConnected(sock_path)), 0.3,
+                                      control=_StartsTheStandIn(klipper))
+    with pytest.raises(UnavailableError) as caught:
+        await service.start()
+    assert str(caught.value) == (
+        "Moonraker did not have Klipper back within 0.3 s of starting it (it answers on its "
+        "socket, but Moonraker has not connected to it; see klippy.log and moonraker.log)")
+    await klipper.stop()
+
+    class _StartsNothing(_StartsTheStandIn):
+        async def start(self) -> None:
+            pass
+    service = MoonrakerKlipperService(_Server(_NotConnected(sock_path)), 0.3,
+                                      control=_StartsNothing(klipper))
+    with pytest.raises(UnavailableError, match=r"0\.3 s of starting it \(it is not running;"):
+        await service.start()
+
+
+@pytest.mark.parametrize("klipper_state, events, back", [
+    # a ready Klipper: back once Moonraker has registered the macros' methods (ready)
+    ("ready", ["identified"], False),
+    ("ready", ["identified", "started"], False),
+    ("ready", ["identified", "started", "ready"], True),
+    # Klipper in error: Moonraker goes no further than started
+    ("error", ["identified"], False),
+    ("error", ["identified", "started"], True),
+    # Klipper waiting for a board: Moonraker goes no further than identified
+    ("startup", ["identified"], True),
+    # Moonraker lost it again
+    ("ready", ["identified", "started", "ready", "disconnect"], False),
+])
+async def test_a_start_ends_when_moonraker_has_got_as_far_as_klipper(
+        sock_path, klipper_state, events, back):
+    kconn = _Reconnecting(sock_path)
+    server = _Server(kconn)
+    service = MoonrakerKlipperService(server, 30.0)
+    kconn.connected = True
+    kconn.klippy_info = {"state": klipper_state}
+    for event in events:
+        if event == "started":
+            kconn.state = _State(klipper_state)
+        if event == "disconnect":
+            kconn.connected = False
+        await server.send_event(f"server:klippy_{event}")
+    assert service._moonraker_has_klipper() is back
+
+
+async def test_a_start_returns_at_moonrakers_ready_event(sock_path):
+    kconn = _Reconnecting(sock_path)
+    server = _Server(kconn)
+    service = MoonrakerKlipperService(server, 30.0)
+
+    async def moonraker_reconnects() -> None:
+        kconn.connected = True
+        kconn.klippy_info = {"state": "ready"}
+        await server.send_event("server:klippy_identified")
+        kconn.state = _State("ready")
+        await server.send_event("server:klippy_started")
+        await server.send_event("server:klippy_ready")
+
+    class _Starts(KlipperService):
+        async def stop(self) -> None:
+            pass
+
+        async def start(self) -> None:
+            asyncio.get_running_loop().create_task(moonraker_reconnects())
+
+        async def is_active(self) -> bool:
+            return kconn.connected
+    service.control = _Starts()
+    await asyncio.wait_for(service.start(), 20)
+    assert service.moonraker_view == "ready"

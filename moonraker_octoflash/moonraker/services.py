@@ -131,7 +131,17 @@ class MoonrakerKlipperService(KlipperService):
                 raise UnavailableError(
                     f"Moonraker could not start Klipper again: {exc}. Start it with "
                     "'sudo systemctl start klipper'.") from None
-        await self._wait(self._moonraker_has_klipper, self.reconnect_timeout)
+        if not await self._wait(self._moonraker_has_klipper, self.reconnect_timeout):
+            from ..klipper_socket import answers
+            if self._kconn.is_connected():
+                seen = "Moonraker is connected to it, but it has not finished starting"
+            elif await answers(self.api_socket):
+                seen = "it answers on its socket, but Moonraker has not connected to it"
+            else:
+                seen = "it is not running"
+            raise UnavailableError(
+                f"Moonraker did not have Klipper back within {self.reconnect_timeout:g} s of "
+                f"starting it ({seen}; see klippy.log and moonraker.log)")
 
     def _moonraker_has_klipper(self) -> bool:
         """Has Moonraker got as far with Klipper as Klipper has got itself?  Its clients
