@@ -70,6 +70,23 @@ def make_venv(path: str) -> str:
     return python
 
 
+class MoonrakerNotConnected:
+    """Moonraker's klippy_connection in the moment after Klipper's start, before
+    Moonraker has connected to it again (it looks for the socket every 0.25 s):
+    octoflash asks Klipper on its own socket then."""
+
+    def __init__(self, uds_address: str) -> None:
+        self.uds_address = uds_address
+        self.klippy_info: Dict[str, Any] = {}
+        self.state: Any = "disconnected"
+
+    def is_connected(self) -> bool:
+        return False
+
+    def is_ready(self) -> bool:
+        return False
+
+
 def poll_until(predicate: Callable[[], Any], timeout: float = 20.0,
                what: str = "condition") -> Any:
     """Ask ``predicate`` until it answers something truthy (blocking: for code

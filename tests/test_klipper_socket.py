@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from fixtures_moonraker import MoonrakerNotConnected
 from moonraker_octoflash import klipper_socket
 from moonraker_octoflash.errors import UnavailableError
 from moonraker_octoflash.klipper_socket import Connection, KlipperSocketError
@@ -49,21 +50,6 @@ async def klipper(sock_path: str):
     standin = KlippyStandIn(sock_path, mcus=_mcus())
     yield standin
     await standin.stop()
-
-
-class _NotConnected:
-    """Moonraker's klippy_connection between Klipper's start and its reconnection."""
-
-    def __init__(self, uds_address: str) -> None:
-        self.uds_address = Path(uds_address)
-        self.klippy_info: Dict[str, Any] = {}
-        self.state = "disconnected"
-
-    def is_connected(self) -> bool:
-        return False
-
-    def is_ready(self) -> bool:
-        return False
 
 
 class _Server:
@@ -165,7 +151,7 @@ async def test_a_klipper_that_hangs_or_hangs_up_is_an_error_not_a_wait(sock_path
 
 
 async def test_a_klipper_moonraker_has_not_reconnected_to_yet_is_running(klipper, sock_path):
-    service = MoonrakerKlipperService(_Server(_NotConnected(sock_path)), 60.0,
+    service = MoonrakerKlipperService(_Server(MoonrakerNotConnected(sock_path)), 60.0,
                                       control=_StartsTheStandIn(klipper))
     assert await service.is_active() is False
     await klipper.start()
@@ -176,7 +162,7 @@ async def test_a_klipper_moonraker_has_not_reconnected_to_yet_is_running(klipper
 
 
 async def test_the_print_guard_and_the_plan_read_klipper_itself_meanwhile(klipper, sock_path):
-    state = KlipperState(_Server(_NotConnected(sock_path)))
+    state = KlipperState(_Server(MoonrakerNotConnected(sock_path)))
     assert await state.print_state() == ("disconnected", "")
     assert await state.read() == {}              # nothing known, nothing running
     await klipper.start()
@@ -190,7 +176,7 @@ async def test_the_print_guard_and_the_plan_read_klipper_itself_meanwhile(klippe
     assert state.status == {}
 
 
-class _Reconnecting(_NotConnected):
+class _Reconnecting(MoonrakerNotConnected):
     """Moonraker's klippy_connection as it gets Klipper back, step by step."""
 
     def __init__(self, uds_address: str) -> None:
@@ -207,7 +193,7 @@ class _State:
 
 
 async def test_a_start_moonraker_never_gets_back_says_so(klipper, sock_path):
-    service = MoonrakerKlipperService(_Server(_NotConnected(sock_path)), 0.3,
+    service = MoonrakerKlipperService(_Server(MoonrakerNotConnected(sock_path)), 0.3,
                                       control=_StartsTheStandIn(klipper))
     with pytest.raises(UnavailableError) as caught:
         await service.start()
@@ -219,7 +205,7 @@ async def test_a_start_moonraker_never_gets_back_says_so(klipper, sock_path):
     class _StartsNothing(_StartsTheStandIn):
         async def start(self) -> None:
             pass
-    service = MoonrakerKlipperService(_Server(_NotConnected(sock_path)), 0.3,
+    service = MoonrakerKlipperService(_Server(MoonrakerNotConnected(sock_path)), 0.3,
                                       control=_StartsNothing(klipper))
     with pytest.raises(UnavailableError, match=r"0\.3 s of starting it \(it is not running;"):
         await service.start()

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-from fixtures_moonraker import MACROS_FILE, MoonrakerProcess, RpcError
+from fixtures_moonraker import MACROS_FILE, MoonrakerNotConnected, MoonrakerProcess, RpcError
 from moonraker_octoflash.sim.klippy import KlippyStandIn, SimMcu, StandInThread
 from moonraker_octoflash.sim.trees import install_tree
 
@@ -697,18 +697,6 @@ def test_standin_refuses_bad_arguments_like_klipper(klippy, standin):
         fake.close()
 
 
-class _MoonrakerNotConnected:
-    """Moonraker's klippy_connection in the moment after Klipper's start, before it
-    connects again: octoflash reads Klipper on its socket then."""
-
-    def __init__(self, uds_address: str) -> None:
-        self.uds_address = Path(uds_address)
-        self.klippy_info: Dict[str, Any] = {}
-
-    def is_connected(self) -> bool:
-        return False
-
-
 async def test_octoflash_reads_real_klipper_on_its_socket(printer, klippy):
     from types import SimpleNamespace
 
@@ -723,7 +711,7 @@ async def test_octoflash_reads_real_klipper_on_its_socket(printer, klippy):
     real_error = klippy.call("no/such/endpoint")["error"]["message"]
     assert str(caught.value) == f"Klipper answered no/such/endpoint with an error: {real_error}"
 
-    kconn = _MoonrakerNotConnected(klipper.socket_path)
+    kconn = MoonrakerNotConnected(klipper.socket_path)
     server = SimpleNamespace(lookup_component=lambda name: kconn, get_event_loop=lambda: None)
     state = KlipperState(server)  # type: ignore[arg-type]
     status = await state.read()

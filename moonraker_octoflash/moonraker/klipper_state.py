@@ -32,6 +32,13 @@ KLIPPER_QUERY_TIMEOUT = 5.0
 STARTUP_POLL_INTERVAL = 2.0
 
 
+def klipper_socket_path(klippy: Any) -> Optional[str]:
+    """Klipper's own API socket, as Moonraker's ``[server] klippy_uds_address`` names it
+    (``klippy_connection.uds_address``); None when this Moonraker does not say."""
+    path = getattr(klippy, "uds_address", None)
+    return str(path) if path else None
+
+
 class KlippyConnection(Protocol):
     """What octoflash reads of Moonraker's ``klippy_connection`` component."""
 
@@ -117,12 +124,6 @@ class KlipperState:
         self.status = {k: v for k, v in self.status.items()
                                if k == "configfile"}
 
-    @property
-    def api_socket(self) -> Optional[str]:
-        """Klipper's own socket, as Moonraker's ``[server] klippy_uds_address`` names it."""
-        path = getattr(self.klippy, "uds_address", None)
-        return str(path) if path else None
-
     @staticmethod
     def _wanted(objects: List[str]) -> Dict[str, Any]:
         from ..discovery.klipper import is_mcu_section
@@ -182,8 +183,8 @@ class KlipperState:
         """
         if self.klippy.is_connected():
             return await self.refresh()
-        path = self.api_socket
-        if not path or not os.path.exists(path):
+        path = klipper_socket_path(self.klippy)
+        if not path:
             return self.status
         from ..klipper_socket import Connection, KlipperSocketError
         try:
@@ -213,8 +214,8 @@ class KlipperState:
         return str(stats.get("state") or "unknown"), str(stats.get("filename") or "")
 
     async def _print_state_from_socket(self) -> Tuple[str, str]:
-        path = self.api_socket
-        if not path or not os.path.exists(path):
+        path = klipper_socket_path(self.klippy)
+        if not path:
             return "disconnected", ""
         from ..klipper_socket import KlipperSocketError, query
         try:

@@ -92,19 +92,14 @@ class MoonrakerKlipperService(KlipperService):
                     "yourself (sudo systemctl stop klipper) and flash again.")
         return None
 
-    @property
-    def api_socket(self) -> Optional[str]:
-        """Klipper's own socket, as Moonraker's ``[server] klippy_uds_address`` names it."""
-        path = getattr(self._kconn, "uds_address", None)
-        return str(path) if path else None
-
     async def is_active(self) -> bool:
         """Moonraker has Klipper, or Klipper answers on its socket: after a start,
         Moonraker connects again up to 0.25 s later, and meanwhile Klipper runs."""
         if self._kconn.is_connected():
             return True
         from ..klipper_socket import answers
-        return await answers(self.api_socket)
+        from .klipper_state import klipper_socket_path
+        return await answers(klipper_socket_path(self._kconn))
 
     async def stop(self) -> None:
         problem = self.control_problem()
@@ -132,10 +127,9 @@ class MoonrakerKlipperService(KlipperService):
                     f"Moonraker could not start Klipper again: {exc}. Start it with "
                     "'sudo systemctl start klipper'.") from None
         if not await self._wait(self._moonraker_has_klipper, self.reconnect_timeout):
-            from ..klipper_socket import answers
             if self._kconn.is_connected():
                 seen = "Moonraker is connected to it, but it has not finished starting"
-            elif await answers(self.api_socket):
+            elif await self.is_active():
                 seen = "it answers on its socket, but Moonraker has not connected to it"
             else:
                 seen = "it is not running"
