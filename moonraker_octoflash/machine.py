@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol
 from .errors import ValidationError
 
 if TYPE_CHECKING:
+    from .discovery.uevents import DeviceEvents
     from .service import KlipperService
     from .settings import Settings
 
@@ -51,6 +52,11 @@ class Machine(Protocol):
 
     def klipper_control(self) -> Optional[KlipperService]:
         """How Klipper is stopped and started here; None: the adapter's usual way."""
+        ...
+
+    def device_events(self) -> Optional[DeviceEvents]:
+        """Start listening for devices that come and go (called on the event loop that
+        waits; ``close()`` the result); None where they cannot be heard."""
         ...
 
     async def open(self) -> None:
@@ -90,6 +96,10 @@ class RealMachine:
 
     def klipper_control(self) -> Optional[KlipperService]:
         return None
+
+    def device_events(self) -> Optional[DeviceEvents]:
+        from .discovery.uevents import device_events
+        return device_events()
 
     async def open(self) -> None:
         return None

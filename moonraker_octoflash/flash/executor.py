@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from ..artifacts import CONFIG_NAME, read_data_dictionary_file
 from ..discovery.klipper import find_mcu, klipper_mcus
@@ -34,6 +34,9 @@ from .plan import KATAPULT_DEVICE, FlashPlan, FlashStep, order_for_flash, transp
 from .results import FlashResult, StepRecord, WriteFailed
 from .writer_lock import WriterBusy, WriterLock
 
+if TYPE_CHECKING:
+    from ..discovery.uevents import DeviceEvents
+
 Discover = Callable[[], Awaitable[DeviceSnapshot]]
 # What a stop_klipper step record says, by what the stop did.
 _STOP_RECORD = {"stopped": ("done", "Klipper stopped"),
@@ -42,6 +45,9 @@ _STOP_RECORD = {"stopped": ("done", "Klipper stopped"),
                                             "interrupted flash; it is started when this one ends")}
 KlipperStatus = Callable[[], Awaitable[Mapping[str, Any]]]
 WatchCan = Callable[[str, str, Optional[str], float], Awaitable[Optional[str]]]
+# Opens a listener for the machine's device announcements (``discovery.uevents``), or
+# gives None where there are none to hear.
+DeviceEventsSource = Callable[[], Optional["DeviceEvents"]]
 
 
 @dataclasses.dataclass
@@ -66,6 +72,10 @@ class FlashContext:
     # ``timeout``; a wait for a rebooting CAN node then ends as soon as the node is back.
     # Without it such a wait probes with ``discover``.
     watch_can: Optional[WatchCan] = None
+    # ``device_events()``: the machine's announcements of devices that come and go; a
+    # wait for a USB device then probes again as soon as one is announced, and still at
+    # ``poll_delay`` without one.  Without it, a wait probes at ``poll_delay`` alone.
+    device_events: Optional[DeviceEventsSource] = None
 
 
 class _Restart:
@@ -334,19 +344,31 @@ class _PlanRun:
     async def poll(self, what: str, timeout: float, probe: Callable[[], Awaitable[Any]],
                    *, rest: bool = True) -> Any:
         """``probe()`` until it finds something or ``timeout`` passes.  ``rest``: pause
-        between probes (``poll_delay``); a probe that itself waits for its event (a CAN
+        between probes (``poll_delay``), ended early by a device announcement
+        (``FlashContext.device_events``); a probe that itself waits for its event (a CAN
         watch) needs none."""
         start = time.monotonic()
         deadline = start + timeout
-        while True:
-            found = await probe()
-            if found:
-                return found
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            if rest:
-                await asyncio.sleep(min(self.config.poll_delay(now - start), deadline - now))
+        # Listening starts before the first probe: a device announced while a probe
+        # runs ends the pause after it at once.
+        events = self.ctx.device_events() if rest and self.ctx.device_events else None
+        try:
+            while True:
+                found = await probe()
+                if found:
+                    return found
+                now = time.monotonic()
+                if now >= deadline:
+                    return None
+                if rest:
+                    pause = min(self.config.poll_delay(now - start), deadline - now)
+                    if events is not None:
+                        await events.wait(pause)
+                    else:
+                        await asyncio.sleep(pause)
+        finally:
+            if events is not None:
+                events.close()
 
     async def _wait_return(self, step: FlashStep, timeout: float) -> None:
         params = await self._expected_return(step)

@@ -52,7 +52,7 @@ FLASH_MODULES = tuple(
         "plan", "executor", "checks", "katapult", "dfu", "writer_lock", "results",
         "methods.katapult", "methods.dfu", "methods.rp2040_boot")]
     + [f"{_PARENT}.discovery.{name}" for name in (
-        "can", "klipper", "serial", "snapshot", "usb", "identity")])
+        "can", "klipper", "serial", "snapshot", "usb", "identity", "uevents")])
 
 
 def can_watcher(scan_options: Callable[[], Dict[str, Any]],
@@ -203,6 +203,7 @@ class CoreFlashPipeline(FlashPipeline):
                               job_id=CURRENT_JOB_ID.get(), profiles=[plan.profile_name])
         ctx = FlashContext(service=self.service, on_progress=on_progress,
                            discover=self._scan_for(plan.profile), watch_can=self.watch_can,
+                           device_events=self.machine.device_events,
                            klipper_status=klipper_status if self.klipper_status else None,
                            writer_lock=lock)
         try:

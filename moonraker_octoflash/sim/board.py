@@ -47,6 +47,9 @@ MODES = ("dfu", "katapult", "klipper", "klipper-canbridge", "off", "bootsel")
 ENV_DIR = "OCTOFLASH_SIM_DIR"
 ENV_FAULTS = "OCTOFLASH_SIM_FAULTS"
 HISTORY_KEPT = 100
+# Where the listeners of a machine's device announcements are named (sim/uevents.py).
+UEVENT_FOLDER = "uevents"
+UEVENT_ADDRESS = b"\0octoflash-sim-uevents-"
 STOCK_APP_START = FLASH_BASE + 0x8000
 _held = threading.local()      # lock depth per machine folder, for re-entrancy
 
@@ -173,6 +176,33 @@ def _read_json(path: str, default: Any) -> Any:
             return json.load(f)
     except FileNotFoundError:
         return default
+
+
+def announce_devices(directory: str, ready_at: float) -> None:
+    """Tell every listener of the machine in ``directory`` (``sim/uevents.py``) that a
+    device went and comes back at ``ready_at`` (``time.time()``), as the kernel announces
+    a USB device's removal and its return."""
+    folder = os.path.join(directory, UEVENT_FOLDER)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    if not names:
+        return
+    import socket
+    payload = json.dumps({"ready_at": ready_at}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for name in names:
+            try:
+                sock.sendto(payload, UEVENT_ADDRESS + name.encode())
+            except (ConnectionRefusedError, FileNotFoundError):
+                try:
+                    os.unlink(os.path.join(folder, name))   # its listener is gone
+                except OSError:
+                    pass
+            except OSError:
+                pass      # a full queue: that listener has a wake pending anyway
 
 
 class SimulatedMachine:
@@ -777,8 +807,9 @@ class SimulatedBoard:
             state["node_assigned"] = False
             state["history"] = (state.get("history", []) + [
                 {"time": time.time(), "event": "mode", "mode": mode}])[-HISTORY_KEPT:]
-        self.update(change)
+        state = self.update(change)
         self.machine.sync_links()
+        announce_devices(self.machine.directory, float(state["ready_at"]))
 
     def reset(self, *, delay: Optional[float] = None) -> str:
         """Press reset: run what the flash holds.  Returns the new mode."""

@@ -23,6 +23,7 @@ from typing import Any, List, Optional
 
 from ..discovery.can import (ADMIN_ID, ADMIN_RESPONSE_ID, APP_KATAPULT, APP_KLIPPER,
                              CMD_QUERY_UNASSIGNED, CMD_REQUEST_BOOTLOADER, RESP_NEED_NODEID)
+from .board import announce_devices
 
 CMD_SET_KLIPPER_NODEID = 0x01
 CMD_KATAPULT_SET_NODEID = 0x11
@@ -74,12 +75,25 @@ class SimulatedCanNodes:
         self.stop()
 
     def _udev(self) -> None:
-        """Like udev: by-id links appear once a rebooting board has enumerated."""
-        while not self._stop.wait(0.1):
+        """Like udev: by-id links appear once a rebooting board has enumerated, and then
+        udev announces the device (``board.announce_devices``), as the real one does
+        once it has made a device's links.  It looks at the boards every 0.1 s, and wakes
+        at a rebooting board's ``ready_at``."""
+        pause, announced = 0.1, 0.0
+        while not self._stop.wait(pause):
+            pause = 0.1
             try:
                 now = time.time()
-                if any(now - 1.0 < float(b.state.get("ready_at", 0)) for b in self.machine.boards()):
+                ready = [float(b.state.get("ready_at", 0)) for b in self.machine.boards()]
+                if any(now - 1.0 < t for t in ready):
                     self.machine.sync_links()
+                arrived = max((t for t in ready if t <= now), default=0.0)
+                if arrived > announced:
+                    announced = arrived
+                    announce_devices(self.machine.directory, 0.0)
+                coming = [t for t in ready if t > now]
+                if coming:
+                    pause = min(pause, min(coming) - now + 0.001)
             except Exception:   # a half-written state file: try again next tick
                 continue
 

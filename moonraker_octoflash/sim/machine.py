@@ -87,6 +87,11 @@ class SimulatedMachineSeam:
     def klipper_control(self) -> Optional[KlipperService]:
         return SimulatedKlipperControl(self.machine)
 
+    def device_events(self) -> Any:
+        """The simulated boards' re-enumerations (``sim/uevents.py``)."""
+        from .uevents import SimulatedDeviceEvents
+        return SimulatedDeviceEvents(self.machine.directory)
+
     async def open(self) -> None:
         # python-can's virtual bus reaches only this process: the simulated
         # CAN nodes answer from inside it while octoflash works.
