@@ -4,6 +4,9 @@
   serial ports and network interfaces wake a wait; others do not.
 * A real netlink socket hears a real kernel announcement here (the test
   makes the kernel announce its loopback interface again, which needs root).
+* An interface that goes up or down (a bridge's ``can0`` brought up by the
+  host) is heard on the route socket; a real kernel's interface message
+  wakes a wait.
 * A flash of the simulated Octopus (USB-CAN bridge through Katapult) with a
   probe interval longer than its timeouts still succeeds: each wait (Katapult's
   serial port, the bridge back) ends on the machine's announcement alone.
@@ -13,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import struct
 
 import pytest
 
 from fixtures_flash import octopus_profile, write_artifact
 from moonraker_octoflash.discovery.uevents import (DeviceEvents, announces_device_change,
-                                                   device_events)
+                                                   announces_link_change, device_events,
+                                                   open_link_socket)
 from moonraker_octoflash.flash.pipeline import CoreFlashPipeline
 from moonraker_octoflash.sim.machine import SimulatedMachineSeam
 
@@ -44,6 +49,38 @@ def test_the_messages_that_wake_a_wait():
     assert not announces_device_change(DISK_CHANGE)
     assert not announces_device_change(b"add@/devices/x\0ACTION=add\0")     # no subsystem
     assert not announces_device_change(b"")
+
+
+def _netlink(kind, payload=b"", flags=0):
+    """A netlink message: the 16-byte header (length, type, flags, sequence, port)."""
+    return struct.pack("=IHHII", 16 + len(payload), kind, flags, 1, 0) + payload
+
+
+def test_the_interface_messages_that_wake_a_wait():
+    ifinfo = struct.pack("=BxHiII", 0, 280, 7, 0x1, 0x1)        # can0 (ARPHRD_CAN), IFF_UP
+    assert announces_link_change(_netlink(16, ifinfo))            # RTM_NEWLINK
+    assert announces_link_change(_netlink(17, ifinfo))            # RTM_DELLINK
+    assert announces_link_change(_netlink(20, b"\0" * 8) + _netlink(16, ifinfo))  # the second
+    assert not announces_link_change(_netlink(3, b"\0" * 4))     # NLMSG_DONE
+    assert not announces_link_change(_netlink(20, b"\0" * 8))    # RTM_NEWADDR
+    assert not announces_link_change(b"\x10\0\0")                # cut short
+    assert not announces_link_change(struct.pack("=IHHII", 0, 20, 0, 0, 0) * 2)
+
+
+async def test_a_real_kernel_interface_message_is_heard():
+    sock = open_link_socket()
+    if sock is None:
+        pytest.skip("this system refuses a route netlink socket")
+    events = DeviceEvents(sock, announces_link_change)
+    try:
+        # Ask the kernel for its interfaces (RTM_GETLINK, a dump): it answers on the same
+        # socket with one RTM_NEWLINK per interface, as it announces a change.
+        request = _netlink(18, struct.pack("=BxHiII", 0, 0, 0, 0, 0), flags=0x1 | 0x300)
+        sock.sendto(request, (0, 0))
+        assert await events.wait(30) is True
+        assert events.received >= 1
+    finally:
+        events.close()
 
 
 async def test_a_message_that_arrives_while_the_waiter_probes_ends_the_next_wait():

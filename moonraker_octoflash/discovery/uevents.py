@@ -6,6 +6,11 @@ port, a network interface such as a bridge's ``can0``) on a netlink socket
 udev after it has made the device's links (``/dev/serial/by-id/…``) and set
 its permissions.  Any user may listen; nothing is sent.
 
+A network interface going up or down is not a uevent: the kernel announces
+it on another netlink socket (``NETLINK_ROUTE``, the link group), which a
+wait hears too, since a USB-CAN bridge is back only once the host has
+brought its ``can0`` up.
+
 A flash's waits (``flash/executor.py``: the board back in Katapult, in DFU
 mode, back as Klipper) probe the devices again on each announcement instead
 of only every ``poll_interval``.  They still probe at that interval too: an
@@ -17,9 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, Callable, FrozenSet, Optional
+import struct
+from functools import partial
+from typing import Any, Callable, FrozenSet, List, Optional
 
+NETLINK_ROUTE = 0
 NETLINK_KOBJECT_UEVENT = 15
+RTMGRP_LINK = 1         # the route socket's group of interface changes
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+_NLMSG_HEADER = struct.Struct("=IHHII")     # length, type, flags, sequence, port
 KERNEL_GROUP = 1        # the kernel's own messages
 UDEV_GROUP = 2          # udev's, once a device's links are made
 # The subsystems whose devices a wait looks for: USB devices and interfaces, serial
@@ -39,29 +50,46 @@ def announces_device_change(message: bytes) -> bool:
     return False
 
 
+def announces_link_change(message: bytes) -> bool:
+    """Whether a route netlink datagram holds an interface's change (``RTM_NEWLINK``: it
+    appeared, went up or down; ``RTM_DELLINK``: it went)."""
+    offset = 0
+    while offset + _NLMSG_HEADER.size <= len(message):
+        length, kind = _NLMSG_HEADER.unpack_from(message, offset)[:2]
+        if kind in (RTM_NEWLINK, RTM_DELLINK):
+            return True
+        if length < _NLMSG_HEADER.size:
+            return False
+        offset += (length + 3) & ~3       # messages are 4-byte aligned
+    return False
+
+
 class DeviceEvents:
-    """Wakes ``wait`` when a readable socket brings a message that ``relevant`` accepts.
+    """Wakes ``wait`` when a readable socket brings a message that its ``relevant`` accepts.
 
     It listens from its creation until ``close``: a message that arrives while
     the waiter probes is kept and ends the next ``wait`` at once.  Reading is
     done by the event loop's reader callback (non-blocking; a burst of messages
-    is drained in one go).
+    is drained in one go).  ``add_source`` listens to one more socket.
     """
 
     def __init__(self, sock: socket.socket, relevant: Callable[[bytes], bool] = announces_device_change,
                  *, on_close: Optional[Callable[[], None]] = None) -> None:
-        self._sock: Optional[socket.socket] = sock
-        self._relevant = relevant
+        self._sockets: List[socket.socket] = []
+        self._closed = False
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
         self.received = 0         # relevant messages, for tests and the log
-        sock.setblocking(False)
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self.add_source(sock, relevant)
 
-    def _readable(self) -> None:
-        sock = self._sock
-        if sock is None:
+    def add_source(self, sock: socket.socket, relevant: Callable[[bytes], bool]) -> None:
+        sock.setblocking(False)
+        self._sockets.append(sock)
+        self._loop.add_reader(sock.fileno(), partial(self._readable, sock, relevant))
+
+    def _readable(self, sock: socket.socket, relevant: Callable[[bytes], bool]) -> None:
+        if self._closed:
             return
         while True:
             try:
@@ -75,7 +103,7 @@ class DeviceEvents:
                 return
             if not message:
                 return
-            if self._relevant(message):
+            if relevant(message):
                 self.received += 1
                 self._event.set()
 
@@ -95,14 +123,15 @@ class DeviceEvents:
         return True
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
+        if self._closed:
             return
-        try:
-            self._loop.remove_reader(sock.fileno())
-        except (ValueError, RuntimeError):   # the loop is closing
-            pass
-        sock.close()
+        self._closed = True
+        for sock in self._sockets:
+            try:
+                self._loop.remove_reader(sock.fileno())
+            except (ValueError, RuntimeError):   # the loop is closing
+                pass
+            sock.close()
         if self._on_close is not None:
             self._on_close()
 
@@ -137,9 +166,38 @@ def open_uevent_socket() -> Optional[socket.socket]:
     return None
 
 
+def open_link_socket() -> Optional[socket.socket]:
+    """A route netlink socket joined to the interfaces' changes, or None where there is
+    none."""
+    family = getattr(socket, "AF_NETLINK", None)
+    if family is None:
+        return None
+    try:
+        sock = socket.socket(family, socket.SOCK_RAW | getattr(socket, "SOCK_CLOEXEC", 0),
+                             NETLINK_ROUTE)
+    except OSError as exc:
+        log.debug("no interface announcements here: %s", exc)
+        return None
+    try:
+        sock.bind((0, RTMGRP_LINK))
+    except OSError as exc:
+        log.debug("no interface announcements here: %s", exc)
+        sock.close()
+        return None
+    return sock
+
+
 def device_events() -> Optional[DeviceEvents]:
-    """The kernel's and udev's device announcements, from now until ``close``; None where
-    they cannot be heard (the waits then probe at their interval alone).  Call it on the
-    event loop that waits."""
-    sock = open_uevent_socket()
-    return DeviceEvents(sock) if sock is not None else None
+    """The kernel's and udev's device announcements and the interfaces' changes, from now
+    until ``close``; None where neither can be heard (the waits then probe at their
+    interval alone).  Call it on the event loop that waits."""
+    devices, links = open_uevent_socket(), open_link_socket()
+    if devices is None and links is None:
+        return None
+    if devices is None:
+        assert links is not None
+        return DeviceEvents(links, announces_link_change)
+    events = DeviceEvents(devices)
+    if links is not None:
+        events.add_source(links, announces_link_change)
+    return events
