@@ -90,7 +90,7 @@ class SimulatedMachineSeam:
     def device_events(self) -> Any:
         """The simulated boards' re-enumerations (``sim/uevents.py``)."""
         from .uevents import SimulatedDeviceEvents
-        return SimulatedDeviceEvents(self.machine.directory)
+        return SimulatedDeviceEvents(self.machine)
 
     async def open(self) -> None:
         # python-can's virtual bus reaches only this process: the simulated

@@ -33,9 +33,9 @@ from typing import Any, List
 class SimulatedDeviceEvents(DeviceEvents):
     """A listener of one simulated machine (see the module text)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, machine: SimulatedMachine) -> None:
         self._timers: List[Any] = []
-        folder = os.path.join(directory, FOLDER)
+        folder = os.path.join(machine.directory, FOLDER)
         os.makedirs(folder, exist_ok=True)
         self._name = f"{os.getpid()}-{secrets.token_hex(6)}"
         self._registry = os.path.join(folder, self._name)
@@ -49,7 +49,7 @@ class SimulatedDeviceEvents(DeviceEvents):
             raise
         # A board that began its reboot before this listener (a tool's run reboots it)
         # is announced when it appears, as the kernel announces a device when it is there.
-        for board in SimulatedMachine(directory).boards():
+        for board in machine.boards():
             self._arrives(float(board.state.get("ready_at") or 0.0))
 
     def _announced(self, message: bytes) -> bool:
