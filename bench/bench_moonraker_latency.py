@@ -8,7 +8,8 @@ back to back in these phases:
 * ``baseline_build``: the same forced build of the Octopus profile, run by
   ``octoflash build --force`` as a process of its own, outside Moonraker
   (at the same ``build_nice``): the CPU contention of a build, without
-  octoflash's part inside Moonraker;
+  octoflash's part inside Moonraker.  Its answers count from the command's
+  first progress line on (before it, the command line only starts);
 * ``build``: that forced build run by Moonraker (``POST /server/octoflash/build``);
 * ``flash``: a forced build and flash of the CAN toolhead (Klipper stopped
   and started around it);
@@ -17,18 +18,23 @@ back to back in these phases:
 * ``status``: ``GET /server/octoflash/status`` back to back from a second client.
 
 The two builds take turns ``--repeat`` times (3), and each of the two pools
-its runs' answers: one build gives only a few hundred answers, whose p99 is
-the sixth slowest.  Each run prints the median, p95, p99 and slowest answer;
-the JSON line has each phase's pooled figures.  Moonraker runs
-with a slow-callback monitor (``bench/loopmon/sitecustomize.py``) that
-times every callback of its event loop and names each one that held it
-for 20 ms or more, with the phase it fell in.
+its runs' answers: one build gives only about a thousand answers, whose p99
+is the tenth slowest.  Each run prints the median, p95, p99 and slowest
+answer; the JSON line has each phase's pooled figures.  A phase that waits
+for a job learns its end from a thread asking every 0.1 s, not before each
+answer (which made every other request of the phase a job record).
+Moonraker runs with a slow-callback monitor (``bench/loopmon/sitecustomize.py``)
+that times every callback of its event loop and names each one that held
+it for 20 ms or more, with the phase it fell in, the CPU time its thread
+spent in it (what is left was spent waiting for a core, the machine's
+contention rather than the callback's work) and, for an HTTP handler, the
+request.
 
     python3 bench/bench_moonraker_latency.py [--threshold-ms 20] [--repeat 3]
 
 The last line is one JSON object: per phase ``p50_ms``, ``p99_ms``,
 ``max_ms``; ``p99_ratio_build_vs_baseline``; ``slow_callbacks`` (phase,
-ms, callback, where it resumed); the targets (worst <= 20 ms in the
+ms, cpu_ms, callback, request, where it resumed); the targets (worst <= 20 ms in the
 octoflash phases, p99 of the build within 1.2x of the baseline).
 """
 from __future__ import annotations
@@ -70,19 +76,38 @@ def _call(base: str, method: str, path: str, body: Optional[Dict[str, Any]] = No
         return json.loads(resp.read())["result"]
 
 
-def _sample(base: str, until: Callable[[], bool]) -> List[float]:
+def _sample(base: str, until: Callable[[], bool],
+            counting: Callable[[], bool] = lambda: True) -> List[float]:
+    """``/server/info`` back to back until ``until()``; an answer counts when ``counting()``
+    was true at its request."""
     times: List[float] = []
     while not until():
+        counts = counting()
         start = time.perf_counter()
         with urllib.request.urlopen(base + "/server/info", timeout=10) as resp:
             resp.read()
-        times.append(time.perf_counter() - start)
+        if counts:
+            times.append(time.perf_counter() - start)
     return times
 
 
 def _job_running(base: str, job_id: str) -> bool:
     job = _call(base, "GET", f"/server/octoflash/job?job_id={job_id}")["job"]
     return job["state"] in ("queued", "running")
+
+
+def _ended(base: str, job_id: str) -> Callable[[], bool]:
+    """Whether the job has ended, as a thread asking every 0.1 s learns it: asked before
+    each sample, the job's record was every other request of the phase, a load that
+    the baseline's phase did not have."""
+    ended = threading.Event()
+
+    def follow() -> None:
+        while _job_running(base, job_id):
+            time.sleep(0.1)
+        ended.set()
+    threading.Thread(target=follow, daemon=True).start()
+    return ended.is_set
 
 
 def _wait_job(base: str, job_id: str) -> Dict[str, Any]:
@@ -184,16 +209,29 @@ def main() -> int:
             def baseline() -> List[float]:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "moonraker_octoflash.cli", "--config", conf, "build",
-                     "octopus", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                    cwd=ROOT)
-                times = _sample(base, lambda: proc.poll() is not None)
-                if proc.returncode != 0:
+                     "octopus", "--force"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    cwd=ROOT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                # Only the answers from the build's first progress line on count: before
+                # it, the command line starts (Python, its imports, the settings) on one
+                # core, which is not the build's load.
+                building = threading.Event()
+                lines: List[str] = []
+
+                def read() -> None:
+                    for line in proc.stdout:  # type: ignore[union-attr]
+                        lines.append(line)
+                        building.set()
+                reader = threading.Thread(target=read, daemon=True)
+                reader.start()
+                times = _sample(base, lambda: proc.poll() is not None, counting=building.is_set)
+                reader.join(30)
+                if proc.returncode != 0 or not lines:
                     raise SystemExit(f"the baseline build failed: {proc.stderr.read()!r}")  # type: ignore[union-attr]
                 return times
             def build() -> List[float]:
                 job = _call(base, "POST", "/server/octoflash/build",
                             {"profile": "octopus", "force": True})
-                return _sample(base, lambda: not _job_running(base, job["job"]["job_id"]))
+                return _sample(base, _ended(base, job["job"]["job_id"]))
             # The two builds take turns, so that a change in the machine's load
             # meanwhile falls on both alike; each phase's figures pool its runs.
             for _ in range(args.repeat):
@@ -204,7 +242,7 @@ def main() -> int:
                 job = _call(base, "POST", "/server/octoflash/flash",
                             {"profile": "toolhead", "force": True})
                 job_id = job["job"]["job_id"]
-                times = _sample(base, lambda: not _job_running(base, job_id))
+                times = _sample(base, _ended(base, job_id))
                 state = _call(base, "GET", f"/server/octoflash/job?job_id={job_id}")["job"]
                 if state["state"] != "done":
                     print(f"note: the flash ended {state['state']}: {state.get('error')}")
@@ -237,7 +275,8 @@ def main() -> int:
     print(f"callbacks holding Moonraker's loop >= {args.threshold_ms:g} ms: {len(slow)} "
           f"({len(in_phases)} during octoflash's phases)")
     for r in sorted(slow, key=lambda r: -r["ms"])[:15]:
-        print(f"  {r['phase']:<15} {r['ms']:7.1f} ms  {r['callback']}  "
+        print(f"  {r['phase']:<15} {r['ms']:7.1f} ms (CPU {r.get('cpu_ms', 0):.1f} ms)  "
+              f"{r['callback']}{'  ' + r['request'] if r.get('request') else ''}  "
               f"resumed at {r['resumed_at'] or '-'}")
     # The callbacks that ran octoflash's own code (resumed or suspended in it), by name.
     own: Dict[str, Dict[str, Any]] = {}
