@@ -61,6 +61,7 @@ def _install() -> None:
         owner = getattr(callback, "__self__", None)
         coro = owner.get_coro() if owner is not None and hasattr(owner, "get_coro") else None
         resumed = where(innermost(coro)) if coro is not None else ""
+        request = request_of(coro)     # now: a task that ends in this step has no frame after
         started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             original(self)
@@ -77,7 +78,7 @@ def _install() -> None:
                           "cpu_ms": round(cpu * 1000, 2), "callback": name,
                           "resumed_at": resumed,
                           "stopped_at": where(innermost(coro)) if coro is not None else "",
-                          "request": request_of(coro)}
+                          "request": request}
                 with lock, open(path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
 
