@@ -146,18 +146,32 @@ async def test_the_waits_of_an_octopus_flash_end_on_the_machines_announcements(
     assert os.listdir(os.path.join(rig.machine.directory, "uevents")) == []
 
 
-async def test_without_announcements_a_wait_still_probes(rig, artifact_dir, monkeypatch):
-    # A system where netlink is refused (a container, another network namespace).
+def _refused():
+    raise PermissionError(13, "Permission denied")
+
+
+@pytest.mark.parametrize("listener", [lambda: None, _refused], ids=["none", "refused"])
+async def test_without_announcements_a_wait_still_probes(rig, artifact_dir, monkeypatch,
+                                                         listener):
+    # A system where netlink is refused (a container, another network namespace), or
+    # whose listener cannot be opened.
     board = rig.machine.add_board("octopus", "stm32f446xx", bootloader="katapult",
                                   firmware={"version": "v0.12.0-1-gold", "bridge": True},
                                   boot_delay=0.3)
     seam = SimulatedMachineSeam(rig.machine.directory)
-    monkeypatch.setattr(seam, "device_events", lambda: None)
+    monkeypatch.setattr(seam, "device_events", listener)
     profile = octopus_profile(canbus_uuid=board.canbus_uuid)
     art = write_artifact(artifact_dir("a"), profile="octopus", preset=profile.preset.id)
     pipeline = CoreFlashPipeline(None, rig.service, machine=seam)
     plan = await pipeline.prepare(profile, art, {})
-    result = await pipeline.execute(plan, lambda event: None)
+    events = []
+    result = await pipeline.execute(plan, events.append)
     assert result["state"] == "done", result
     assert board.mode == "klipper-canbridge"
+    said = [e.message for e in events if e.message.startswith("Cannot listen")]
+    if listener is _refused:
+        assert said == ["Cannot listen for the kernel's device events ([Errno 13] Permission "
+                        "denied); looking for the board at the usual interval"]
+    else:
+        assert said == []
 

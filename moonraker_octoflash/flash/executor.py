@@ -198,6 +198,7 @@ class _PlanRun:
         self.status_block_size = 64
         self.state: Dict[str, Any] = {}     # a method's own notes between its steps
         self.devices: Optional[DeviceSnapshot] = None   # the last scan this run used
+        self.deaf = False        # the device events could not be listened to
 
     # --- events ----------------------------------------------------------------------
     def emit(self, stage: str, message: str, percent: Optional[float] = None,
@@ -351,7 +352,7 @@ class _PlanRun:
         deadline = start + timeout
         # Listening starts before the first probe: a device announced while a probe
         # runs ends the pause after it at once.
-        events = self.ctx.device_events() if rest and self.ctx.device_events else None
+        events = self._listen() if rest else None
         try:
             while True:
                 found = await probe()
@@ -369,6 +370,19 @@ class _PlanRun:
         finally:
             if events is not None:
                 events.close()
+
+    def _listen(self) -> Optional[DeviceEvents]:
+        """The machine's device announcements for one wait, or None (none to hear, or
+        they cannot be opened: the wait then probes at its interval, as it always may)."""
+        if self.ctx.device_events is None or self.deaf:
+            return None
+        try:
+            return self.ctx.device_events()
+        except OSError as exc:
+            self.deaf = True        # said once; the run's other waits do not try again
+            self.emit("wait", f"Cannot listen for the kernel's device events ({exc}); "
+                              "looking for the board at the usual interval", kind="output")
+            return None
 
     async def _wait_return(self, step: FlashStep, timeout: float) -> None:
         params = await self._expected_return(step)
