@@ -142,49 +142,37 @@ class DeviceEvents:
         self.close()
 
 
-def open_uevent_socket() -> Optional[socket.socket]:
-    """A netlink socket joined to the kernel's and udev's announcements (the kernel's alone
-    where udev's group cannot be joined), or None where there is none (not Linux, or
-    netlink refused)."""
+def _netlink_socket(protocol: int, *groups: int) -> Optional[socket.socket]:
+    """A netlink socket of ``protocol`` joined to the first of ``groups`` (bit masks) that
+    can be joined, or None where there is none (not Linux, or netlink refused)."""
     family = getattr(socket, "AF_NETLINK", None)
     if family is None:
         return None
     try:
         sock = socket.socket(family, socket.SOCK_RAW | getattr(socket, "SOCK_CLOEXEC", 0),
-                             NETLINK_KOBJECT_UEVENT)
+                             protocol)
     except OSError as exc:
-        log.debug("no device announcements here: %s", exc)
+        log.debug("netlink %d cannot be heard here: %s", protocol, exc)
         return None
-    for groups in (KERNEL_GROUP | UDEV_GROUP, KERNEL_GROUP):
+    for mask in groups:
         try:
-            sock.bind((0, groups))
+            sock.bind((0, mask))
             return sock
         except OSError as exc:
-            error = exc
-    log.debug("no device announcements here: %s", error)
+            log.debug("netlink %d groups %#x cannot be joined: %s", protocol, mask, exc)
     sock.close()
     return None
 
 
+def open_uevent_socket() -> Optional[socket.socket]:
+    """A netlink socket joined to the kernel's and udev's announcements (the kernel's alone
+    where udev's group cannot be joined), or None."""
+    return _netlink_socket(NETLINK_KOBJECT_UEVENT, KERNEL_GROUP | UDEV_GROUP, KERNEL_GROUP)
+
+
 def open_link_socket() -> Optional[socket.socket]:
-    """A route netlink socket joined to the interfaces' changes, or None where there is
-    none."""
-    family = getattr(socket, "AF_NETLINK", None)
-    if family is None:
-        return None
-    try:
-        sock = socket.socket(family, socket.SOCK_RAW | getattr(socket, "SOCK_CLOEXEC", 0),
-                             NETLINK_ROUTE)
-    except OSError as exc:
-        log.debug("no interface announcements here: %s", exc)
-        return None
-    try:
-        sock.bind((0, RTMGRP_LINK))
-    except OSError as exc:
-        log.debug("no interface announcements here: %s", exc)
-        sock.close()
-        return None
-    return sock
+    """A route netlink socket joined to the interfaces' changes, or None."""
+    return _netlink_socket(NETLINK_ROUTE, RTMGRP_LINK)
 
 
 def device_events() -> Optional[DeviceEvents]:

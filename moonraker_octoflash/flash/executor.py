@@ -198,7 +198,7 @@ class _PlanRun:
         self.status_block_size = 64
         self.state: Dict[str, Any] = {}     # a method's own notes between its steps
         self.devices: Optional[DeviceSnapshot] = None   # the last scan this run used
-        self.deaf = False        # the device events could not be listened to
+        self.no_device_events = False     # they could not be listened to: not tried again
 
     # --- events ----------------------------------------------------------------------
     def emit(self, stage: str, message: str, percent: Optional[float] = None,
@@ -374,12 +374,12 @@ class _PlanRun:
     def _listen(self) -> Optional[DeviceEvents]:
         """The machine's device announcements for one wait, or None (none to hear, or
         they cannot be opened: the wait then probes at its interval, as it always may)."""
-        if self.ctx.device_events is None or self.deaf:
+        if self.ctx.device_events is None or self.no_device_events:
             return None
         try:
             return self.ctx.device_events()
         except OSError as exc:
-            self.deaf = True        # said once; the run's other waits do not try again
+            self.no_device_events = True    # said once; the other waits do not try
             self.emit("wait", f"Cannot listen for the kernel's device events ({exc}); "
                               "looking for the board at the usual interval", kind="output")
             return None
