@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-
 from typing import Any, Dict, Optional
 
 END = b"\x03"
@@ -36,15 +34,15 @@ class KlipperSocketError(Exception):
 
 
 async def _open(path: str, timeout: float) -> Any:
-    if not path or not os.path.exists(path):
-        raise KlipperSocketError(f"Klipper's socket {path or '(none)'} does not exist")
+    if not path:
+        raise KlipperSocketError("Klipper's socket is not known")
     try:
         return await asyncio.wait_for(
             asyncio.open_unix_connection(path, limit=READ_LIMIT), timeout)
     except asyncio.TimeoutError:
         raise KlipperSocketError(f"Klipper's socket {path} did not accept within "
                                  f"{timeout:g} s") from None
-    except OSError as exc:      # refused: a socket file that nobody listens on
+    except OSError as exc:      # no such file, or refused: a socket file nobody listens on
         raise KlipperSocketError(f"Klipper's socket {path}: {exc.strerror or exc}") from None
 
 

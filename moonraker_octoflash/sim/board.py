@@ -178,10 +178,9 @@ def _read_json(path: str, default: Any) -> Any:
         return default
 
 
-def announce_devices(directory: str, ready_at: float) -> None:
-    """Tell every listener of the machine in ``directory`` (``sim/uevents.py``) that a
-    device went and comes back at ``ready_at`` (``time.time()``), as the kernel announces
-    a USB device's removal and its return."""
+def announce_devices(directory: str) -> None:
+    """Tell every listener of the machine in ``directory`` that a device came or went
+    (``sim/uevents.py``), as the kernel and udev announce a USB device."""
     folder = os.path.join(directory, UEVENT_FOLDER)
     try:
         names = os.listdir(folder)
@@ -190,19 +189,41 @@ def announce_devices(directory: str, ready_at: float) -> None:
     if not names:
         return
     import socket
-    payload = json.dumps({"ready_at": ready_at}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         for name in names:
             try:
-                sock.sendto(payload, UEVENT_ADDRESS + name.encode())
+                sock.sendto(b"change", UEVENT_ADDRESS + name.encode())
             except (ConnectionRefusedError, FileNotFoundError):
-                try:
-                    os.unlink(os.path.join(folder, name))   # its listener is gone
-                except OSError:
-                    pass
+                forget_listener(os.path.join(folder, name))    # its listener is gone
             except OSError:
                 pass      # a full queue: that listener has a wake pending anyway
+
+
+def listen_for_devices(directory: str) -> Tuple[Any, str]:
+    """A datagram socket that receives the announcements of the machine in ``directory``,
+    and the file that names it (``forget_listener`` it when the socket is closed)."""
+    import secrets
+    import socket
+    folder = os.path.join(directory, UEVENT_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    name = f"{os.getpid()}-{secrets.token_hex(6)}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(UEVENT_ADDRESS + name.encode())
+        registry = os.path.join(folder, name)
+        open(registry, "w").close()
+    except BaseException:
+        sock.close()
+        raise
+    return sock, registry
+
+
+def forget_listener(registry: str) -> None:
+    try:
+        os.unlink(registry)
+    except OSError:
+        pass
 
 
 class SimulatedMachine:
@@ -807,9 +828,9 @@ class SimulatedBoard:
             state["node_assigned"] = False
             state["history"] = (state.get("history", []) + [
                 {"time": time.time(), "event": "mode", "mode": mode}])[-HISTORY_KEPT:]
-        state = self.update(change)
+        self.update(change)
         self.machine.sync_links()
-        announce_devices(self.machine.directory, float(state["ready_at"]))
+        announce_devices(self.machine.directory)     # gone (or, without a delay, back)
 
     def reset(self, *, delay: Optional[float] = None) -> str:
         """Press reset: run what the flash holds.  Returns the new mode."""

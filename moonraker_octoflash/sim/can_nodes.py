@@ -75,10 +75,10 @@ class SimulatedCanNodes:
         self.stop()
 
     def _udev(self) -> None:
-        """Like udev: by-id links appear once a rebooting board has enumerated, and then
-        udev announces the device (``board.announce_devices``), as the real one does
-        once it has made a device's links.  It looks at the boards every 0.1 s, and wakes
-        at a rebooting board's ``ready_at``."""
+        """Like udev: a rebooting board's by-id links appear once it has enumerated, and
+        then the board is announced (``board.announce_devices``), as udev announces a
+        device once it has made its links.  It looks at the boards every 0.1 s, and
+        wakes at a rebooting board's ``ready_at``."""
         pause, announced = 0.1, 0.0
         while not self._stop.wait(pause):
             pause = 0.1
@@ -90,7 +90,7 @@ class SimulatedCanNodes:
                 arrived = max((t for t in ready if t <= now), default=0.0)
                 if arrived > announced:
                     announced = arrived
-                    announce_devices(self.machine.directory, 0.0)
+                    announce_devices(self.machine.directory)
                 coming = [t for t in ready if t > now]
                 if coming:
                     pause = min(pause, min(coming) - now + 0.001)
