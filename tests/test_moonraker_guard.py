@@ -136,7 +136,11 @@ async def test_macros_report_their_mistakes_in_the_console(idle, ws_factory):
 
 
 def test_the_macros_reached_moonraker_as_klipper_sends_them(printer):
-    _mr, standin = printer
-    # the component registered its methods with "Klipper" on connect
+    mr, standin = printer
+    # the component registered its methods with "Klipper" on connect (Moonraker sends
+    # them after it reports Klipper ready: wait for them to arrive)
+    wanted = {"octoflash_build", "octoflash_flash", "octoflash_update_all"}
+    mr.wait_for(lambda: wanted <= set(standin.call(lambda: list(standin.standin.remote_methods))),
+                20.0, "the remote methods registered with Klipper")
     registered = standin.call(lambda: sorted(standin.standin.remote_methods))
     assert {"octoflash_build", "octoflash_flash", "octoflash_update_all"} <= set(registered)
