@@ -219,6 +219,8 @@ class RealKlipper:
         log.close()
 
     def start_mcu(self, name: str, serial: str) -> None:
+        if os.path.lexists(serial):
+            os.unlink(serial)       # the link of an MCU that was killed
         # -r (real-time scheduling) as on a printer; without it where that is not allowed.
         for argv in ([self.elf, "-r", "-I", serial], [self.elf, "-I", serial]):
             self._spawn(name, argv)
@@ -455,7 +457,17 @@ def _wait_print_state(mr: MoonrakerProcess, state: str) -> None:
     mr.wait_for(lambda: _print_state(mr)[0] == state, 30, f"print_stats.state {state}")
 
 
-async def test_the_print_guard_follows_real_print_stats(printer, ws_factory):
+@pytest.fixture
+def prints_reset_after(printer):
+    """The module's other tests find Klipper with no file loaded and print_stats in
+    standby, as a print test leaves neither."""
+    yield
+    mr, _klipper = printer
+    mr.post("/printer/gcode/script", {"script": "SDCARD_RESET_FILE"})
+    _wait_print_state(mr, "standby")
+
+
+async def test_the_print_guard_follows_real_print_stats(printer, ws_factory, prints_reset_after):
     mr, _klipper = printer
     ws = await ws_factory(mr)
     _write_gcode(mr, "long.gcode", "G4 P100\n" * 600)           # a minute of dwells
@@ -724,9 +736,10 @@ async def test_octoflash_reads_real_klipper_on_its_socket(printer, klippy):
 
 # --- Klipper up, one board unreachable (as after a failed flash) --------------
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def toolhead_unreachable(printer):
-    """Stop the Toolhead MCU and restart Klipper: it stays in 'startup', retrying."""
+    """Stop the Toolhead MCU and restart Klipper: it stays in 'startup', retrying.
+    Afterwards the MCU and Klipper are back, as the module's other tests need them."""
     mr, klipper = printer
     klipper.kill("mcu_toolhead")
     mr.result("POST", "/printer/restart")
@@ -735,7 +748,14 @@ def toolhead_unreachable(printer):
         status, payload = mr.get("/server/info")
         return status == 200 and payload["result"]["klippy_state"] == "startup"
     mr.wait_for(in_startup, 60, "Klipper in startup")
-    return mr, klipper
+    # Klipper has reached the board it can reach (its version is reported in startup)
+    mr.wait_for(lambda: _profiles(mr)["host"]["status"]["connected"], 20,
+                "the reachable board read in startup")
+    yield mr, klipper
+    klipper.start_mcu("mcu_toolhead", klipper.toolhead_serial)
+    mr.result("POST", "/printer/restart")
+    mr.wait_klippy_ready(60)
+    _wait_mcus_read(mr)
 
 
 def test_a_board_klipper_cannot_reach_is_not_connected(toolhead_unreachable, klippy):
